@@ -1,0 +1,232 @@
+"""The V-JEPA objective: target features, prediction loss, EMA update, schedules, collapse monitor.
+
+Shapes: B batch, C channels, T frames, H/W pixels, N tokens, Kc/Kt context/target tokens,
+D encoder width. Every schedule is a pure function of the step, so resuming is "restore the step".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vjepa.config import Config, OptimConfig
+from vjepa.masks import MaskBatch
+from vjepa.models.predictor import build_predictor
+from vjepa.models.vit import VisionTransformer, build_encoder, gather_tokens
+
+# ---------------------------------------------------------------------------------------------
+# schedules (pure functions of the step)
+
+
+def schedule_length(optim: OptimConfig) -> int:
+    """Steps the schedules span: the run length times `schedule_scale` (official ipe_scale)."""
+    return max(1, int(optim.steps * optim.schedule_scale))
+
+
+def learning_rate(step: int, optim: OptimConfig) -> float:
+    """Linear warmup start_lr -> lr over warmup_steps, then cosine lr -> final_lr."""
+    if step < optim.warmup_steps:
+        return optim.start_lr + (optim.lr - optim.start_lr) * step / max(1, optim.warmup_steps)
+    progress = (step - optim.warmup_steps) / max(1, schedule_length(optim) - optim.warmup_steps)
+    progress = min(progress, 1.0)
+    return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def weight_decay(step: int, optim: OptimConfig) -> float:
+    """Cosine weight decay from weight_decay to final_weight_decay over the schedule length."""
+    progress = min(step / schedule_length(optim), 1.0)
+    start, end = optim.weight_decay, optim.final_weight_decay
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def ema_momentum(step: int, optim: OptimConfig) -> float:
+    """Linear EMA momentum ema[0] -> ema[1] over the schedule length."""
+    start, end = optim.ema
+    return start + (end - start) * min(step / schedule_length(optim), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses and targets
+
+
+def layer_norm_targets(features: torch.Tensor) -> torch.Tensor:
+    """Official target normalisation: LayerNorm over D without affine parameters (eps 1e-5)."""
+    return F.layer_norm(features, features.shape[-1:])
+
+
+def patchify(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
+    """Cut a clip into flattened tubelets: [B, C, T, H, W] -> [B, N, C*t*p*p], tokens ordered (t, h, w)."""
+    b, c, t, h, w = video.shape
+    s, p = tubelet_size, patch_size
+    x = video.reshape(b, c, t // s, s, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, (t // s) * (h // p) * (w // p), c * s * p * p)
+
+
+def pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
+    """VideoMAE-style targets: each tubelet's pixels normalised by its own mean/std: [B, N, C*t*p*p]."""
+    patches = patchify(video.float(), tubelet_size, patch_size)
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=True)
+    return (patches - mean) / (var + 1e-6).sqrt()
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of [B, K] values over the slots where `valid` [B, K] is True (all slots if None)."""
+    if valid is None:
+        return values.mean()
+    weights = valid.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def prediction_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, exponent: float = 1.0) -> torch.Tensor:
+    """mean |pred - target|^exponent over D and over valid target tokens: [B, Kt, D] x2 -> scalar.
+
+    exponent 1 is V-JEPA's L1; 2 is an L2 (squared error) loss.
+    """
+    per_token = (pred.float() - target.float()).abs().pow(exponent).mean(dim=-1)  # [B, Kt]
+    return masked_mean(per_token, valid)
+
+
+def variance_penalty(pred: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Official optional regulariser: mean ReLU(1 - sqrt(Var_tokens(pred) + 1e-4)) per dimension."""
+    pred = pred.float()
+    if valid is None:
+        var = pred.var(dim=1)  # [B, D]
+    else:
+        weights = valid.float().unsqueeze(-1)  # [B, Kt, 1]
+        count = weights.sum(dim=1).clamp_min(2.0)
+        mean = (pred * weights).sum(dim=1) / count
+        var = (((pred - mean[:, None]) ** 2) * weights).sum(dim=1) / (count - 1)
+    return F.relu(1.0 - (var + 1e-4).sqrt()).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class JEPA(nn.Module):
+    """Context encoder, predictor and EMA target encoder, with the V-JEPA (or pixel) objective.
+
+    `forward(video, masks)` returns a dict with the scalar `loss` (what backward needs) and the
+    detached per-generator losses; `target_encoder` never receives gradients.
+    """
+
+    def __init__(self, cfg: Config, num_mask_generators: int):
+        super().__init__()
+        m = cfg.model
+        self.objective = cfg.run.objective
+        self.loss_exp = cfg.optim.loss_exp
+        self.reg_coeff = cfg.optim.reg_coeff
+        self.tubelet_size, self.patch_size = m.tubelet_size, m.patch_size
+        self.encoder = build_encoder(m, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+        pixel_dim = m.in_chans * m.tubelet_size * m.patch_size**2
+        out_dim = pixel_dim if self.objective == "pixel" else None
+        self.predictor = build_predictor(m, num_mask_generators, self.encoder.grid, out_dim=out_dim)
+        self.target_encoder = copy.deepcopy(self.encoder) if self.objective == "jepa" else None
+        if self.target_encoder is not None:
+            self.target_encoder.requires_grad_(False)
+
+    @torch.no_grad()
+    def targets(self, video: torch.Tensor) -> torch.Tensor:
+        """Regression targets for every token: [B, C, T, H, W] -> [B, N, D'] (no gradient)."""
+        if self.objective == "pixel":
+            return pixel_targets(video, self.tubelet_size, self.patch_size)
+        return layer_norm_targets(self.target_encoder(video))
+
+    def forward(self, video: torch.Tensor, masks: list[MaskBatch]) -> dict[str, torch.Tensor]:
+        """One objective evaluation: clip [B, C, T, H, W] and one MaskBatch per mask generator."""
+        targets = self.targets(video)  # [B, N, D]
+        tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
+        losses = []
+        reg = torch.zeros((), device=video.device)
+        for index, m in enumerate(masks):
+            context = self.encoder.encode(tokens, m.context_idx, m.context_valid)  # [B, Kc, D]
+            grid = self.encoder.patch_embed.grid(*video.shape[2:])
+            pred = self.predictor(context, m.context_idx, m.target_idx, index, m.context_valid, m.target_valid, grid)
+            target = gather_tokens(targets, m.target_idx)  # [B, Kt, D]
+            losses.append(prediction_loss(pred, target, m.target_valid, self.loss_exp))
+            if self.reg_coeff > 0:
+                reg = reg + variance_penalty(pred, m.target_valid) / len(masks)
+        prediction = torch.stack(losses).mean()
+        return {
+            "loss": prediction + self.reg_coeff * reg,
+            "prediction_loss": prediction.detach(),
+            "generator_losses": torch.stack(losses).detach(),
+            "targets": targets.detach(),
+        }
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter (in place)."""
+    target_params = [p for p in target.parameters()]
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
+
+
+def param_groups(*modules: nn.Module) -> list[dict]:
+    """AdamW groups as in the official code: biases and 1-D tensors get no weight decay."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
+    return [
+        {"params": decay, "apply_weight_decay": True},
+        {"params": no_decay, "apply_weight_decay": False, "weight_decay": 0.0},
+    ]
+
+
+def set_schedules(optimizer: torch.optim.Optimizer, step: int, optim: OptimConfig) -> tuple[float, float]:
+    """Write the step's learning rate and weight decay into the optimiser; return (lr, wd)."""
+    lr, wd = learning_rate(step, optim), weight_decay(step, optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group.get("apply_weight_decay", True):
+            group["weight_decay"] = wd
+    return lr, wd
+
+
+# ---------------------------------------------------------------------------------------------
+# collapse monitor
+
+
+@dataclass
+class CollapseStats:
+    """Health of a batch of target features: `std` across tokens, `effective_rank` (RankMe)."""
+
+    std: float
+    effective_rank: float
+    dim: int
+
+
+@torch.no_grad()
+def collapse_stats(features: torch.Tensor, max_tokens: int = 4096) -> CollapseStats:
+    """Feature std across tokens and effective rank exp(H(normalised singular values)) of [.., D]."""
+    x = features.reshape(-1, features.shape[-1]).float()
+    if x.shape[0] > max_tokens:
+        x = x[torch.linspace(0, x.shape[0] - 1, max_tokens).long()]
+    std = x.std(dim=0).mean().item()
+    singular = torch.linalg.svdvals(x - x.mean(dim=0))
+    p = singular / singular.sum().clamp_min(1e-12)
+    entropy = -(p * (p + 1e-12).log()).sum()
+    return CollapseStats(std=std, effective_rank=entropy.exp().item(), dim=x.shape[1])
+
+
+def collapse_warning(stats: CollapseStats, initial: CollapseStats | None) -> str | None:
+    """A message when features head toward collapse (tiny std, or rank far below its start), else None."""
+    if stats.std < 0.05:
+        return f"target features nearly constant across tokens (std {stats.std:.3f}): collapse"
+    if initial is not None and stats.effective_rank < 0.25 * initial.effective_rank:
+        return (
+            f"effective rank fell to {stats.effective_rank:.1f} from {initial.effective_rank:.1f} "
+            f"(of {stats.dim} dims): representations are collapsing"
+        )
+    return None

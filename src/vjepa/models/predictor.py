@@ -1,0 +1,115 @@
+"""The narrow predictor: context features + mask tokens at target positions -> predicted targets.
+
+Shapes: B batch, Kc context tokens, Kt target tokens, N tokens in the clip, D encoder width,
+P predictor width. State-dict keys match the official `VisionTransformerPredictor`:
+`predictor_embed`, `mask_tokens.i`, `predictor_pos_embed`, `predictor_blocks.j`, `predictor_norm`,
+`predictor_proj`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vjepa.models.pos_embed import interpolate_3d, sincos_3d
+from vjepa.models.vit import Block, gather_tokens, init_weights, key_padding_mask, rescale_residuals, run_blocks
+
+
+class Predictor(nn.Module):
+    """Project context features to width P, append one learned mask token per target position
+    (token `mask_index`, one per mask generator, zero-initialised), add 3D positions to both, run
+    the blocks, and project the target slots back to the encoder width D.
+    """
+
+    def __init__(
+        self,
+        grid: tuple[int, int, int],
+        embed_dim: int,
+        predictor_embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        num_mask_tokens: int = 2,
+        uniform_power: bool = True,
+        rescale_residual: bool = True,
+        out_dim: int | None = None,
+    ):
+        super().__init__()
+        self.grid = tuple(grid)
+        self.activation_checkpointing = False
+        self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
+        self.mask_tokens = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, 1, predictor_embed_dim)) for _ in range(num_mask_tokens)
+        )
+        table = sincos_3d(predictor_embed_dim, self.grid[1], self.grid[0], uniform_power)
+        self.register_buffer("predictor_pos_embed", table[None], persistent=True)  # [1, N, P]
+        self.predictor_blocks = nn.ModuleList(
+            Block(predictor_embed_dim, num_heads, mlp_ratio) for _ in range(depth)
+        )
+        self.predictor_norm = nn.LayerNorm(predictor_embed_dim, eps=1e-6)
+        self.predictor_proj = nn.Linear(predictor_embed_dim, out_dim or embed_dim)
+        self.apply(init_weights)
+        if rescale_residual:
+            rescale_residuals(self.predictor_blocks)
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        context_idx: torch.Tensor,
+        target_idx: torch.Tensor,
+        mask_index: int | torch.Tensor = 0,
+        context_valid: torch.Tensor | None = None,
+        target_valid: torch.Tensor | None = None,
+        grid: tuple[int, int, int] | None = None,
+    ) -> torch.Tensor:
+        """Predict target features.
+
+        Args:
+            context: context-encoder output [B, Kc, D].
+            context_idx: LongTensor [B, Kc] positions of the context tokens in the clip.
+            target_idx: LongTensor [B, Kt] positions to predict.
+            mask_index: which mask token to use (the mask generator's number), or a LongTensor [B]
+                giving one per sample (lets several generators share one batched pass).
+            context_valid, target_valid: BoolTensor [B, Kc] / [B, Kt], False on padding slots.
+            grid: token grid of the clip if it differs from the built one (positions interpolated).
+
+        Returns:
+            Predictions [B, Kt, D] (padding slots hold values the loss must ignore).
+        """
+        b, num_context = context_idx.shape
+        positions = interpolate_3d(self.predictor_pos_embed, self.grid, grid or self.grid)
+        positions = positions.expand(b, -1, -1).to(context.dtype)  # [B, N, P]
+        x = self.predictor_embed(context) + gather_tokens(positions, context_idx)  # [B, Kc, P]
+        if isinstance(mask_index, int):
+            token = self.mask_tokens[mask_index].to(x.dtype)  # [1, 1, P]
+        else:
+            token = torch.cat(list(self.mask_tokens))[mask_index].to(x.dtype)  # [B, 1, P]
+        queries = token + gather_tokens(positions, target_idx)  # [B, Kt, P]
+        x = torch.cat([x, queries], dim=1)  # [B, Kc+Kt, P]
+        valid = None
+        if context_valid is not None or target_valid is not None:
+            ones_c = torch.ones_like(context_idx, dtype=torch.bool)
+            ones_t = torch.ones_like(target_idx, dtype=torch.bool)
+            valid = torch.cat(
+                [ones_c if context_valid is None else context_valid, ones_t if target_valid is None else target_valid],
+                dim=1,
+            )
+        x = run_blocks(self.predictor_blocks, x, key_padding_mask(valid), self.activation_checkpointing)
+        x = self.predictor_norm(x[:, num_context:])  # [B, Kt, P]
+        return self.predictor_proj(x)  # [B, Kt, D]
+
+
+def build_predictor(model_cfg, num_mask_tokens: int, grid: tuple[int, int, int], out_dim: int | None = None) -> Predictor:
+    """Build a `Predictor` from a `ModelConfig` for the given token grid."""
+    return Predictor(
+        grid=grid,
+        embed_dim=model_cfg.embed_dim,
+        predictor_embed_dim=model_cfg.predictor_embed_dim,
+        depth=model_cfg.predictor_depth,
+        num_heads=model_cfg.predictor_num_heads or model_cfg.num_heads,
+        mlp_ratio=model_cfg.mlp_ratio,
+        num_mask_tokens=num_mask_tokens,
+        uniform_power=model_cfg.uniform_power,
+        rescale_residual=model_cfg.rescale_residual,
+        out_dim=out_dim,
+    )

@@ -1,0 +1,225 @@
+"""Video Vision Transformer encoder (no [CLS] token), state-dict compatible with facebookresearch/jepa.
+
+Shapes: B batch, C channels, T frames, H/W pixels, N tokens in the full clip, K kept tokens,
+D width. Padding-aware: rows of `keep_idx` may be padded, with `keep_valid` marking real tokens;
+padded tokens never act as attention keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vjepa.models.patch_embed import PatchEmbed3D
+from vjepa.models.pos_embed import interpolate_3d, sincos_3d
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Select tokens by index: x [B, N, D], idx [B, K] -> [B, K, D] (one torch.gather)."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def key_padding_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, K] bool (True = real token) -> SDPA boolean mask [B, 1, 1, K], or None if nothing is padded."""
+    if valid is None:
+        return None
+    return valid[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on `F.scaled_dot_product_attention`. Keys `qkv.*`, `proj.*`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, K, D], attn_mask bool [B, 1, 1, K] (True = attend) -> [B, K, D]."""
+        b, k, d = x.shape
+        qkv = self.qkv(x).reshape(b, k, 3, self.num_heads, d // self.num_heads)
+        q, key, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, K, D/heads]
+        x = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(b, k, d))
+
+
+class MLP(nn.Module):
+    """fc1 -> GELU -> fc2. Keys `fc1.*`, `fc2.*`."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, K, D] -> [B, K, D]."""
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole samples' residual branch with probability `rate` (train only)."""
+    if rate == 0.0 or not training:
+        return x
+    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= rate
+    return x * keep.to(x.dtype) / (1.0 - rate)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. Keys `norm1`, `attn`, `norm2`, `mlp` as in the official code."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, K, D] -> [B, K, D]."""
+        x = x + drop_path(self.attn(self.norm1(x), attn_mask), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Official init: truncated normal (std 0.02) for Linear/Conv, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Conv3d)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def rescale_residuals(blocks: nn.ModuleList) -> None:
+    """Divide each block's residual projections (attn.proj, mlp.fc2) by sqrt(2 * layer), layer from 1."""
+    with torch.no_grad():
+        for layer, block in enumerate(blocks, start=1):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None, ckpt: bool) -> torch.Tensor:
+    """Apply blocks in order, optionally with activation checkpointing (recompute in backward)."""
+    for block in blocks:
+        if ckpt and torch.is_grad_enabled():
+            x = checkpoint(block, x, attn_mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask)
+    return x
+
+
+@dataclass
+class EncoderSpec:
+    """Arguments of `VisionTransformer` (mirrors the model part of the config)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    num_frames: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path: float = 0.0
+    uniform_power: bool = True
+    rescale_residual: bool = True
+
+
+class VisionTransformer(nn.Module):
+    """The V-JEPA encoder: tubelet embedding + fixed 3D sin-cos positions + blocks + final norm.
+
+    `forward(x, keep_idx)` embeds the whole clip, keeps only the tokens in `keep_idx` and runs the
+    blocks on those alone (the context encoder); with `keep_idx=None` it encodes every token (the
+    target encoder, feature extraction).
+    """
+
+    def __init__(self, spec: EncoderSpec | None = None, **kwargs):
+        super().__init__()
+        spec = spec or EncoderSpec(**kwargs)
+        self.spec = spec
+        self.embed_dim = spec.embed_dim
+        self.num_heads = spec.num_heads
+        self.activation_checkpointing = False
+        self.patch_embed = PatchEmbed3D(spec.patch_size, spec.tubelet_size, spec.in_chans, spec.embed_dim)
+        self.grid = self.patch_embed.grid(spec.num_frames, spec.img_size, spec.img_size)
+        table = sincos_3d(spec.embed_dim, self.grid[1], self.grid[0], spec.uniform_power)
+        self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
+        rates = torch.linspace(0, spec.drop_path, spec.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, spec.qkv_bias, rate) for rate in rates
+        )
+        self.norm = nn.LayerNorm(spec.embed_dim, eps=1e-6)
+        self.apply(init_weights)
+        if spec.rescale_residual:
+            rescale_residuals(self.blocks)
+
+    def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Position table for a token grid, interpolated if it differs from the built one: [1, N, D]."""
+        return interpolate_3d(self.pos_embed, self.grid, grid)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Tubelet embedding plus positions: clip [B, C, T, H, W] -> tokens [B, N, D]."""
+        grid = self.patch_embed.grid(*x.shape[2:])
+        return self.patch_embed(x) + self.positions(grid).to(x.dtype)
+
+    def encode(
+        self,
+        tokens: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        keep_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the blocks and final norm on embedded tokens [B, N, D] (kept ones only if keep_idx)."""
+        mask = None
+        if keep_idx is not None:
+            tokens = gather_tokens(tokens, keep_idx)  # [B, K, D]
+            mask = key_padding_mask(keep_valid)
+        tokens = run_blocks(self.blocks, tokens, mask, self.activation_checkpointing)
+        return self.norm(tokens)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        keep_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode a clip.
+
+        Args:
+            x: clip [B, C, T, H, W] (normalised pixels).
+            keep_idx: LongTensor [B, K] of tokens to keep (context), or None for all N tokens.
+            keep_valid: BoolTensor [B, K], False marks padding slots of `keep_idx` (never attended to).
+
+        Returns:
+            Features [B, K, D] (or [B, N, D]) after the final LayerNorm.
+        """
+        return self.encode(self.embed(x), keep_idx, keep_valid)
+
+
+def build_encoder(model_cfg, img_size: int | None = None, num_frames: int | None = None) -> VisionTransformer:
+    """Build a `VisionTransformer` from a `ModelConfig` (img_size / num_frames override the built grid)."""
+    return VisionTransformer(
+        EncoderSpec(
+            img_size=img_size or model_cfg.img_size,
+            patch_size=model_cfg.patch_size,
+            num_frames=num_frames or model_cfg.num_frames,
+            tubelet_size=model_cfg.tubelet_size,
+            in_chans=model_cfg.in_chans,
+            embed_dim=model_cfg.embed_dim,
+            depth=model_cfg.depth,
+            num_heads=model_cfg.num_heads,
+            mlp_ratio=model_cfg.mlp_ratio,
+            drop_path=model_cfg.drop_path,
+            uniform_power=model_cfg.uniform_power,
+            rescale_residual=model_cfg.rescale_residual,
+        )
+    )
