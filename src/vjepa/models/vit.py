@@ -19,6 +19,9 @@ from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 
 
+CPU_FP32_ATTENTION = True  # see Attention.forward; benchmarks/train_step.py measures both
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Select tokens by index: x [B, N, D], idx [B, K] -> [B, K, D] (one torch.gather)."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -45,7 +48,12 @@ class Attention(nn.Module):
         b, k, d = x.shape
         qkv = self.qkv(x).reshape(b, k, 3, self.num_heads, d // self.num_heads)
         q, key, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, K, D/heads]
-        x = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
+        if CPU_FP32_ATTENTION and x.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # PyTorch's CPU flash-attention kernel runs bf16 ~2x slower than fp32 (measured: fwd+bwd
+            # 180 vs 90 ms at 16x3x512x64), while bf16 GEMMs gain ~6x from AMX: keep only this op in fp32.
+            x = F.scaled_dot_product_attention(q.float(), key.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
+        else:
+            x = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
         return self.proj(x.transpose(1, 2).reshape(b, k, d))
 
 

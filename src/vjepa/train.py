@@ -1,0 +1,382 @@
+"""Pretraining: one readable loop, deterministic by step, resumable bit for bit.
+
+Data order, augmentation seeds and masks are pure functions of (seed, step), so a resumed run
+sees exactly the batches the uninterrupted one would have seen.
+Shapes: B batch, C channels, T frames, H/W pixels, N tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vjepa import distributed as dist_utils
+from vjepa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from vjepa.config import Config, to_dict, to_yaml, validate
+from vjepa.jepa import (
+    JEPA,
+    collapse_stats,
+    collapse_warning,
+    ema_momentum,
+    ema_update,
+    param_groups,
+    set_schedules,
+)
+from vjepa.masks import MaskBatch, sample_masks
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# devices and precision
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU or CUDA (matmuls in bf16, reductions and the loss in fp32), or nothing."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# deterministic data order
+
+
+def mix_seed(*parts: int) -> int:
+    """Combine integers into one 63-bit seed (splitmix-style), stable across runs and platforms."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**64 - 1)
+        value = (value * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    return value >> 1
+
+
+class StepBatchSampler(Sampler):
+    """Yields, for steps start_step, start_step+1, ..., this rank's list of (index, item_seed).
+
+    Sample k of global step s is element (s*G + k) mod n of the epoch's permutation (G = global
+    batch), so the order depends only on (seed, step) and resuming at any step is exact.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        if num_items < 1:
+            raise ValueError("the training dataset is empty")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms = {epoch: torch.randperm(self.num_items, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))}
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        """This rank's (index, item_seed) pairs for global step `step`."""
+        global_batch = self.batch_size * self.world_size
+        items = []
+        for k in range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size):
+            flat = step * global_batch + k
+            index = int(self._perm(flat // self.num_items)[flat % self.num_items])
+            items.append((index, mix_seed(self.seed, step, k)))
+        return items
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so item (index, seed) is drawn with the global RNG seeded by `seed`.
+
+    Augmentations that use torch's global RNG become reproducible, in any worker, without
+    disturbing the caller's RNG state.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int) -> tuple[DataLoader, Dataset]:
+    """The training DataLoader: deterministic step batches from the configured source."""
+    from vjepa.data.datasets import build_dataset, collate_skip_bad
+
+    dataset = build_dataset(cfg.data, split="train", train=True)
+    sampler = StepBatchSampler(len(dataset), cfg.data.batch_size, cfg.run.seed, start_step, rank, world_size)
+    loader = DataLoader(
+        SeededItems(dataset),
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate_skip_bad,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    return loader, dataset
+
+
+def masks_for_step(cfg: Config, grid: tuple[int, int, int], batch_size: int, step: int, rank: int) -> list[MaskBatch]:
+    """Masks for one step: a pure function of (seed, step, rank)."""
+    generator = torch.Generator().manual_seed(mix_seed(cfg.run.seed, step, rank, 7))
+    return sample_masks(cfg.mask, grid, batch_size, generator, tubelet_size=cfg.model.tubelet_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# one step
+
+
+@dataclass
+class StepResult:
+    """What one optimisation step reports (tensors stay on device until logged)."""
+
+    loss: torch.Tensor
+    generator_losses: torch.Tensor
+    targets: torch.Tensor
+    lr: float
+    weight_decay: float
+    momentum: float
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    video: torch.Tensor,
+    masks: list[MaskBatch],
+    step: int,
+    cfg: Config,
+    device: torch.device,
+) -> StepResult:
+    """Forward, backward, clip, AdamW step and EMA update for one batch (no host sync)."""
+    jepa = dist_utils.unwrap(model)
+    lr, wd = set_schedules(optimizer, step, cfg.optim)
+    with autocast(device, cfg.run.dtype):
+        out = model(video, masks)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if cfg.optim.grad_clip > 0:  # per model, as the official code clips encoder and predictor apart
+        torch.nn.utils.clip_grad_norm_(jepa.encoder.parameters(), cfg.optim.grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(jepa.predictor.parameters(), cfg.optim.grad_clip, foreach=True)
+    optimizer.step()
+    momentum = ema_momentum(step + 1, cfg.optim)
+    if jepa.target_encoder is not None:
+        ema_update(jepa.target_encoder, jepa.encoder, momentum)
+    return StepResult(out["prediction_loss"], out["generator_losses"], out["targets"], lr, wd, momentum)
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory
+
+
+@dataclass
+class RunLog:
+    """Appends metrics to metrics.jsonl (and TensorBoard if enabled) on rank 0 only."""
+
+    out_dir: Path
+    enabled: bool = True
+    tensorboard: bool = False
+    _writer: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError("run.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (must contain `step`)."""
+        if not self.enabled:
+            return
+        with open(self.out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, record["step"])
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close TensorBoard output."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, cfg: Config, loss: float) -> dict[str, Any]:
+    """Everything needed to resume at `step` (official top-level key names)."""
+    state = {
+        "encoder": model.encoder.state_dict(),
+        "predictor": model.predictor.state_dict(),
+        "opt": optimizer.state_dict(),
+        "step": step,
+        "loss": loss,
+        "config": to_dict(cfg),
+    }
+    if model.target_encoder is not None:
+        state["target_encoder"] = model.target_encoder.state_dict()
+    return state
+
+
+def restore(model: JEPA, optimizer: torch.optim.Optimizer, path: Path) -> int:
+    """Load a training checkpoint into model and optimiser (strictly); return its step."""
+    state = load_checkpoint(path)
+    load_state_strict(model.encoder, state["encoder"], f"{path} [encoder]")
+    load_state_strict(model.predictor, state["predictor"], f"{path} [predictor]")
+    if model.target_encoder is not None:
+        load_state_strict(model.target_encoder, state["target_encoder"], f"{path} [target_encoder]")
+    optimizer.load_state_dict(state["opt"])
+    return int(state["step"])
+
+
+def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
+    """Create the run directory and write the resolved config there."""
+    out_dir = Path(cfg.run.out_dir)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Pretrain per `cfg`, resuming from `<out_dir>/latest.pt` if present. Returns a summary dict."""
+    validate(cfg)
+    env = dist_utils.setup(cfg.run.device)
+    device, is_main = env.device, env.rank == 0
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(mix_seed(cfg.run.seed, 1))  # model init: identical on every rank
+    out_dir = prepare_run_dir(cfg, is_main)
+    num_generators = 1 if cfg.mask.kind == "tube" else len(cfg.mask.generators)
+    model = JEPA(cfg, num_generators).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model.encoder, model.predictor), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    latest = out_dir / "latest.pt"
+    start = restore(model, optimizer, latest) if latest.exists() else 0
+    if cfg.run.activation_checkpointing:
+        model.encoder.activation_checkpointing = model.predictor.activation_checkpointing = True
+    wrapped = dist_utils.wrap(model, env, cfg.run.distributed)
+    if cfg.run.compile:
+        wrapped = torch.compile(wrapped)
+    loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size)
+    grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    log = RunLog(out_dir, enabled=is_main, tensorboard=cfg.run.tensorboard)
+    if is_main:
+        log.write({"step": start, "event": "start" if start == 0 else "resume", "world_size": env.world_size})
+    summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log)
+    log.close()
+    dist_utils.teardown(env)
+    return summary
+
+
+def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log) -> dict[str, Any]:
+    """Iterate steps start..steps-1: train, log, monitor collapse, checkpoint; stop on NaN/inf."""
+    is_main, device = env.rank == 0, env.device
+    out_dir = Path(cfg.run.out_dir)
+    bar = make_progress(cfg, start, is_main)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, found without syncing
+    loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
+    initial_stats, last_stats, last_loss, last_good = None, None, float("nan"), None
+    batches = iter(loader)
+    for step in range(start, cfg.optim.steps):
+        batch = next(batches)
+        video = batch["video"].to(device, non_blocking=True)
+        masks = [m.to(device) for m in masks_for_step(cfg, grid, video.shape[0], step, env.rank)]
+        result = train_step(wrapped, optimizer, video, masks, step, cfg, device)
+        finite = torch.isfinite(result.loss)
+        first_bad = torch.where((~finite) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+        loss_sum, loss_count, clips = loss_sum + result.loss.detach(), loss_count + 1, clips + video.shape[0]
+        done = step + 1
+        is_log = done % cfg.run.log_every == 0 or done == cfg.optim.steps
+        is_ckpt = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps
+        if is_log or is_ckpt:
+            check_finite(first_bad, out_dir, last_good)
+        if is_log:
+            mean_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1), env).item()
+            rate = clips * env.world_size / max(time.perf_counter() - t0, 1e-9)
+            record = {"step": done, "loss": mean_loss, "lr": result.lr, "weight_decay": result.weight_decay,
+                      "momentum": result.momentum, "clips_per_s": rate,
+                      "generator_losses": [round(v, 5) for v in result.generator_losses.tolist()]}
+            last_loss = mean_loss
+            loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
+            if step == start or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
+                last_stats = collapse_stats(result.targets)
+                initial_stats = initial_stats or last_stats
+                record.update(target_std=last_stats.std, effective_rank=last_stats.effective_rank)
+                warning = collapse_warning(last_stats, initial_stats)
+                if warning and is_main:
+                    record["warning"] = warning
+                    bar.write(f"WARNING step {done}: {warning}")
+            log.write(record)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{result.lr:.2e}", clips_s=f"{rate:.1f}")
+        bar.update(1)
+        if is_ckpt and is_main:
+            path = out_dir / "latest.pt"
+            save_checkpoint(path, checkpoint_state(model, optimizer, done, cfg, last_loss))
+            last_good = (path, done)
+            if cfg.run.keep_every and done % cfg.run.keep_every == 0:
+                save_checkpoint(out_dir / f"step_{done}.pt", checkpoint_state(model, optimizer, done, cfg, last_loss))
+        if is_ckpt:
+            dist_utils.barrier(env)
+    bar.close()
+    summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir)}
+    if initial_stats and last_stats:
+        summary.update(effective_rank_start=initial_stats.effective_rank, effective_rank_end=last_stats.effective_rank,
+                       target_std_end=last_stats.std)
+    return summary
+
+
+def check_finite(first_bad: torch.Tensor, out_dir: Path, last_good: tuple[Path, int] | None) -> None:
+    """Raise TrainingDiverged (naming the step and the last good checkpoint) if a loss was NaN/inf."""
+    bad_step = int(first_bad.item())
+    if bad_step < 0:
+        return
+    where = f"{last_good[0]} (step {last_good[1]})" if last_good else "none written yet in this process"
+    if last_good is None and (out_dir / "latest.pt").exists():
+        where = f"{out_dir / 'latest.pt'}"
+    raise TrainingDiverged(
+        f"the loss became NaN or infinite at step {bad_step + 1}; stopped. Last good checkpoint: {where}. "
+        "Try a lower optim.lr, run.dtype=fp32, or a smaller optim.grad_clip."
+    )
+
+
+def make_progress(cfg: Config, start: int, is_main: bool):
+    """A tqdm bar over the steps (silent on other ranks or with run.progress=false)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.optim.steps, initial=start, desc="pretrain", unit="step",
+                disable=not (is_main and cfg.run.progress), dynamic_ncols=True, mininterval=1.0)
+
+
+def final_effective_rank_ok(summary: dict[str, Any]) -> bool:
+    """True when the run's effective rank stayed above a quarter of its start (no collapse)."""
+    start, end = summary.get("effective_rank_start"), summary.get("effective_rank_end")
+    return bool(start and end and not math.isnan(end) and end >= 0.25 * start)

@@ -1,0 +1,63 @@
+"""Config: presets, YAML round trip, dotted overrides, clear errors."""
+
+import pytest
+
+from vjepa.config import PRESETS, Config, ConfigError, apply_overrides, load_yaml, preset, to_yaml, validate
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_validate(name):
+    validate(preset(name))
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = apply_overrides(preset("demo"), ["optim.steps=7", "mask.generators=[{num_blocks: 3, spatial_scale: [0.2, 0.3]}]"])
+    path = tmp_path / "c.yaml"
+    path.write_text(to_yaml(cfg))
+    again = load_yaml(path)
+    assert again == cfg
+    assert again.mask.generators[0].spatial_scale == (0.2, 0.3)
+
+
+def test_yaml_preset_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: debug\noptim:\n  steps: 3\n")
+    cfg = load_yaml(path)
+    assert cfg.optim.steps == 3 and cfg.model.embed_dim == preset("debug").model.embed_dim
+
+
+def test_overrides_coerce_types():
+    cfg = apply_overrides(Config(), ["optim.lr=1e-3", "run.tensorboard=true", "data.crop_scale=[0.5,1.0]", "optim.steps=20"])
+    assert cfg.optim.lr == 1e-3 and cfg.run.tensorboard is True and cfg.data.crop_scale == (0.5, 1.0)
+    assert isinstance(cfg.optim.steps, int)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.stpes=3", "unknown config key 'optim.stpes'"),
+        ("optimizer.lr=3", "unknown config key 'optimizer'"),
+        ("optim.steps=abc", "optim.steps: expected int"),
+        ("run.tensorboard=maybe", "run.tensorboard: expected true/false"),
+        ("optim.steps", "must look like section.key=value"),
+    ],
+)
+def test_override_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_overrides(Config(), [override])
+
+
+def test_unknown_yaml_key_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  embed_dimm: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*model.embed_dimm"):
+        load_yaml(path)
+
+
+def test_validate_errors():
+    with pytest.raises(ConfigError, match="num_heads"):
+        validate(apply_overrides(Config(), ["model.num_heads=5"]))
+    with pytest.raises(ConfigError, match="mask.kind"):
+        validate(apply_overrides(Config(), ["mask.kind=random"]))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("nope")
