@@ -97,6 +97,12 @@ class SyntheticConfig:
     num_test: int = 512
     size: int = 64  # frame height = width, pixels
     num_frames: int = 16  # frames rendered per clip
+    max_sprites: int = 1  # each clip shows 1..max_sprites sprites, all sharing its shape and motion class
+    sprite_size: tuple[float, float] = (0.25, 0.45)  # diameter range, fraction of `size` (16-29 px at 64)
+    translate_speed: tuple[float, float] = (1.0, 2.0)  # pixels per frame at size 64 (scaled with `size`)
+    rotate_speed: tuple[float, float] = (0.1, 0.2)  # radians per frame
+    scale_speed: tuple[float, float] = (0.025, 0.045)  # log-diameter change per frame (grow / shrink)
+    background_contrast: float = 0.1  # amplitude of the background texture (colours lie in [0, 1])
 
 
 @dataclass

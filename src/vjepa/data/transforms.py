@@ -1,0 +1,207 @@
+"""Clip transforms: uint8 frames [T, H, W, C] in, normalised float clips [C, T, h, w] out.
+
+A transform treats the clip as one image stack: the same crop (and flip) applies to every frame,
+so motion between frames is preserved. Pure torch (`F.interpolate`), no torchvision.
+
+Shape legend: T frames, H/W input pixels, C channels (1 is repeated to 3), V eval views (crops).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vjepa.config import DataConfig
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    """A uniform integer in [0, high)."""
+    return int(torch.randint(high, (), generator=generator).item())
+
+
+def random_resized_crop_params(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    aspect: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """Sample a crop as torchvision's RandomResizedCrop does.
+
+    The crop covers a uniform fraction of the area in `scale`, with an aspect ratio (w / h)
+    log-uniform in `aspect`; after 10 failed tries it falls back to the largest central crop whose
+    aspect ratio lies in `aspect`.
+
+    Returns:
+        (top, left, crop_height, crop_width), a crop inside the height x width frame.
+    """
+    area = height * width
+    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+    for _ in range(10):
+        target_area = area * _uniform(scale[0], scale[1], generator)
+        ratio = math.exp(_uniform(log_aspect[0], log_aspect[1], generator))
+        crop_width = int(round(math.sqrt(target_area * ratio)))
+        crop_height = int(round(math.sqrt(target_area / ratio)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = _randint(height - crop_height + 1, generator)
+            left = _randint(width - crop_width + 1, generator)
+            return top, left, crop_height, crop_width
+    return _central_crop_params(height, width, aspect)
+
+
+def _central_crop_params(height: int, width: int, aspect: tuple[float, float]) -> tuple[int, int, int, int]:
+    ratio = width / height
+    if ratio < min(aspect):
+        crop_width, crop_height = width, int(round(width / min(aspect)))
+    elif ratio > max(aspect):
+        crop_height, crop_width = height, int(round(height * max(aspect)))
+    else:
+        crop_height, crop_width = height, width
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+def _as_frames(video: torch.Tensor) -> torch.Tensor:
+    """[T, H, W, C] (or [T, H, W] grey) -> a [T, C, H, W] view (channels-last memory, no copy)."""
+    if video.ndim == 3:
+        video = video.unsqueeze(-1)
+    if video.ndim != 4 or video.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a video [T, H, W, C] with C in (1, 3), got {tuple(video.shape)}")
+    return video.permute(0, 3, 1, 2)
+
+
+def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of [T, C, H, W] to [T, C, height, width].
+
+    uint8 input stays uint8: PyTorch's uint8 channels-last kernel is tens of times faster on CPU
+    than the float one, and differs from it by at most one grey level.
+    """
+    if tuple(frames.shape[-2:]) == (height, width):
+        return frames
+    resized = F.interpolate(
+        frames, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized if resized.dtype == torch.uint8 else resized.clamp(0.0, 255.0)
+
+
+class _Normalise:
+    """Maps [T, C, h, w] in [0, 255] (C = 1 is repeated to 3) to a normalised float [3, T, h, w]."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = frames.permute(1, 0, 2, 3).contiguous().float()  # [C, T, h, w]
+        return (frames - self.mean) / self.std  # C = 1 broadcasts to 3
+
+
+class TrainTransform:
+    """One random resized crop for all frames, an optional horizontal flip, normalisation.
+
+    Args:
+        crop_size: output side, pixels.
+        scale: crop area range, as a fraction of the frame.
+        aspect: crop aspect-ratio (w / h) range.
+        horizontal_flip: flip the whole clip with probability 1/2. Flipping swaps the synthetic
+            set's left/right and cw/ccw motion labels (see `synthetic.MOTION_HFLIP`).
+        mean, std: per-channel normalisation, for values in [0, 1].
+    """
+
+    def __init__(
+        self,
+        crop_size: int,
+        scale: tuple[float, float] = (0.3, 1.0),
+        aspect: tuple[float, float] = (0.75, 1.35),
+        horizontal_flip: bool = False,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        self.crop_size, self.scale, self.aspect = crop_size, tuple(scale), tuple(aspect)
+        self.horizontal_flip = horizontal_flip
+        self.normalise = _Normalise(mean, std)
+
+    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 [T, H, W, C] -> float [3, T, crop_size, crop_size]."""
+        frames = _as_frames(video)  # [T, C, H, W]
+        height, width = frames.shape[-2:]
+        top, left, crop_height, crop_width = random_resized_crop_params(
+            height, width, self.scale, self.aspect, generator
+        )
+        frames = frames[:, :, top : top + crop_height, left : left + crop_width]
+        frames = _resize(frames, self.crop_size, self.crop_size)
+        if self.horizontal_flip and torch.rand((), generator=generator).item() < 0.5:
+            frames = frames.flip(-1)
+        return self.normalise(frames)
+
+
+class EvalTransform:
+    """Resize the short side, then take 1 central or 3 spatial crops, and normalise.
+
+    Args:
+        crop_size: output side, pixels.
+        resize_ratio: the short side is first resized to int(crop_size * resize_ratio).
+        num_crops: 1 (centre) or 3 (left / centre / right along the long side; top / centre /
+            bottom for portrait frames).
+        mean, std: per-channel normalisation, for values in [0, 1].
+    """
+
+    def __init__(
+        self,
+        crop_size: int,
+        resize_ratio: float = 256 / 224,
+        num_crops: int = 1,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        self.crop_size, self.resize_ratio, self.num_crops = crop_size, resize_ratio, num_crops
+        self.normalise = _Normalise(mean, std)
+
+    def _resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        short = max(int(self.crop_size * self.resize_ratio), self.crop_size)
+        if height <= width:
+            return short, max(short, int(round(width * short / height)))
+        return max(short, int(round(height * short / width))), short
+
+    def _crop_offsets(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(top, left) of each crop in the resized frame."""
+        centre = ((height - self.crop_size) // 2, (width - self.crop_size) // 2)
+        if self.num_crops == 1:
+            return [centre]
+        if height > width:  # portrait: slide along the height
+            return [(0, centre[1]), centre, (height - self.crop_size, centre[1])]
+        return [(centre[0], 0), centre, (centre[0], width - self.crop_size)]
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, H, W, C] -> float [V, 3, T, crop_size, crop_size], V = num_crops."""
+        frames = _as_frames(video)  # [T, C, H, W]
+        height, width = self._resized_shape(*frames.shape[-2:])
+        frames = _resize(frames, height, width)
+        size = self.crop_size
+        offsets = self._crop_offsets(height, width)
+        crops = [frames[:, :, top : top + size, left : left + size] for top, left in offsets]
+        return torch.stack([self.normalise(crop) for crop in crops])  # [V, 3, T, size, size]
+
+
+def build_transform(
+    cfg: DataConfig, train: bool, num_crops: int = 1, resize_ratio: float = 256 / 224
+) -> TrainTransform | EvalTransform:
+    """The training (random crop) or evaluation (resize + `num_crops` crops) transform of `cfg`.
+
+    `resize_ratio=1.0` keeps whole square frames (e.g. the synthetic set at crop_size = size).
+    """
+    if train:
+        return TrainTransform(
+            cfg.crop_size, cfg.crop_scale, cfg.crop_aspect, cfg.horizontal_flip, cfg.mean, cfg.std
+        )
+    return EvalTransform(cfg.crop_size, resize_ratio, num_crops, cfg.mean, cfg.std)
