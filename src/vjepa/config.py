@@ -426,6 +426,6 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
     if cfg.optim.steps < 1:
         raise ConfigError("optim.steps must be >= 1")
-    if not 0 <= cfg.optim.warmup_steps <= cfg.optim.steps:
-        raise ConfigError("optim.warmup_steps must lie between 0 and optim.steps")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError("optim.warmup_steps must be >= 0")
     return cfg

@@ -126,7 +126,7 @@ class SeededItems(Dataset):
 
 def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int) -> tuple[DataLoader, Dataset]:
     """The training DataLoader: deterministic step batches from the configured source."""
-    from vjepa.data.datasets import build_dataset, collate_skip_bad
+    from vjepa.data import build_dataset, collate
 
     dataset = build_dataset(cfg.data, split="train", train=True)
     sampler = StepBatchSampler(len(dataset), cfg.data.batch_size, cfg.run.seed, start_step, rank, world_size)
@@ -134,7 +134,7 @@ def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int)
         SeededItems(dataset),
         batch_sampler=sampler,
         num_workers=cfg.data.num_workers,
-        collate_fn=collate_skip_bad,
+        collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.data.num_workers > 0,
     )
@@ -327,7 +327,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
                       "generator_losses": [round(v, 5) for v in result.generator_losses.tolist()]}
             last_loss = mean_loss
             loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
-            if step == start or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
+            if initial_stats is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
                 last_stats = collapse_stats(result.targets)
                 initial_stats = initial_stats or last_stats
                 record.update(target_std=last_stats.std, effective_rank=last_stats.effective_rank)

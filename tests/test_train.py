@@ -1,0 +1,108 @@
+"""Training loop: the loss falls, resume is bit-identical, NaN stops the run, saves are atomic."""
+
+import json
+
+import pytest
+import torch
+
+from vjepa.checkpoint import load_checkpoint, save_checkpoint
+from vjepa.cli import main
+from vjepa.config import apply_overrides, preset
+from vjepa.train import StepBatchSampler, TrainingDiverged, train
+
+
+def debug_cfg(out_dir, *overrides):
+    cfg = preset("debug")
+    return apply_overrides(cfg, [f"run.out_dir={out_dir}", "run.progress=false", "run.log_every=1", *overrides])
+
+
+def losses(out_dir):
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_short_run_lowers_loss_and_writes_run_dir(tmp_path):
+    summary = train(debug_cfg(tmp_path, "optim.steps=30", "run.monitor_every=10"))
+    by_step = losses(tmp_path)
+    first = sum(by_step[s] for s in (1, 2, 3)) / 3
+    last = sum(by_step[s] for s in (28, 29, 30)) / 3
+    assert last < first - 0.03, (first, last)
+    assert {"config.yaml", "metrics.jsonl", "latest.pt"} <= {p.name for p in tmp_path.iterdir()}
+    assert summary["effective_rank_end"] > 0 and load_checkpoint(tmp_path / "latest.pt")["step"] == 30
+
+
+def test_resume_gives_identical_losses(tmp_path, monkeypatch):
+    import vjepa.train as train_module
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(debug_cfg(full, "optim.steps=8", "run.checkpoint_every=4"))
+    real = train_module.masks_for_step
+
+    def interrupt_at_step_5(cfg, grid, batch_size, step, rank):
+        if step == 5:
+            raise KeyboardInterrupt  # the run dies after the step-4 checkpoint, mid-way through step 6
+        return real(cfg, grid, batch_size, step, rank)
+
+    monkeypatch.setattr(train_module, "masks_for_step", interrupt_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(debug_cfg(part, "optim.steps=8", "run.checkpoint_every=4"))
+    monkeypatch.undo()
+    train(debug_cfg(part, "optim.steps=8", "run.checkpoint_every=4"))  # resumes from latest.pt (step 4)
+    a, b = losses(full), losses(part)
+    assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]
+    wa = load_checkpoint(full / "latest.pt")["encoder"]
+    wb = load_checkpoint(part / "latest.pt")["encoder"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import vjepa.jepa as jepa
+
+    real = jepa.prediction_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] > 2 * 6 else value  # 2 generators per step: NaN from step 7
+
+    monkeypatch.setattr(jepa, "prediction_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 7"):
+        train(debug_cfg(tmp_path, "optim.steps=12", "run.checkpoint_every=5", "run.log_every=3"))
+    state = load_checkpoint(tmp_path / "latest.pt")
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["encoder"].values())
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temp file left behind
+
+
+def test_step_sampler_is_a_pure_function_of_step():
+    a = StepBatchSampler(10, 4, seed=3)
+    b = StepBatchSampler(10, 4, seed=3, start_step=5)
+    it = iter(b)
+    assert [a.batch(s) for s in range(5, 8)] == [next(it) for _ in range(3)]
+    epoch0 = [i for s in range(0, 5) for i, _ in a.batch(s)][:10]  # first 10 items: one epoch, no repeats
+    assert sorted(epoch0) == list(range(10))
+    ranks = [StepBatchSampler(10, 2, seed=3, rank=r, world_size=2).batch(1) for r in (0, 1)]
+    assert ranks[0] + ranks[1] == a.batch(1)
+
+
+def test_cli_pretrain_and_config_errors(tmp_path, capsys):
+    assert main(["pretrain", "--preset", "debug", f"run.out_dir={tmp_path}", "optim.steps=2", "run.progress=false"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert main(["pretrain", "--preset", "debug", "optim.stepz=2"]) == 2
+    assert "unknown config key 'optim.stepz'" in capsys.readouterr().err
+    assert main(["config", "debug"]) == 0 and "embed_dim: 64" in capsys.readouterr().out
