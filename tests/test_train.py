@@ -38,10 +38,10 @@ def test_resume_gives_identical_losses(tmp_path, monkeypatch):
     train(debug_cfg(full, "optim.steps=8", "run.checkpoint_every=4"))
     real = train_module.masks_for_step
 
-    def interrupt_at_step_5(cfg, grid, batch_size, step, rank):
+    def interrupt_at_step_5(cfg, grid, batch_size, step, *rank_world):
         if step == 5:
             raise KeyboardInterrupt  # the run dies after the step-4 checkpoint, mid-way through step 6
-        return real(cfg, grid, batch_size, step, rank)
+        return real(cfg, grid, batch_size, step, *rank_world)
 
     monkeypatch.setattr(train_module, "masks_for_step", interrupt_at_step_5)
     with pytest.raises(KeyboardInterrupt):

@@ -19,6 +19,10 @@ from vjepa.masks import MaskBatch
 from vjepa.models.predictor import build_predictor
 from vjepa.models.vit import VisionTransformer, build_encoder, gather_tokens
 
+# Implementation switches (speed only; see vjepa.bench, which flips them to time alternatives).
+BATCH_GENERATORS = True  # pad collation: every generator's predictor pass in one [G*B, N] batch
+REEMBED_PER_GENERATOR = False  # the official structure: each generator re-embeds the whole clip
+
 # ---------------------------------------------------------------------------------------------
 # schedules (pure functions of the step)
 
@@ -76,20 +80,27 @@ def pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int) -> to
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean of [B, K] values over the slots where `valid` [B, K] is True (all slots if None)."""
+    """Per-row mean of [B, K] values over the slots where `valid` [B, K] is True (all if None): [B]."""
     if valid is None:
-        return values.mean()
+        return values.mean(dim=1)
     weights = valid.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def sample_losses(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, exponent: float = 1.0) -> torch.Tensor:
+    """Each sample's mean |pred - target|^exponent over D and its valid target tokens: [B, Kt, D] x2 -> [B]."""
+    per_token = (pred.float() - target.float()).abs().pow(exponent).mean(dim=-1)  # [B, Kt]
+    return masked_mean(per_token, valid)
 
 
 def prediction_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, exponent: float = 1.0) -> torch.Tensor:
-    """mean |pred - target|^exponent over D and over valid target tokens: [B, Kt, D] x2 -> scalar.
+    """Mean over samples of `sample_losses`: [B, Kt, D] x2 -> scalar. exponent 1: L1 (V-JEPA), 2: L2.
 
-    exponent 1 is V-JEPA's L1; 2 is an L2 (squared error) loss.
+    Every sample weighs the same (as in the official code, whose truncated rows are all equally
+    long), so a batch's loss is the mean of its parts' losses: N ranks x B clips give exactly the
+    loss and gradient of one process with N*B clips.
     """
-    per_token = (pred.float() - target.float()).abs().pow(exponent).mean(dim=-1)  # [B, Kt]
-    return masked_mean(per_token, valid)
+    return sample_losses(pred, target, valid, exponent).mean()
 
 
 def variance_penalty(pred: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -107,6 +118,18 @@ def variance_penalty(pred: torch.Tensor, valid: torch.Tensor | None) -> torch.Te
 
 # ---------------------------------------------------------------------------------------------
 # the model
+
+
+def pad_rows(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad dim 1 of [B, K, ...] to `length`."""
+    pad = [0, 0] * (x.dim() - 2) + [0, length - x.shape[1]]
+    return F.pad(x, pad)
+
+
+def valid_rows(idx: torch.Tensor, valid: torch.Tensor | None, length: int) -> torch.Tensor:
+    """Valid flags [B, K] (all True if None) padded with False to [B, length]."""
+    valid = torch.ones_like(idx, dtype=torch.bool) if valid is None else valid
+    return F.pad(valid, (0, length - valid.shape[1]), value=False)
 
 
 class JEPA(nn.Module):
@@ -130,6 +153,37 @@ class JEPA(nn.Module):
         self.target_encoder = copy.deepcopy(self.encoder) if self.objective == "jepa" else None
         if self.target_encoder is not None:
             self.target_encoder.requires_grad_(False)
+        self.full_grid = cfg.mask.collate == "pad"  # context and target partition the grid
+
+    def contexts(self, video: torch.Tensor, masks: list[MaskBatch]) -> list[torch.Tensor]:
+        """Context-encoder features of each generator's context tokens: one [B, Kc, D] per generator."""
+        if REEMBED_PER_GENERATOR:  # the official structure: the whole clip is embedded per generator
+            return [self.encoder(video, m.context_idx, m.context_valid) for m in masks]
+        tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
+        return [self.encoder.encode(tokens, m.context_idx, m.context_valid) for m in masks]
+
+    def predict_batched(
+        self, contexts: list[torch.Tensor], masks: list[MaskBatch], grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All generators' predictions in one predictor pass over G*B grid-ordered N-token sequences.
+
+        Rows are generator-major (rows g*B..g*B+B-1 belong to generator g, which uses mask token g);
+        index rows are zero-padded to the longest generator with valid flags False.
+
+        Returns:
+            pred [G*B, Kt, D], target_idx [G*B, Kt], target_valid [G*B, Kt].
+        """
+        num_context = max(c.shape[1] for c in contexts)
+        num_target = max(m.target_idx.shape[1] for m in masks)
+        context = torch.cat([pad_rows(c, num_context) for c in contexts])  # [G*B, Kc, D]
+        context_idx = torch.cat([pad_rows(m.context_idx, num_context) for m in masks])  # [G*B, Kc]
+        context_valid = torch.cat([valid_rows(m.context_idx, m.context_valid, num_context) for m in masks])
+        target_idx = torch.cat([pad_rows(m.target_idx, num_target) for m in masks])  # [G*B, Kt]
+        target_valid = torch.cat([valid_rows(m.target_idx, m.target_valid, num_target) for m in masks])
+        b = contexts[0].shape[0]
+        mask_index = torch.arange(len(masks), device=context.device).repeat_interleave(b)  # [G*B]
+        pred = self.predictor(context, context_idx, target_idx, mask_index, context_valid, target_valid, grid, full_grid=True)
+        return pred, target_idx, target_valid
 
     @torch.no_grad()
     def targets(self, video: torch.Tensor) -> torch.Tensor:
@@ -139,24 +193,35 @@ class JEPA(nn.Module):
         return layer_norm_targets(self.target_encoder(video))
 
     def forward(self, video: torch.Tensor, masks: list[MaskBatch]) -> dict[str, torch.Tensor]:
-        """One objective evaluation: clip [B, C, T, H, W] and one MaskBatch per mask generator."""
+        """One objective evaluation: clip [B, C, T, H, W] and one MaskBatch per mask generator.
+
+        With pad collation each generator's valid context and target tokens must partition the
+        grid (as `sample_masks` guarantees); the predictor then runs every generator in one pass.
+        """
         targets = self.targets(video)  # [B, N, D]
-        tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
-        losses = []
-        reg = torch.zeros((), device=video.device)
-        for index, m in enumerate(masks):
-            context = self.encoder.encode(tokens, m.context_idx, m.context_valid)  # [B, Kc, D]
-            grid = self.encoder.patch_embed.grid(*video.shape[2:])
-            pred = self.predictor(context, m.context_idx, m.target_idx, index, m.context_valid, m.target_valid, grid)
-            target = gather_tokens(targets, m.target_idx)  # [B, Kt, D]
-            losses.append(prediction_loss(pred, target, m.target_valid, self.loss_exp))
+        grid = self.encoder.patch_embed.grid(*video.shape[2:])
+        contexts = self.contexts(video, masks)  # one [B, Kc, D] per generator
+        losses, reg = [], torch.zeros((), device=video.device)
+        if BATCH_GENERATORS and self.full_grid:
+            pred, target_idx, target_valid = self.predict_batched(contexts, masks, grid)  # [G*B, Kt, ...]
+            b = video.shape[0]  # generator g owns rows g*B..(g+1)*B-1
+            for p, idx, valid in zip(pred.split(b), target_idx.split(b), target_valid.split(b)):
+                losses.append(prediction_loss(p, gather_tokens(targets, idx), valid, self.loss_exp))
             if self.reg_coeff > 0:
-                reg = reg + variance_penalty(pred, m.target_valid) / len(masks)
-        prediction = torch.stack(losses).mean()
+                reg = variance_penalty(pred, target_valid)  # a per-sample mean, so the mean over generators
+        else:
+            for index, (context, m) in enumerate(zip(contexts, masks)):
+                pred = self.predictor(context, m.context_idx, m.target_idx, index, m.context_valid, m.target_valid, grid)
+                target = gather_tokens(targets, m.target_idx)  # [B, Kt, D]
+                losses.append(prediction_loss(pred, target, m.target_valid, self.loss_exp))
+                if self.reg_coeff > 0:
+                    reg = reg + variance_penalty(pred, m.target_valid) / len(masks)
+        generator_losses = torch.stack(losses)  # [G]
+        prediction = generator_losses.mean()
         return {
             "loss": prediction + self.reg_coeff * reg,
             "prediction_loss": prediction.detach(),
-            "generator_losses": torch.stack(losses).detach(),
+            "generator_losses": generator_losses.detach(),
             "targets": targets.detach(),
         }
 

@@ -30,7 +30,7 @@ from vjepa.jepa import (
     param_groups,
     set_schedules,
 )
-from vjepa.masks import MaskBatch, sample_masks
+from vjepa.masks import MaskBatch, collate_masks, target_masks
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,6 +53,18 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     if dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compile_blocks(model: JEPA) -> None:
+    """`torch.compile` every transformer block in place, with dynamic shapes (K changes every step).
+
+    Block by block, as torchtitan does: a few small graphs (grad or not, padding mask or not, per
+    width) and the mask bookkeeping stays eager. Compiling the whole JEPA instead returned a loss
+    without a gradient in torch 2.13. Apply before wrapping for DDP/FSDP.
+    """
+    for network in (model.encoder, model.target_encoder, model.predictor):
+        for block in getattr(network, "blocks", getattr(network, "predictor_blocks", [])):
+            block.compile(dynamic=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,10 +153,30 @@ def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int)
     return loader, dataset
 
 
-def masks_for_step(cfg: Config, grid: tuple[int, int, int], batch_size: int, step: int, rank: int) -> list[MaskBatch]:
-    """Masks for one step: a pure function of (seed, step, rank)."""
-    generator = torch.Generator().manual_seed(mix_seed(cfg.run.seed, step, rank, 7))
-    return sample_masks(cfg.mask, grid, batch_size, generator, tubelet_size=cfg.model.tubelet_size)
+def masks_for_step(
+    cfg: Config, grid: tuple[int, int, int], batch_size: int, step: int, rank: int = 0, world_size: int = 1
+) -> list[MaskBatch]:
+    """This rank's masks for one step: rows rank*B..(rank+1)*B-1 of the global batch's masks.
+
+    The global batch's masks are a pure function of (seed, step), drawn with one generator, so N
+    ranks x B clips see exactly the masks of one process with N*B clips (truncation, a property of
+    the whole batch, is applied before slicing).
+    """
+    generator = torch.Generator().manual_seed(mix_seed(cfg.run.seed, step, 0, 7))  # the 0: pre-slicing seeds
+    masks = target_masks(cfg.mask, grid, batch_size * world_size, generator, cfg.model.tubelet_size)
+    rows = slice(rank * batch_size, (rank + 1) * batch_size)
+    if cfg.mask.collate == "truncate":
+        return [select_rows(collate_masks(mask, "truncate"), rows) for mask in masks]
+    return [collate_masks(mask[rows], cfg.mask.collate) for mask in masks]
+
+
+def select_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
+    """The MaskBatch of a slice of the batch's rows."""
+
+    def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[rows]
+
+    return MaskBatch(pick(masks.context_idx), pick(masks.target_idx), pick(masks.context_valid), pick(masks.target_valid))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,29 +261,20 @@ class RunLog:
 
 
 def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, cfg: Config, loss: float) -> dict[str, Any]:
-    """Everything needed to resume at `step` (official top-level key names)."""
-    state = {
-        "encoder": model.encoder.state_dict(),
-        "predictor": model.predictor.state_dict(),
-        "opt": optimizer.state_dict(),
-        "step": step,
-        "loss": loss,
-        "config": to_dict(cfg),
-    }
-    if model.target_encoder is not None:
-        state["target_encoder"] = model.target_encoder.state_dict()
-    return state
+    """Everything needed to resume at `step` (official top-level key names).
+
+    Under FSDP every rank must call this (it gathers the shards); rank 0 gets the full state.
+    """
+    networks, opt = dist_utils.full_state_dicts(model, optimizer)
+    return {**networks, "opt": opt, "step": step, "loss": loss, "config": to_dict(cfg)}
 
 
-def restore(model: JEPA, optimizer: torch.optim.Optimizer, path: Path) -> int:
-    """Load a training checkpoint into model and optimiser (strictly); return its step."""
-    state = load_checkpoint(path)
+def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's encoder, predictor and target encoder into the (unwrapped) model, strictly."""
     load_state_strict(model.encoder, state["encoder"], f"{path} [encoder]")
     load_state_strict(model.predictor, state["predictor"], f"{path} [predictor]")
     if model.target_encoder is not None:
         load_state_strict(model.target_encoder, state["target_encoder"], f"{path} [target_encoder]")
-    optimizer.load_state_dict(state["opt"])
-    return int(state["step"])
 
 
 def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
@@ -278,14 +301,22 @@ def train(cfg: Config) -> dict[str, Any]:
     out_dir = prepare_run_dir(cfg, is_main)
     num_generators = 1 if cfg.mask.kind == "tube" else len(cfg.mask.generators)
     model = JEPA(cfg, num_generators).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model.encoder, model.predictor), lr=cfg.optim.lr, betas=cfg.optim.betas)
     latest = out_dir / "latest.pt"
-    start = restore(model, optimizer, latest) if latest.exists() else 0
+    state = load_checkpoint(latest) if latest.exists() else None  # any world size wrote it
+    if state is not None:
+        restore_networks(model, state, latest)
     if cfg.run.activation_checkpointing:
         model.encoder.activation_checkpointing = model.predictor.activation_checkpointing = True
-    wrapped = dist_utils.wrap(model, env, cfg.run.distributed)
     if cfg.run.compile:
-        wrapped = torch.compile(wrapped)
+        compile_blocks(model)
+    wrapped = dist_utils.wrap(model, env, cfg.run.distributed)
+    # built after wrapping: FSDP2 swaps the parameters for sharded ones
+    optimizer = torch.optim.AdamW(param_groups(model.encoder, model.predictor), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    start = 0
+    if state is not None:
+        dist_utils.load_optimizer_state(model, optimizer, state["opt"])
+        start = int(state["step"])
+    del state
     loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size)
     grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
     log = RunLog(out_dir, enabled=is_main, tensorboard=cfg.run.tensorboard)
@@ -294,7 +325,7 @@ def train(cfg: Config) -> dict[str, Any]:
     summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log)
     log.close()
     dist_utils.teardown(env)
-    return summary
+    return {**summary, "rank": env.rank, "world_size": env.world_size}  # the CLI probes on rank 0 only
 
 
 def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log) -> dict[str, Any]:
@@ -309,7 +340,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
     for step in range(start, cfg.optim.steps):
         batch = next(batches)
         video = batch["video"].to(device, non_blocking=True)
-        masks = [m.to(device) for m in masks_for_step(cfg, grid, video.shape[0], step, env.rank)]
+        masks = [m.to(device, non_blocking=True) for m in masks_for_step(cfg, grid, video.shape[0], step, env.rank, env.world_size)]
         result = train_step(wrapped, optimizer, video, masks, step, cfg, device)
         finite = torch.isfinite(result.loss)
         first_bad = torch.where((~finite) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
@@ -324,7 +355,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
             rate = clips * env.world_size / max(time.perf_counter() - t0, 1e-9)
             record = {"step": done, "loss": mean_loss, "lr": result.lr, "weight_decay": result.weight_decay,
                       "momentum": result.momentum, "clips_per_s": rate,
-                      "generator_losses": [round(v, 5) for v in result.generator_losses.tolist()]}
+                      "generator_losses": [round(v, 5) for v in dist_utils.all_reduce_mean(result.generator_losses, env).tolist()]}
             last_loss = mean_loss
             loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
             if initial_stats is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
@@ -338,12 +369,14 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
             log.write(record)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{result.lr:.2e}", clips_s=f"{rate:.1f}")
         bar.update(1)
-        if is_ckpt and is_main:
+        if is_ckpt:
+            state = checkpoint_state(model, optimizer, done, cfg, last_loss)  # a collective under FSDP
             path = out_dir / "latest.pt"
-            save_checkpoint(path, checkpoint_state(model, optimizer, done, cfg, last_loss))
-            last_good = (path, done)
-            if cfg.run.keep_every and done % cfg.run.keep_every == 0:
-                save_checkpoint(out_dir / f"step_{done}.pt", checkpoint_state(model, optimizer, done, cfg, last_loss))
+            if is_main:
+                save_checkpoint(path, state)
+                if cfg.run.keep_every and done % cfg.run.keep_every == 0:
+                    save_checkpoint(out_dir / f"step_{done}.pt", state)
+            last_good, state = (path, done), None
         if is_ckpt:
             dist_utils.barrier(env)
     bar.close()

@@ -11,8 +11,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vjepa.masks.collate import indices_to_mask
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 from vjepa.models.vit import Block, gather_tokens, init_weights, key_padding_mask, rescale_residuals, run_blocks
+
+
+def grid_sequence(
+    positions: torch.Tensor,
+    embedded: torch.Tensor,
+    context_idx: torch.Tensor,
+    context_valid: torch.Tensor | None,
+    token: torch.Tensor,
+    target_idx: torch.Tensor,
+    target_valid: torch.Tensor | None,
+) -> torch.Tensor:
+    """Lay a partitioned grid out in token order: position plus context feature or mask token.
+
+    Args:
+        positions: [B, N, P] position table; embedded: [B, Kc, P] projected context features.
+        context_idx, context_valid: [B, Kc] context positions and their valid flags (or None).
+        token: [B or 1, 1, P] mask token; target_idx, target_valid: [B, Kt] target positions, flags.
+
+    Returns:
+        [B, N, P], the same values as the concatenated layout's valid slots, each position once.
+    """
+    is_target = indices_to_mask(target_idx, target_valid, positions.shape[1]).unsqueeze(-1)  # [B, N, 1]
+    x = positions + is_target.to(token.dtype) * token  # mask token at every target position
+    if context_valid is not None:  # padding slots repeat a real index: add zeros there
+        embedded = embedded * context_valid.unsqueeze(-1).to(embedded.dtype)
+    index = context_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, Kc, P]
+    return x.scatter_add(1, index, embedded.to(x.dtype))  # context features added at their positions
 
 
 class Predictor(nn.Module):
@@ -61,6 +89,7 @@ class Predictor(nn.Module):
         context_valid: torch.Tensor | None = None,
         target_valid: torch.Tensor | None = None,
         grid: tuple[int, int, int] | None = None,
+        full_grid: bool = False,
     ) -> torch.Tensor:
         """Predict target features.
 
@@ -72,6 +101,10 @@ class Predictor(nn.Module):
                 giving one per sample (lets several generators share one batched pass).
             context_valid, target_valid: BoolTensor [B, Kc] / [B, Kt], False on padding slots.
             grid: token grid of the clip if it differs from the built one (positions interpolated).
+            full_grid: the valid context and target tokens partition the grid (pad collation). Then
+                every sequence is laid out in grid order with exactly N tokens and no padding or
+                attention mask (same result: attention does not depend on token order), which lets
+                several generators share one pass.
 
         Returns:
             Predictions [B, Kt, D] (padding slots hold values the loss must ignore).
@@ -79,11 +112,17 @@ class Predictor(nn.Module):
         b, num_context = context_idx.shape
         positions = interpolate_3d(self.predictor_pos_embed, self.grid, grid or self.grid)
         positions = positions.expand(b, -1, -1).to(context.dtype)  # [B, N, P]
-        x = self.predictor_embed(context) + gather_tokens(positions, context_idx)  # [B, Kc, P]
+        embedded = self.predictor_embed(context)  # [B, Kc, P]
+        dtype = torch.promote_types(embedded.dtype, positions.dtype)
         if isinstance(mask_index, int):
-            token = self.mask_tokens[mask_index].to(x.dtype)  # [1, 1, P]
+            token = self.mask_tokens[mask_index].to(dtype)  # [1, 1, P]
         else:
-            token = torch.cat(list(self.mask_tokens))[mask_index].to(x.dtype)  # [B, 1, P]
+            token = torch.cat(list(self.mask_tokens))[mask_index].to(dtype)  # [B, 1, P]
+        if full_grid:
+            x = grid_sequence(positions, embedded, context_idx, context_valid, token, target_idx, target_valid)
+            x = run_blocks(self.predictor_blocks, x, None, self.activation_checkpointing)  # [B, N, P]
+            return self.predictor_proj(self.predictor_norm(gather_tokens(x, target_idx)))  # [B, Kt, D]
+        x = embedded + gather_tokens(positions, context_idx)  # [B, Kc, P]
         queries = token + gather_tokens(positions, target_idx)  # [B, Kt, P]
         x = torch.cat([x, queries], dim=1)  # [B, Kc+Kt, P]
         valid = None

@@ -19,7 +19,16 @@ from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 
 
-CPU_FP32_ATTENTION = True  # see Attention.forward; benchmarks/train_step.py measures both
+# Implementation switches: they change speed, never results beyond float rounding. The benchmark
+# (vjepa.bench) flips them to time other choices, e.g. the official code's structure, in one process.
+# Measured A/B in one process (`vjepa bench`, demo preset, CPU, bf16): keeping the attention core in
+# fp32 gained nothing (1.00-1.01x) over bf16 SDPA and cost memory, so it is off; for sequences up to
+# ~768 tokens, attention as two bf16 batched matmuls beat PyTorch's CPU flash kernel 1.15-1.4x
+# (fwd+bwd; equal at 1024, slower beyond), at the price of O(K^2) saved activations.
+CPU_FP32_ATTENTION = False  # CPU bf16: run the SDPA core in fp32
+CPU_MATMUL_ATTENTION_MAX_TOKENS = 768  # CPU bf16: sequences up to this long use `matmul_attention`
+MANUAL_ATTENTION = False  # softmax(q k^T) v in plain ops, scores materialised (the official code)
+CONV3D_PATCH_EMBED = False  # tubelet embedding through nn.Conv3d (the official code) instead of one GEMM
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -32,6 +41,22 @@ def key_padding_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
     if valid is None:
         return None
     return valid[:, None, None, :]
+
+
+def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The official attention core, scores materialised: q, k, v [B, h, K, d] -> softmax(q k^T / sqrt(d)) v."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # [B, h, K, K]
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`manual_attention` with the scale folded into q (a [B, h, K, d] multiply, not [B, h, K, K])."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B, h, K, K]
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
 
 
 class Attention(nn.Module):
@@ -48,9 +73,12 @@ class Attention(nn.Module):
         b, k, d = x.shape
         qkv = self.qkv(x).reshape(b, k, 3, self.num_heads, d // self.num_heads)
         q, key, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, K, D/heads]
-        if CPU_FP32_ATTENTION and x.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # PyTorch's CPU flash-attention kernel runs bf16 ~2x slower than fp32 (measured: fwd+bwd
-            # 180 vs 90 ms at 16x3x512x64), while bf16 GEMMs gain ~6x from AMX: keep only this op in fp32.
+        cpu_bf16 = x.device.type == "cpu" and q.dtype == torch.bfloat16
+        if MANUAL_ATTENTION:
+            x = manual_attention(q, key, v, attn_mask)
+        elif cpu_bf16 and k <= CPU_MATMUL_ATTENTION_MAX_TOKENS:  # see the switches at the top
+            x = matmul_attention(q, key, v, attn_mask)
+        elif CPU_FP32_ATTENTION and cpu_bf16:
             x = F.scaled_dot_product_attention(q.float(), key.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
         else:
             x = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
@@ -178,6 +206,8 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Tubelet embedding plus positions: clip [B, C, T, H, W] -> tokens [B, N, D]."""
         grid = self.patch_embed.grid(*x.shape[2:])
+        if CONV3D_PATCH_EMBED:  # [B, D, T', H', W'] -> [B, N, D], tokens ordered (t, h, w)
+            return self.patch_embed.proj(x).flatten(2).transpose(1, 2) + self.positions(grid).to(x.dtype)
         return self.patch_embed(x) + self.positions(grid).to(x.dtype)
 
     def encode(
