@@ -75,7 +75,242 @@ def _add_config(sub) -> None:
     p.set_defaults(func=_config)
 
 
-REGISTRY = [_add_pretrain, _add_config]
+def _bench(args: argparse.Namespace) -> int:
+    from vjepa.bench import benchmark
+
+    flags = [f"run.dtype={args.dtype}", f"run.compile={args.compile}", f"run.threads={args.threads}",
+             f"run.activation_checkpointing={args.activation_checkpointing}"]
+    flags += [f"data.batch_size={args.batch_size}"] if args.batch_size else []
+    args.overrides = flags + args.overrides  # explicit overrides win
+    report = benchmark(build_config(args), steps=args.steps, warmup=args.warmup, official=args.official_structure,
+                       compare_official=args.compare, ablation=args.ablation, device=args.device)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time training steps: clips/s, FLOPs, MFU, memory (JSON)")
+    _config_args(p)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--batch-size", type=int, default=0, help="clips per step (default: the preset's)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's run.device)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
+    p.add_argument("--official-structure", action="store_true", help="time the official code's step structure only")
+    p.add_argument("--compare", action="store_true", help="time ours and the official structure interleaved")
+    p.add_argument("--ablation", action="store_true", help="official structure -> ours, one change at a time")
+    p.set_defaults(func=_bench)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from vjepa.data.prepare import prepare_main
+
+    cfg = build_config(args)
+    for line in prepare_main(cfg.data, args.out, args.split):
+        print(line)
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="decode a video dataset once into a fast uint8 cache")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="cache folder to write")
+    p.add_argument("--split", nargs="+", default=["train"], help="splits to cache")
+    p.set_defaults(func=_prepare)
+
+
+def _probe_config(args: argparse.Namespace):
+    """A ProbeConfig from the shared `probe` / `eval` flags."""
+    from vjepa.evaluate import make_probe_config
+
+    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "num_segments": args.segments,
+                "num_crops": args.crops, "attend_across_segments": args.attend_across_segments,
+                "frames_per_segment": args.frames, "resize_ratio": args.resize_ratio, "encoder": args.which,
+                "max_train_clips": args.max_train_clips, "eval_split": args.eval_split,
+                "cache_dir": args.cache_dir, "device": args.device, "seed": args.seed}
+    return make_probe_config(**{k: v for k, v in settings.items() if v is not None})
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="run directory (uses latest.pt) or checkpoint file")
+    p.add_argument("--epochs", type=int, help="probe epochs on cached features (default 100)")
+    p.add_argument("--batch-size", type=int, help="probe batch size (default 16)")
+    p.add_argument("--lr", type=float, help="probe peak learning rate (default 1e-3)")
+    p.add_argument("--segments", type=int, help="temporal segments per clip (default 1)")
+    p.add_argument("--crops", type=int, choices=[1, 3], help="spatial crops per segment at test time")
+    p.add_argument("--attend-across-segments", action="store_true", default=None,
+                   help="one probe reads all segments' tokens at once")
+    p.add_argument("--frames", type=int, help="frames per segment (default: the run's data.num_frames)")
+    p.add_argument("--resize-ratio", type=float, help="short side = crop * ratio before cropping (default 1)")
+    p.add_argument("--which", choices=["target_encoder", "encoder"], help="network to probe")
+    p.add_argument("--max-train-clips", type=int, help="use at most this many training clips (0: all)")
+    p.add_argument("--eval-split", help="split to score (default test)")
+    p.add_argument("--cache-dir", help="keep token features here (.safetensors) for later probes")
+    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--seed", type=int, help="probe seed (default 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--output", help="JSON file to write (default: inside the run directory)")
+    p.add_argument("overrides", nargs="*", help="run-config changes, e.g. data.source=csv data.path=list.csv")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import torch
+
+    from vjepa.evaluate import describe, probe_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    probe_cfg = _probe_config(args)
+    probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction = args.task, args.probe, args.label_fraction
+    result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output)
+    print(describe(result))
+    print(f"wrote {result['output']}")
+    return 0
+
+
+def _add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="train a probe on a frozen encoder; print top-1 on the test split")
+    p.add_argument("--task", default="motion", choices=["motion", "appearance", "label"],
+                   help="motion (SSv2 role) / appearance (K400 role) on built-in data; label on real video")
+    p.add_argument("--probe", default="attentive", choices=["attentive", "linear"])
+    p.add_argument("--label-fraction", type=float, default=1.0, help="class-balanced share of labels, e.g. 0.05")
+    _probe_args(p)
+    p.set_defaults(func=_probe)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from vjepa.evaluate import evaluate_checkpoint, format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = evaluate_checkpoint(args.path, _probe_config(args), tuple(args.label_fractions), args.overrides,
+                                  args.output)
+    print(format_table(results))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="the standard probes (tasks x attentive/linear) on one run; prints a table")
+    p.add_argument("--label-fractions", type=float, nargs="+", default=[1.0], help="e.g. 1.0 0.05")
+    _probe_args(p)
+    p.set_defaults(func=_eval)
+
+
+def _encoder_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    """Flags shared by the commands that load an encoder (see `vjepa.api.load`)."""
+    p.add_argument("--checkpoint", required=checkpoint_required,
+                   help="run dir, .pt, .safetensors export, official .pth.tar, or a preset name (random init)")
+    p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--num-heads", type=int, help="official checkpoints of an unofficial width: attention heads")
+    p.add_argument("--num-frames", type=int, help="official checkpoints: clip length trained at, if shapes can't tell")
+    p.add_argument("--img-size", type=int, help="official checkpoints: frame side trained at, if shapes can't tell")
+
+
+def _load_encoder(args: argparse.Namespace):
+    from vjepa.api import load
+
+    return load(args.checkpoint, args.which, args.device, num_frames=args.num_frames, img_size=args.img_size,
+                num_heads=args.num_heads, with_predictor=False, precision=args.precision)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from vjepa.api import embed_files, list_videos, save_features
+
+    encoder = _load_encoder(args)
+    videos = list_videos(args.input)
+    result = embed_files(encoder, videos, args.pooled, args.batch_size, args.frames, args.frame_step, args.stride,
+                         progress=not args.no_progress)
+    for path, error in result.failures:
+        print(f"skipped {path}: {error}", file=sys.stderr)
+    if not result.paths:
+        print(f"vjepa embed: error: none of the {len(videos)} videos could be embedded", file=sys.stderr)
+        return 1
+    written = save_features(args.output, result, args.dtype)
+    print(f"embedded {len(result.paths)} of {len(videos)} videos: {len(result.features)} windows, features "
+          f"{tuple(result.features.shape)} -> {', '.join(str(w) for w in written)}"
+          + (f" ({len(result.failures)} skipped, listed above)" if result.failures else ""))
+    return 0
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="features of videos (a file, a folder or a CSV list) -> .safetensors/.npy")
+    p.add_argument("input", help="video file, folder of videos, or CSV/TXT list (`path [label]` per line)")
+    _encoder_args(p)
+    p.add_argument("-o", "--output", required=True, help="features.safetensors or features.npy (+ features.json)")
+    p.add_argument("--pooled", action="store_true", help="one vector per window (mean over tokens)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
+    p.add_argument("--frames", type=int, help="frames per window (default: the model's)")
+    p.add_argument("--frame-step", type=int, help="source frames between window frames (default: the run's)")
+    p.add_argument("--stride", type=int, help="source frames between window starts (default: no overlap)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored feature type")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_embed)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vjepa.api import export
+
+    print(f"wrote {export(args.source, args.output, args.which, args.predictor)}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="one encoder's weights + config -> .safetensors (also converts official)")
+    p.add_argument("source", help="run dir, .pt checkpoint, or official .pth.tar")
+    p.add_argument("-o", "--output", required=True, help="file to write, e.g. encoder.safetensors")
+    p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
+    p.add_argument("--predictor", action="store_true", help="also store the predictor (keys predictor.*)")
+    p.set_defaults(func=_export)
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from vjepa import visualize
+
+    if args.kind == "pca":
+        path = visualize.pca_figure(_load_encoder(args), args.video, args.output, args.start, args.frame_step,
+                                    args.cell)
+    elif args.kind == "masks":
+        from vjepa.api import load_config
+
+        path = visualize.masks_figure(load_config(args.source), args.output, args.video, args.seed, args.cell)
+    else:
+        path = visualize.curves_figure(args.run_dir, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="PNG/GIF: PCA of patch features, sampled masks, training curves")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    pca = kinds.add_parser("pca", help="input frames next to the first 3 PCA components of their features")
+    pca.add_argument("video", help="video file (one window of it is shown)")
+    _encoder_args(pca)
+    pca.add_argument("-o", "--output", default="pca.png", help=".png (grid) or .gif (animation)")
+    pca.add_argument("--start", type=int, default=0, help="show the first window starting at or after this frame")
+    pca.add_argument("--frame-step", type=int, help="source frames between clip frames (default: the run's)")
+    pca.add_argument("--cell", type=int, default=128, help="pixels per picture cell")
+    masks = kinds.add_parser("masks", help="context (clear) and target (red) tokens of one sample per generator")
+    masks.add_argument("source", nargs="?", default="demo", help="run dir, checkpoint or preset (its mask config)")
+    masks.add_argument("--video", help="clip to draw on (default: a built-in synthetic clip)")
+    masks.add_argument("-o", "--output", default="masks.png", help=".png or .gif")
+    masks.add_argument("--seed", type=int, default=0, help="mask sampler seed")
+    masks.add_argument("--cell", type=int, default=128, help="pixels per picture cell")
+    curves = kinds.add_parser("curves", help="loss, lr, target std and effective rank from metrics.jsonl")
+    curves.add_argument("run_dir", help="run directory")
+    curves.add_argument("-o", "--output", default="curves.png", help=".png, .pdf or .svg")
+    for kind in (pca, masks, curves):
+        kind.set_defaults(func=_visualize)
+
+
+REGISTRY = [_add_prepare, _add_pretrain, _add_config, _add_bench, _add_probe, _add_eval, _add_embed, _add_export,
+            _add_visualize]
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -92,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # DataError is a ValueError
         print(f"vjepa {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        if type(err).__name__ in ("CheckpointError", "TrainingDiverged", "DataError"):
+        if type(err).__name__ in ("CheckpointError", "TrainingDiverged", "DecodeError"):
             print(f"vjepa {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise

@@ -177,6 +177,40 @@ class RunConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Frozen-encoder evaluation: which probe, how it trains on cached features, how clips are viewed.
+
+    Views: every clip is cut into `num_segments` temporal windows of `frames_per_segment` frames,
+    each seen through `num_crops` spatial crops (left/centre/right); training uses centre crops.
+    """
+
+    kind: str = "attentive"  # attentive (the paper's probe) | linear (average-pool + linear)
+    task: str = "motion"  # synthetic: motion (the SSv2 role) | appearance (the K400 role); other data: label
+    encoder: str = "target_encoder"  # checkpoint network to probe (runs without one fall back to encoder)
+    epochs: int = 100  # on cached (unaugmented) features 20-30 epochs left the attentive probe at chance
+    batch_size: int = 16  # small batches: 4x the updates of 64 at the same CPU cost per clip
+    lr: float = 1e-3
+    final_lr: float = 0.0
+    warmup_epochs: int = 10  # linear warmup from 0 (capped at a tenth of the epochs), then cosine to final_lr
+    weight_decay: float = 0.01
+    depth: int = 1  # attentive probe: 1 cross-attention block (+ depth-1 query self-attention blocks)
+    num_heads: int = 0  # 0: the encoder's
+    label_fraction: float = 1.0  # < 1: class-balanced low-shot subset of the training labels
+    max_train_clips: int = 0  # 0: the whole train split (quick probes use fewer)
+    eval_split: str = "test"
+    num_segments: int = 1
+    num_crops: int = 1  # 1 (centre) or 3 (left/centre/right) at test time
+    frames_per_segment: int = 0  # 0: model.num_frames
+    attend_across_segments: bool = False  # one probe reads all segments' tokens at once
+    resize_ratio: float = 1.0  # short side resized to crop_size * ratio before cropping
+    feature_batch_size: int = 32
+    feature_dtype: str = "bf16"  # cached tokens: bf16 (the attentive probe then trains under bf16 autocast) | fp32
+    cache_dir: str = ""  # if set, token features are saved/loaded there (.safetensors)
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """A whole pretraining run."""
 

@@ -1,0 +1,621 @@
+"""Use an encoder as a library: load weights from anywhere, embed videos, export, embed many files.
+
+    >>> import vjepa
+    >>> encoder = vjepa.load("runs/demo")          # run dir, .pt, .safetensors, official .pth.tar, preset
+    >>> tokens = encoder.embed("clip.mp4")         # [W, N, D]: one row per window of the video
+    >>> pooled = encoder.embed("clip.mp4", pooled=True)  # [W, D]
+
+`load` always loads strictly (a missing, unexpected or mis-shaped key is an error listing them) and
+never runs code from a file (`torch.load(weights_only=True)`, or safetensors).
+
+Shape legend: B batch, C channels, T frames, H/W pixels, S the model's square input side,
+N tokens per clip, D feature width, W windows of a video, R rows of a feature file.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vjepa.checkpoint import (
+    CheckpointError,
+    infer_model_config,
+    load_checkpoint,
+    load_safetensors,
+    load_state_strict,
+    read_safetensors_metadata,
+    save_safetensors,
+    split_networks,
+)
+from vjepa.config import PRESETS, Config, from_dict, load_yaml, preset, to_dict
+from vjepa.models.predictor import Predictor, build_predictor
+from vjepa.models.vit import VisionTransformer, build_encoder
+
+EXPORT_FORMAT = "vjepa-weights-1"  # metadata "format" of files written by `export`
+WHICH = ("target_encoder", "encoder")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; any other name is passed to `torch.device`."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def window_indices(num_video_frames: int, num_frames: int, frame_step: int, stride: int | None = None) -> np.ndarray:
+    """Frame indices of the sliding windows that cover a video.
+
+    A window is `num_frames` frames `frame_step` apart. Windows start every `stride` source frames
+    (default `num_frames * frame_step`: back to back, no overlap); when the video's length is not a
+    whole number of strides, one more window ends exactly at the last frame, so the whole video is
+    seen. A video shorter than one window gives one window with the largest step that fits (down
+    to 1), padded by repeating the last frame.
+
+    Args:
+        num_video_frames: frames in the video (>= 1).
+        num_frames: frames per window.
+        frame_step: source frames between consecutive window frames.
+        stride: source frames between window starts.
+
+    Returns:
+        int64 [W, num_frames]; column 0 holds the window starts.
+    """
+    if num_video_frames < 1 or num_frames < 1 or frame_step < 1 or (stride is not None and stride < 1):
+        raise ValueError(f"need >= 1 frames, num_frames, frame_step and stride; got "
+                         f"{num_video_frames}, {num_frames}, {frame_step}, {stride}")
+    span = (num_frames - 1) * frame_step + 1  # source frames one window covers
+    offsets = np.arange(num_frames, dtype=np.int64)
+    if num_video_frames < span:
+        step = max(1, (num_video_frames - 1) // max(num_frames - 1, 1))
+        return np.minimum(offsets * step, num_video_frames - 1)[None]
+    starts = list(range(0, num_video_frames - span + 1, stride or num_frames * frame_step))
+    if starts[-1] != num_video_frames - span:
+        starts.append(num_video_frames - span)
+    return np.asarray(starts, dtype=np.int64)[:, None] + offsets[None] * frame_step
+
+
+class Encoder:
+    """A frozen V-JEPA encoder ready for inference (eval mode, no gradients), with its config.
+
+    Attributes:
+        model: the `VisionTransformer`.
+        config: the run's `Config` (for official checkpoints: inferred from the weights). Clip
+            size (`data.num_frames`, `data.crop_size`), sampling (`data.frame_step`) and
+            normalisation (`data.mean`, `data.std`) come from here.
+        predictor: the `Predictor` when the checkpoint has one (frozen too), else None.
+        which: the network loaded ("target_encoder", "encoder", or "random" for a preset).
+        source: where the weights came from.
+        precision: "fp32", or "bf16" for bfloat16 autocast (outputs are float32 either way).
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        config: Config,
+        predictor: Predictor | None = None,
+        which: str = "target_encoder",
+        source: str = "",
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r}; choose fp32 or bf16")
+        self.model, self.config, self.predictor = _freeze(model), config, predictor and _freeze(predictor)
+        self.which, self.source, self.precision = which, source, precision
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        return (f"Encoder({self.which} of {self.source or '?'}: ViT D={m.embed_dim} depth={m.depth} "
+                f"heads={m.num_heads}, clip {self.num_frames}x{self.img_size}x{self.img_size}, "
+                f"patch {m.patch_size}, tubelet {m.tubelet_size}, device {self.device})")
+
+    @property
+    def num_frames(self) -> int:
+        """Frames per clip the model was built for."""
+        return self.config.data.num_frames
+
+    @property
+    def img_size(self) -> int:
+        """Side of the square frames the model was built for, pixels."""
+        return self.config.data.crop_size
+
+    @property
+    def frame_step(self) -> int:
+        """Default source frames between clip frames (the run's `data.frame_step`)."""
+        return self.config.data.frame_step
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the feature width."""
+        return self.model.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return self.model.pos_embed.device
+
+    def grid(self, num_frames: int | None = None) -> tuple[int, int, int]:
+        """Token grid (T', H', W') of a clip of `num_frames` frames (default: the model's)."""
+        return self.model.patch_embed.grid(num_frames or self.num_frames, self.img_size, self.img_size)
+
+    def to(self, device: str | torch.device) -> Encoder:
+        """Move the model (and predictor) to `device`; returns self."""
+        device = resolve_device(device)
+        self.model.to(device)
+        if self.predictor is not None:
+            self.predictor.to(device)
+        return self
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        """Encode normalised clips: float [B, C, T, H, W] -> float32 [B, N, D] on the model's device."""
+        clips = clips.to(self.device, torch.float32)
+        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(clips).float()
+
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw frames -> one model input: uint8 [T, H, W, C] (C 1 or 3) -> float [3, T, S, S].
+
+        The short side is resized to S (the model's `img_size`), the centre crop kept, and the
+        pixels normalised with the config's mean and std (ImageNet's by default).
+        """
+        from vjepa.data.transforms import EvalTransform
+
+        frames = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"raw frames must be uint8 [T, H, W, C], got {frames.dtype}")
+        data = self.config.data
+        transform = EvalTransform(self.img_size, resize_ratio=1.0, num_crops=1, mean=data.mean, std=data.std)
+        return transform(frames)[0]  # [3, T, S, S]
+
+    def iter_clips(
+        self,
+        video: str | Path | np.ndarray | torch.Tensor,
+        window: int | None = None,
+        frame_step: int | None = None,
+        stride: int | None = None,
+        chunk: int = 8,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield (start frame, preprocessed clip float [3, window, S, S]) for each window of a video.
+
+        Args:
+            video: a video file / frame folder / TIFF stack path, or uint8 frames [T, H, W, C].
+            window, frame_step, stride: see `embed`.
+            chunk: windows decoded per read (a path is opened once per chunk).
+        """
+        window, frame_step = window or self.num_frames, frame_step or self.frame_step
+        if isinstance(video, (str, Path)):
+            from vjepa.data.decode import probe_video, read_frames
+
+            windows = window_indices(probe_video(video).num_frames, window, frame_step, stride)
+            for first in range(0, len(windows), chunk):
+                part = windows[first : first + chunk]  # [w, window]
+                wanted, position = np.unique(part, return_inverse=True)
+                frames = read_frames(video, wanted)[position.reshape(part.shape)]  # [w, window, H, W, 3]
+                for indices, clip in zip(part, frames):
+                    yield int(indices[0]), self.preprocess(clip)
+            return
+        frames = _as_uint8_video(video)
+        for indices in window_indices(len(frames), window, frame_step, stride):
+            yield int(indices[0]), self.preprocess(frames[indices])
+
+    def embed(
+        self,
+        video: str | Path | np.ndarray | torch.Tensor,
+        pooled: bool = False,
+        batch_size: int = 8,
+        window: int | None = None,
+        frame_step: int | None = None,
+        stride: int | None = None,
+    ) -> torch.Tensor:
+        """Features of a video or of ready clips.
+
+        Args:
+            video: one of
+                - a path (video file, frame folder, TIFF stack), decoded here;
+                - uint8 frames [T, H, W, C] (numpy or torch; C = 1 or 3);
+                - normalised float clips [B, C, T, H, W] (or one clip [C, T, H, W]), used as given
+                  (other sizes than the model's work: positions are interpolated).
+                Paths and uint8 frames are resized (short side, centre crop) and normalised, then
+                cut into sliding windows (see `window_indices`).
+            pooled: average over tokens: [.., D] instead of [.., N, D].
+            batch_size: clips per forward pass.
+            window: frames per window (default: the model's num_frames; a multiple of the tubelet).
+            frame_step: source frames between window frames (default: the run's data.frame_step).
+            stride: source frames between window starts (default: window * frame_step, no overlap).
+
+        Returns:
+            float32 on the CPU: [W, N, D] (or [W, D]) for a video, one row per window in time
+            order; [B, N, D] (or [B, D]) for float clips.
+        """
+        if isinstance(video, torch.Tensor) and video.is_floating_point():
+            clips = video.unsqueeze(0) if video.ndim == 4 else video
+            if clips.ndim != 5:
+                raise ValueError(f"float clips must be [B, C, T, H, W] or [C, T, H, W], got {tuple(video.shape)}")
+            batches: Iterator[torch.Tensor] = iter(clips.split(batch_size))
+        else:
+            windows = (clip for _, clip in self.iter_clips(video, window, frame_step, stride, chunk=batch_size))
+            batches = (torch.stack(group) for group in _groups(windows, batch_size))
+        outputs = [self._features(batch, pooled) for batch in batches]
+        return torch.cat(outputs)
+
+    def _features(self, clips: torch.Tensor, pooled: bool) -> torch.Tensor:
+        features = self(clips)  # [B, N, D]
+        return (features.mean(dim=1) if pooled else features).cpu()
+
+
+def _freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _groups(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _as_uint8_video(video: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    array = video if isinstance(video, torch.Tensor) else np.asarray(video)
+    if array.dtype not in (np.uint8, torch.uint8) or array.ndim not in (3, 4):
+        raise ValueError(
+            f"expected a path, uint8 frames [T, H, W, C] or normalised float clips [B, C, T, H, W]; "
+            f"got {array.dtype} {tuple(array.shape)}"
+        )
+    return array
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def read_weights(
+    source: str | Path,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    num_heads: int | None = None,
+) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str]:
+    """Read a checkpoint of any supported kind without building a model.
+
+    Args:
+        source: a run directory (its latest.pt), our .pt checkpoint, a .safetensors export, an
+            official .pth.tar, or a preset name (then there are no weights).
+        num_frames, img_size, num_heads: architecture hints for checkpoints without a config.
+
+    Returns:
+        (config, {network name: state dict without wrapper prefixes}, a description of the source).
+
+    Raises:
+        CheckpointError: for a missing or unreadable file, or hints that contradict a stored config.
+    """
+    path = Path(source)
+    if not path.exists():
+        if str(source) in PRESETS:
+            return preset(str(source)), {}, f"preset {source!r} (random init)"
+        raise CheckpointError(f"no checkpoint at {source} (and it is not a preset: {', '.join(PRESETS)})")
+    if path.is_dir():
+        path = path / "latest.pt"
+        if not path.is_file():
+            raise CheckpointError(f"{source} is a folder without latest.pt (pass a run directory or a file)")
+    if path.suffix == ".safetensors":
+        tensors, config = load_safetensors(path)
+        which = read_safetensors_metadata(path).get("which", "encoder")
+        networks = {which: {k: v for k, v in tensors.items() if not k.startswith("predictor.")}}
+        predictor = {k[len("predictor."):]: v for k, v in tensors.items() if k.startswith("predictor.")}
+        networks.update({"predictor": predictor} if predictor else {})
+    else:
+        state = load_checkpoint(path)
+        networks = split_networks(state)
+        config = state.get("config") if isinstance(state.get("config"), dict) else None
+    if not config:
+        return infer_model_config(networks, num_frames, img_size, num_heads), networks, str(path)
+    cfg = from_dict(Config, config)
+    hints = {"num_frames": (num_frames, cfg.data.num_frames), "img_size": (img_size, cfg.data.crop_size),
+             "num_heads": (num_heads, cfg.model.num_heads)}
+    wrong = [f"{name}={given} (stored {stored})" for name, (given, stored) in hints.items() if given not in (None, stored)]
+    if wrong:
+        raise CheckpointError(f"{path} stores its config; these hints contradict it: {', '.join(wrong)}")
+    return cfg, networks, str(path)
+
+
+def _choose_network(networks: dict[str, Any], which: str, description: str) -> str | None:
+    if which not in WHICH:
+        raise ValueError(f"which={which!r}; choose one of {', '.join(WHICH)}")
+    if not networks:  # a preset: nothing to load
+        return None
+    if which in networks:
+        return which
+    if which == "target_encoder" and "encoder" in networks:
+        warnings.warn(f"{description} has no target_encoder; using its encoder", stacklevel=3)
+        return "encoder"
+    raise CheckpointError(f"{description} has no {which!r} weights (it has: {', '.join(sorted(networks))})")
+
+
+def _load_predictor(cfg: Config, state: dict[str, torch.Tensor], grid: tuple[int, int, int], what: str) -> Predictor:
+    num_mask_tokens = sum(1 for k in state if k.startswith("mask_tokens."))
+    out_dim = state["predictor_proj.weight"].shape[0] if "predictor_proj.weight" in state else None
+    predictor = build_predictor(cfg.model, num_mask_tokens, grid, out_dim=out_dim)
+    load_state_strict(predictor, state, what)
+    return predictor
+
+
+def load(
+    source: str | Path,
+    which: str = "target_encoder",
+    device: str | torch.device = "auto",
+    *,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    num_heads: int | None = None,
+    with_predictor: bool = True,
+    precision: str = "fp32",
+) -> Encoder:
+    """Load an encoder for inference from a checkpoint of any supported kind, or a preset.
+
+    Args:
+        source: a run directory (uses latest.pt); our .pt checkpoint; a .safetensors file written
+            by `export` (config embedded); an official facebookresearch/jepa checkpoint
+            (`.pth.tar` with `encoder`/`target_encoder`/`predictor` entries, `module.backbone.`
+            prefixes; architecture inferred from tensor shapes); a bare encoder state dict; or a
+            preset name (`vjepa.config.PRESETS`) for a randomly initialised encoder.
+        which: "target_encoder" (the EMA encoder, what the paper evaluates) or "encoder". A
+            checkpoint without a target encoder falls back to its encoder with a warning.
+        device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N" or a torch.device.
+        num_frames, img_size, num_heads: hints for official checkpoints where shapes cannot tell
+            (an unofficial width needs num_heads; an unusual clip size may need the other two).
+        with_predictor: also load the predictor when the checkpoint has one.
+        precision: "fp32" or "bf16" (bfloat16 autocast for the forward pass).
+
+    Returns:
+        An `Encoder` in eval mode with gradients off.
+
+    Raises:
+        CheckpointError: missing/unreadable file, or weights that do not match the architecture
+            (the message lists every missing, unexpected and mis-shaped key).
+    """
+    cfg, networks, description = read_weights(source, num_frames, img_size, num_heads)
+    name = _choose_network({k: v for k, v in networks.items() if k != "predictor"}, which, description)
+    model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+    if name is not None:
+        load_state_strict(model, networks[name], f"{description} [{name}]")
+    predictor = None
+    if with_predictor and networks.get("predictor"):
+        predictor = _load_predictor(cfg, networks["predictor"], model.grid, f"{description} [predictor]")
+    encoder = Encoder(model, cfg, predictor, name or "random", description, precision)
+    return encoder.to(device)
+
+
+def load_config(source: str | Path) -> Config:
+    """The `Config` of a run directory (config.yaml), checkpoint, export or preset name."""
+    path = Path(source)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return load_yaml(path / "config.yaml")
+    return read_weights(source)[0]
+
+
+def export(
+    source: str | Path, output: str | Path, which: str = "target_encoder", with_predictor: bool = False
+) -> Path:
+    """Write one encoder (and optionally the predictor) to .safetensors with the config embedded.
+
+    Works for every source `load` accepts, so it also converts official checkpoints. Encoder keys
+    are the state-dict names (`blocks.0.attn.qkv.weight`); predictor keys get a `predictor.` prefix;
+    the metadata holds the config as JSON (`config`), the network (`which`) and `format`.
+
+    Returns:
+        The written path.
+    """
+    encoder = load(source, which, device="cpu", with_predictor=with_predictor)
+    tensors = dict(encoder.model.state_dict())
+    if with_predictor:
+        if encoder.predictor is None:
+            raise CheckpointError(f"{source} has no predictor to export")
+        tensors.update({f"predictor.{k}": v for k, v in encoder.predictor.state_dict().items()})
+    save_safetensors(output, tensors, to_dict(encoder.config), {"which": encoder.which, "format": EXPORT_FORMAT})
+    return Path(output)
+
+
+# ---------------------------------------------------------------------------------------------
+# many files -> one feature file
+
+
+@dataclass
+class FeatureSet:
+    """Features of many videos, one row per window.
+
+    Attributes:
+        features: float [R, N, D] (tokens) or [R, D] (pooled).
+        video_index: int64 [R], the row's video in `paths`.
+        window_start: int64 [R], the window's first source frame.
+        paths: the videos that were embedded (failed ones are not listed).
+        labels: one int per path (-1: unlabelled).
+        failures: (path, error message) of every video that was skipped.
+        metadata: string facts (checkpoint, which, pooled, frames, frame_step, grid).
+    """
+
+    features: torch.Tensor
+    video_index: torch.Tensor
+    window_start: torch.Tensor
+    paths: list[str]
+    labels: list[int]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def list_videos(source: str | Path) -> list[tuple[str, int]]:
+    """(path, label) of every video named by `source`.
+
+    `source` is a video file (or frame folder / TIFF stack), a list file (.csv/.txt, one `path
+    [label]` per line, as the official code reads), or a folder scanned for video files (labels
+    from sub-folder names, see `vjepa.data.datasets.scan_folder`).
+    """
+    from vjepa.data.datasets import DataError, read_csv_list, scan_folder
+    from vjepa.data.decode import IMAGE_EXTENSIONS
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    if path.is_file() and path.suffix.lower() in (".csv", ".txt"):
+        return [(r.path, r.label) for r in read_csv_list(path)]
+    if path.is_dir() and not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in path.iterdir() if f.is_file()):
+        records, _, _ = scan_folder(path, "folder")
+        if not records:
+            raise DataError(f"no video files found under {path}")
+        return [(r.path, r.label) for r in records]
+    return [(str(path), -1)]
+
+
+def embed_files(
+    encoder: Encoder,
+    videos: Sequence[tuple[str, int]] | Sequence[str],
+    pooled: bool = False,
+    batch_size: int = 8,
+    window: int | None = None,
+    frame_step: int | None = None,
+    stride: int | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Embed many videos, batching windows across files; a bad file is skipped, never fatal.
+
+    Args:
+        encoder: from `load`.
+        videos: paths, or (path, label) pairs (see `list_videos`).
+        pooled, batch_size, window, frame_step, stride: as in `Encoder.embed`.
+        progress: show a tqdm bar over the videos.
+
+    Returns:
+        A `FeatureSet`; `failures` names each skipped file and why.
+    """
+    from tqdm import tqdm
+
+    items = [(v, -1) if isinstance(v, (str, Path)) else v for v in videos]
+    pending: list[tuple[int, int, torch.Tensor]] = []  # (video, start, clip)
+    rows: dict[int, list[tuple[int, torch.Tensor]]] = {}  # video -> [(start, features)]
+    failures: dict[int, str] = {}
+
+    def flush() -> None:
+        if pending:
+            features = encoder._features(torch.stack([clip for _, _, clip in pending]), pooled)
+            for (video, start, _), row in zip(pending, features):
+                rows.setdefault(video, []).append((start, row))
+            pending.clear()
+
+    for number, (path, _) in enumerate(tqdm(items, desc="embed", unit="video", disable=not progress)):
+        clips = encoder.iter_clips(path, window, frame_step, stride, chunk=batch_size)
+        while True:
+            try:
+                item = next(clips, None)
+            except Exception as err:  # noqa: BLE001 (decoders raise many types; the file is skipped)
+                failures[number] = f"{type(err).__name__}: {err}"
+                pending[:] = [p for p in pending if p[0] != number]
+                rows.pop(number, None)
+                break
+            if item is None:
+                break
+            pending.append((number, *item))
+            if len(pending) == batch_size:
+                flush()
+    flush()
+    return _feature_set(encoder, items, rows, failures, pooled, window, frame_step)
+
+
+def _feature_set(
+    encoder: Encoder,
+    items: list[tuple[str, int]],
+    rows: dict[int, list[tuple[int, torch.Tensor]]],
+    failures: dict[int, str],
+    pooled: bool,
+    window: int | None,
+    frame_step: int | None,
+) -> FeatureSet:
+    """Gather the per-video rows of `embed_files` into one `FeatureSet` (videos in input order)."""
+    kept = [n for n in range(len(items)) if n in rows and n not in failures]
+    window, frame_step = window or encoder.num_frames, frame_step or encoder.frame_step
+    grid = encoder.grid(window)
+    shape = (encoder.embed_dim,) if pooled else (int(np.prod(grid)), encoder.embed_dim)
+    features = [row for n in kept for _, row in rows[n]]
+    metadata = {"checkpoint": encoder.source, "which": encoder.which, "pooled": str(pooled).lower(),
+                "num_frames": str(window), "frame_step": str(frame_step), "img_size": str(encoder.img_size),
+                "grid": json.dumps(grid)}
+    return FeatureSet(
+        features=torch.stack(features) if features else torch.zeros((0, *shape)),
+        video_index=torch.tensor([new for new, n in enumerate(kept) for _ in rows[n]], dtype=torch.int64),
+        window_start=torch.tensor([start for n in kept for start, _ in rows[n]], dtype=torch.int64),
+        paths=[str(items[n][0]) for n in kept],
+        labels=[int(items[n][1]) for n in kept],
+        failures=[(str(items[n][0]), failures[n]) for n in sorted(failures)],
+        metadata=metadata,
+    )
+
+
+def save_features(path: str | Path, features: FeatureSet, dtype: str = "float32") -> list[Path]:
+    """Write a `FeatureSet` as .safetensors (one file) or .npy (+ a .json index beside it).
+
+    .safetensors tensors: `features` [R, ..], `video_index` [R], `window_start` [R], `label` [V];
+    metadata: `paths` (JSON list) plus `FeatureSet.metadata`. For .npy the array holds `features`
+    and `<name>.json` the rest.
+
+    Args:
+        path: output file, ending in .safetensors or .npy.
+        features: what `embed_files` returned.
+        dtype: "float32" or "float16" for the stored features.
+
+    Returns:
+        The files written.
+    """
+    from vjepa.checkpoint import atomic_write
+
+    path = Path(path)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype={dtype!r}; choose float32 or float16")
+    values = features.features.to(getattr(torch, dtype))
+    index = {"paths": features.paths, "labels": features.labels, "video_index": features.video_index.tolist(),
+             "window_start": features.window_start.tolist(), **features.metadata}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        tensors = {"features": values.contiguous(), "video_index": features.video_index,
+                   "window_start": features.window_start, "label": torch.tensor(features.labels, dtype=torch.int64)}
+        metadata = {"paths": json.dumps(features.paths), **features.metadata}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        return [path]
+    if path.suffix == ".npy":
+        def write_npy(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, values.numpy())
+
+        atomic_write(path, write_npy)
+        side = path.with_suffix(".json")
+        atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1) + "\n"))
+        return [path, side]
+    raise ValueError(f"{path}: the output must end in .safetensors or .npy")
+
+
+def read_features(path: str | Path) -> FeatureSet:
+    """Read a file written by `save_features` (.safetensors, or .npy with its .json index)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors, meta = load_file(str(path)), read_safetensors_metadata(path)
+        paths = json.loads(meta.pop("paths"))
+        return FeatureSet(tensors["features"], tensors["video_index"], tensors["window_start"], paths,
+                          tensors["label"].tolist(), metadata=meta)
+    index = json.loads(path.with_suffix(".json").read_text())
+    meta = {k: v for k, v in index.items() if k not in ("paths", "labels", "video_index", "window_start")}
+    return FeatureSet(torch.from_numpy(np.load(path)), torch.tensor(index["video_index"], dtype=torch.int64),
+                      torch.tensor(index["window_start"], dtype=torch.int64), index["paths"], index["labels"],
+                      metadata=meta)
