@@ -251,8 +251,8 @@ def _demo() -> Config:
     m.embed_dim, m.depth, m.num_heads = 192, 6, 3
     m.patch_size, m.num_frames, m.img_size = 8, 16, 64
     m.predictor_embed_dim, m.predictor_depth = 96, 4
-    cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = 16, 64, 16
-    cfg.optim.steps, cfg.optim.warmup_steps = 1500, 150
+    cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = 16, 64, 8
+    cfg.optim.steps, cfg.optim.warmup_steps = 800, 80
     cfg.run.out_dir = "runs/demo"
     cfg.run.probe_after = True
     return cfg
