@@ -263,3 +263,15 @@ def test_real_video_folder_probe_with_segments_and_crops(tmp_path):
     result = probe_encoder(random_encoder(cfg), cfg, "label", "attentive", num_segments=2, num_crops=3,
                            attend_across_segments=True, **FAST)
     assert (result["num_train"], result["num_test"], result["num_classes"]) == (4, 4, 2)
+
+
+def test_quick_probe_reuses_features_of_the_same_checkpoint(tiny_run, monkeypatch):
+    from vjepa import evaluate
+
+    evaluate._RECENT.clear()  # earlier tests probed this run too
+    calls = []
+    real = evaluate.extract_features
+    monkeypatch.setattr(evaluate, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for task in ("motion", "appearance"):
+        quick_probe(tiny_run, task=task, epochs=1, verbose=False)
+    assert len(calls) == 2  # train + val, once
