@@ -106,3 +106,22 @@ def test_cli_pretrain_and_config_errors(tmp_path, capsys):
     assert main(["pretrain", "--preset", "debug", "optim.stepz=2"]) == 2
     assert "unknown config key 'optim.stepz'" in capsys.readouterr().err
     assert main(["config", "debug"]) == 0 and "embed_dim: 64" in capsys.readouterr().out
+
+
+def test_real_video_csv_run_counts_skipped_files(tmp_path):
+    from vjepa.config import SyntheticConfig
+    from vjepa.data.synthetic import render_clip, write_mp4
+
+    lines = []
+    for i in range(3):
+        frames, motion, _ = render_clip(SyntheticConfig(size=32, num_frames=20), "train", i)
+        write_mp4(frames, tmp_path / f"v{i}.mp4")
+        lines.append(f"v{i}.mp4 {motion}")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    (tmp_path / "list.csv").write_text("\n".join(lines + ["bad.mp4 0", "missing.mp4 1"]) + "\n")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="bad.mp4"):
+        train(debug_cfg(out, "data.source=csv", f"data.path={tmp_path / 'list.csv'}", "data.frame_step=2",
+                        "optim.steps=6", "run.log_every=3"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["skipped_files"] == {"corrupt": 1, "missing": 1}

@@ -357,6 +357,9 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
                       "momentum": result.momentum, "clips_per_s": rate,
                       "generator_losses": [round(v, 5) for v in dist_utils.all_reduce_mean(result.generator_losses, env).tolist()]}
             last_loss = mean_loss
+            skipped = getattr(dataset, "skipped", None)  # bad files replaced so far, by reason
+            if skipped:
+                record["skipped_files"] = dict(skipped)
             loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
             if initial_stats is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
                 last_stats = collapse_stats(result.targets)
