@@ -254,7 +254,8 @@ def _demo() -> Config:
     cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = 16, 64, 8
     cfg.optim.steps, cfg.optim.warmup_steps = 600, 60
     # The paper's LRs are for batch 3072; at batch 8 they collapsed the features (effective rank
-    # 44 -> 12, motion probe below random init). A 4x lower LR kept rank ~34 at step 300.
+    # 44 -> 12, motion probe below random init). A 4x lower LR slows that (rank 30 at step 600) but
+    # does not remove it: see README "Results so far".
     cfg.optim.start_lr, cfg.optim.lr = 3e-5, 1.5e-4
     cfg.run.out_dir = "runs/demo"
     cfg.run.probe_after = True
