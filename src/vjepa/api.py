@@ -35,20 +35,12 @@ from vjepa.checkpoint import (
     split_networks,
 )
 from vjepa.config import PRESETS, Config, from_dict, load_yaml, preset, to_dict
+from vjepa.distributed import resolve_device
 from vjepa.models.predictor import Predictor, build_predictor
 from vjepa.models.vit import VisionTransformer, build_encoder
 
 EXPORT_FORMAT = "vjepa-weights-1"  # metadata "format" of files written by `export`
 WHICH = ("target_encoder", "encoder")
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; any other name is passed to `torch.device`."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def window_indices(num_video_frames: int, num_frames: int, frame_step: int, stride: int | None = None) -> np.ndarray:

@@ -38,10 +38,11 @@ import torch
 
 from vjepa import jepa as jepa_module
 from vjepa.config import Config, validate
+from vjepa.distributed import resolve_device
 from vjepa.flops import step_flops
 from vjepa.jepa import JEPA, param_groups
 from vjepa.models import vit
-from vjepa.train import compile_blocks, masks_for_step, resolve_device, train_step
+from vjepa.train import compile_blocks, masks_for_step, train_step
 
 # name -> (module, attribute) of every implementation switch a variant may set
 SWITCHES: dict[str, tuple[Any, str]] = {

@@ -43,6 +43,15 @@ class DistEnv:
         return self.rank == 0
 
 
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; any other name (or a torch.device) as given."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def setup(device_name: str = "auto") -> DistEnv:
     """Initialise the process group when launched by torchrun; pick this rank's device.
 

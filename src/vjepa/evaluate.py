@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vjepa.checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from vjepa.config import Config, ConfigError, ProbeConfig, from_dict, load_yaml, to_dict
+from vjepa.distributed import resolve_device
 from vjepa.models.probe import build_probe
 from vjepa.models.vit import VisionTransformer, build_encoder
 
@@ -114,13 +115,6 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:12]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------------

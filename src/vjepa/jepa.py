@@ -16,8 +16,9 @@ from torch import nn
 
 from vjepa.config import Config, OptimConfig
 from vjepa.masks import MaskBatch
+from vjepa.models.patch_embed import patchify
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import VisionTransformer, build_encoder, gather_tokens
+from vjepa.models.vit import build_encoder, gather_tokens
 
 # Implementation switches (speed only; see vjepa.bench, which flips them to time alternatives).
 BATCH_GENERATORS = True  # pad collation: every generator's predictor pass in one [G*B, N] batch
@@ -61,14 +62,6 @@ def ema_momentum(step: int, optim: OptimConfig) -> float:
 def layer_norm_targets(features: torch.Tensor) -> torch.Tensor:
     """Official target normalisation: LayerNorm over D without affine parameters (eps 1e-5)."""
     return F.layer_norm(features, features.shape[-1:])
-
-
-def patchify(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
-    """Cut a clip into flattened tubelets: [B, C, T, H, W] -> [B, N, C*t*p*p], tokens ordered (t, h, w)."""
-    b, c, t, h, w = video.shape
-    s, p = tubelet_size, patch_size
-    x = video.reshape(b, c, t // s, s, h // p, p, w // p, p)
-    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, (t // s) * (h // p) * (w // p), c * s * p * p)
 
 
 def pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from vjepa.checkpoint import save_checkpoint
 from vjepa.config import Config, ConfigError, to_dict, validate
+from vjepa.distributed import resolve_device
 from vjepa.jepa import param_groups, set_schedules
 from vjepa.models.probe import AttentiveClassifier
 from vjepa.models.vit import build_encoder
-from vjepa.train import RunLog, autocast, build_train_loader, mix_seed, prepare_run_dir, resolve_device
+from vjepa.train import RunLog, autocast, build_train_loader, mix_seed, prepare_run_dir
 
 
 def num_classes_for(cfg: Config, task: str, dataset: Any) -> int:

@@ -41,13 +41,6 @@ class TrainingDiverged(RuntimeError):
 # devices and precision
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CPU or CUDA (matmuls in bf16, reductions and the loss in fp32), or nothing."""
     if dtype == "fp32":

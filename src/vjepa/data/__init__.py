@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 
 def build_dataset(cfg, split: str = "train", train: bool = True) -> Dataset:
@@ -25,7 +25,9 @@ def build_dataset(cfg, split: str = "train", train: bool = True) -> Dataset:
 
 def collate(items: list[Any]) -> dict[str, Any]:
     """Stack dataset items, dropping the `None`s that stand for skipped (bad) files."""
-    kept = [item for item in items if item is not None]
-    if not kept:
+    from vjepa.data.datasets import collate_clips
+
+    batch = collate_clips(items)
+    if batch is None:
         raise RuntimeError("every clip in this batch came from an unreadable file; see the warnings above")
-    return default_collate(kept)
+    return batch

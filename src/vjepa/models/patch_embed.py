@@ -9,6 +9,14 @@ import torch
 from torch import nn
 
 
+def patchify(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
+    """Cut a clip into flattened tubelets: [B, C, T, H, W] -> [B, N, C*t*p*p], tokens ordered (t, h, w)."""
+    b, c, t, h, w = video.shape
+    s, p = tubelet_size, patch_size
+    x = video.reshape(b, c, t // s, s, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, (t // s) * (h // p) * (w // p), c * s * p * p)
+
+
 class PatchEmbed3D(nn.Module):
     """(B, C, T, H, W) -> (B, N, D). State-dict key `proj.*` as in the official code.
 
@@ -30,15 +38,13 @@ class PatchEmbed3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed a clip: [B, C, T, H, W] -> [B, N, D], tokens ordered (t, h, w)."""
-        b, c, t, h, w = x.shape
+        t, h, w = x.shape[2:]
         gt, gh, gw = self.grid(t, h, w)
         if (gt * self.tubelet_size, gh * self.patch_size, gw * self.patch_size) != (t, h, w):
             raise ValueError(
                 f"clip {t}x{h}x{w} is not a multiple of the tubelet {self.tubelet_size}x{self.patch_size}"
                 f"x{self.patch_size}"
             )
-        s, p = self.tubelet_size, self.patch_size
-        x = x.reshape(b, c, gt, s, gh, p, gw, p)
-        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, gt * gh * gw, c * s * p * p)  # [B, N, C*s*p*p]
+        x = patchify(x, self.tubelet_size, self.patch_size)  # [B, N, C*s*p*p]
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)  # [D, C*s*p*p]
         return torch.nn.functional.linear(x, weight, self.proj.bias)  # [B, N, D]

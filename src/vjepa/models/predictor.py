@@ -13,7 +13,14 @@ from torch import nn
 
 from vjepa.masks.collate import indices_to_mask
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
-from vjepa.models.vit import Block, gather_tokens, init_weights, key_padding_mask, rescale_residuals, run_blocks
+from vjepa.models.vit import (
+    Block,
+    gather_tokens,
+    init_weights,
+    key_padding_mask,
+    rescale_residuals,
+    run_blocks,
+)
 
 
 def grid_sequence(

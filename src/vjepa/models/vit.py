@@ -18,7 +18,6 @@ from torch.utils.checkpoint import checkpoint
 from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 
-
 # Implementation switches: they change speed, never results beyond float rounding. The benchmark
 # (vjepa.bench) flips them to time other choices, e.g. the official code's structure, in one process.
 # Measured A/B in one process (`vjepa bench`, demo preset, CPU, bf16): keeping the attention core in
