@@ -120,6 +120,21 @@ def test_collapse_monitor():
     assert "constant" in collapse_warning(collapse_stats(torch.ones(64, 8)), None)
 
 
+def test_collapse_monitor_within_clip_share():
+    varied = collapse_stats(torch.randn(4, 64, 16))
+    assert 0.9 < varied.within_clip <= 1.0
+    # every token of a clip is its clip's code (plus a whisper): healthy rank across clips, no token detail
+    codes = torch.randn(4, 1, 16).expand(4, 64, 16) + 0.01 * torch.randn(4, 64, 16)
+    clip_constant = collapse_stats(codes)
+    assert clip_constant.within_clip < 0.01
+    assert "within clips" in collapse_warning(clip_constant, varied)
+    # half the variance within clips: no warning
+    half = torch.randn(4, 1, 16) + torch.randn(4, 64, 16)
+    assert 0.3 < collapse_stats(half).within_clip < 0.7
+    assert collapse_warning(collapse_stats(half), None) is None
+    assert math.isnan(collapse_stats(torch.randn(64, 16)).within_clip)
+
+
 def test_loss_is_finite_and_near_expected_scale():
     cfg = tiny_cfg()
     model = JEPA(cfg, 2)

@@ -258,16 +258,29 @@ def set_schedules(optimizer: torch.optim.Optimizer, step: int, optim: OptimConfi
 
 @dataclass
 class CollapseStats:
-    """Health of a batch of target features: `std` across tokens, `effective_rank` (RankMe)."""
+    """Health of a batch of target features.
+
+    `std`: feature std across tokens; `effective_rank`: RankMe of the tokens; `within_clip`: the
+    share of token variance left after subtracting each clip's mean token (1: tokens of a clip
+    differ as much as tokens of different clips; near 0: every token of a clip says the same thing,
+    the within-clip collapse that a falling loss can hide). NaN when features carry no clip axis.
+    """
 
     std: float
     effective_rank: float
     dim: int
+    within_clip: float = float("nan")
 
 
 @torch.no_grad()
 def collapse_stats(features: torch.Tensor, max_tokens: int = 4096) -> CollapseStats:
-    """Feature std across tokens and effective rank exp(H(normalised singular values)) of [.., D]."""
+    """Feature std across tokens, effective rank exp(H(normalised singular values)) of [.., D], and
+    (for [B, N, D] features) the within-clip share of the token variance."""
+    within = float("nan")
+    if features.dim() == 3 and features.shape[1] > 1:
+        f = features.float()
+        total = (f - f.mean(dim=(0, 1))).pow(2).mean()
+        within = ((f - f.mean(dim=1, keepdim=True)).pow(2).mean() / total.clamp_min(1e-12)).item()
     x = features.reshape(-1, features.shape[-1]).float()
     if x.shape[0] > max_tokens:
         x = x[torch.linspace(0, x.shape[0] - 1, max_tokens).long()]
@@ -275,13 +288,16 @@ def collapse_stats(features: torch.Tensor, max_tokens: int = 4096) -> CollapseSt
     singular = torch.linalg.svdvals(x - x.mean(dim=0))
     p = singular / singular.sum().clamp_min(1e-12)
     entropy = -(p * (p + 1e-12).log()).sum()
-    return CollapseStats(std=std, effective_rank=entropy.exp().item(), dim=x.shape[1])
+    return CollapseStats(std=std, effective_rank=entropy.exp().item(), dim=x.shape[1], within_clip=within)
 
 
 def collapse_warning(stats: CollapseStats, initial: CollapseStats | None) -> str | None:
     """A message when features head toward collapse (tiny std, or rank far below its start), else None."""
     if stats.std < 0.05:
         return f"target features nearly constant across tokens (std {stats.std:.3f}): collapse"
+    if stats.within_clip < 0.1:
+        return (f"only {100 * stats.within_clip:.0f}% of the target-feature variance is within clips: "
+                "tokens of a clip have collapsed onto one clip-level code")
     if initial is not None and stats.effective_rank < 0.25 * initial.effective_rank:
         return (
             f"effective rank fell to {stats.effective_rank:.1f} from {initial.effective_rank:.1f} "

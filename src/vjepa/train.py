@@ -357,7 +357,8 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
             if initial_stats is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
                 last_stats = collapse_stats(result.targets)
                 initial_stats = initial_stats or last_stats
-                record.update(target_std=last_stats.std, effective_rank=last_stats.effective_rank)
+                record.update(target_std=last_stats.std, effective_rank=last_stats.effective_rank,
+                              within_clip=last_stats.within_clip)
                 warning = collapse_warning(last_stats, initial_stats)
                 if warning and is_main:
                     record["warning"] = warning
@@ -379,7 +380,8 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
     summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir)}
     if initial_stats and last_stats:
         summary.update(effective_rank_start=initial_stats.effective_rank, effective_rank_end=last_stats.effective_rank,
-                       target_std_end=last_stats.std)
+                       target_std_end=last_stats.std, within_clip_start=initial_stats.within_clip,
+                       within_clip_end=last_stats.within_clip)
     return summary
 
 
