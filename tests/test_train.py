@@ -108,6 +108,21 @@ def test_cli_pretrain_and_config_errors(tmp_path, capsys):
     assert main(["config", "debug"]) == 0 and "embed_dim: 64" in capsys.readouterr().out
 
 
+def test_cli_pretrain_reports_on_rank_zero_only(tmp_path, capsys, monkeypatch):
+    import vjepa.train
+
+    probed = []
+    monkeypatch.setattr("vjepa.cli._probe_after", lambda cfg: probed.append(cfg) or {"top1": 50.0})
+    for rank in (1, 0):
+        monkeypatch.setattr(vjepa.train, "train", lambda cfg, rank=rank: {"steps": 1, "rank": rank, "world_size": 2})
+        assert main(["pretrain", "--preset", "debug", f"run.out_dir={tmp_path}", "run.probe_after=true"]) == 0
+        out = capsys.readouterr().out
+        if rank == 1:
+            assert out == "" and not probed  # other ranks neither print nor probe
+        else:
+            assert json.loads(out)["probe"] == {"top1": 50.0} and len(probed) == 1
+
+
 def test_real_video_csv_run_counts_skipped_files(tmp_path):
     from vjepa.config import SyntheticConfig
     from vjepa.data.synthetic import render_clip, write_mp4

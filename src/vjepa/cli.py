@@ -39,7 +39,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     summary = train(cfg)
-    if cfg.run.probe_after and summary.get("rank", 0) == 0:
+    if summary.get("rank", 0) != 0:  # under torchrun only rank 0 reports (its figures are global)
+        return 0
+    if cfg.run.probe_after:
         summary["probe"] = _probe_after(cfg)
     print(json.dumps(summary, indent=2))
     if not final_effective_rank_ok(summary):
