@@ -105,6 +105,16 @@ def test_load_encoder_from_run_dir(tiny_run):
     assert cfg.model.embed_dim == 64
 
 
+def test_load_encoder_reads_a_safetensors_export(tiny_run, tmp_path):
+    from vjepa.api import export
+
+    path = export(tiny_run, tmp_path / "enc.safetensors", which="target_encoder")
+    encoder, cfg = load_encoder(path)
+    reference, _ = load_encoder(tiny_run)
+    assert all(torch.equal(reference.state_dict()[k], v) for k, v in encoder.state_dict().items())
+    assert cfg.model.embed_dim == 64 and not encoder.training
+
+
 # ---------------------------------------------------------------------------------------------
 # probes learn what the features hold
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vjepa.checkpoint import CheckpointError, load_checkpoint, load_state_strict
-from vjepa.config import Config, ConfigError, ProbeConfig, from_dict, load_yaml, to_dict
+from vjepa.checkpoint import CheckpointError, load_checkpoint
+from vjepa.config import Config, ConfigError, ProbeConfig, to_dict
 from vjepa.distributed import resolve_device
 from vjepa.models.probe import build_probe
 from vjepa.models.vit import VisionTransformer, build_encoder
@@ -60,16 +61,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def checkpoint_config(state: dict[str, Any], path: Path) -> Config:
-    """The run's Config: from the checkpoint's `config` dict, else from config.yaml beside it."""
-    if isinstance(state.get("config"), dict):
-        return from_dict(Config, state["config"])
-    beside = path.parent / "config.yaml"
-    if beside.is_file():
-        return load_yaml(beside)
-    raise CheckpointError(f"{path} holds no config and there is no config.yaml beside it")
-
-
 def freeze(module: nn.Module) -> nn.Module:
     """Eval mode and requires_grad False on every parameter; returns the module."""
     module.eval()
@@ -80,10 +71,11 @@ def freeze(module: nn.Module) -> nn.Module:
 def load_encoder(
     path: str | Path, which: str = "target_encoder", device: str | torch.device = "cpu"
 ) -> tuple[VisionTransformer, Config]:
-    """Load a trained encoder, frozen, from a run directory or checkpoint file.
+    """Load a trained encoder, frozen, from anything `vjepa.load` reads (run directory, .pt
+    checkpoint, .safetensors export, official .pth.tar).
 
     Args:
-        path: run directory (uses latest.pt) or checkpoint file (`latest.pt`, `step_N.pt`).
+        path: run directory (uses latest.pt) or checkpoint file (`latest.pt`, `step_N.pt`, ...).
         which: "target_encoder" (the EMA encoder the paper evaluates) or "encoder". Checkpoints
             without a target encoder (pixel objective, supervised baseline) fall back to "encoder".
         device: where the encoder lives.
@@ -91,15 +83,12 @@ def load_encoder(
     Returns:
         (encoder in eval mode with requires_grad False, the run's Config).
     """
-    path = resolve_checkpoint(path)
-    state = load_checkpoint(path)
-    cfg = checkpoint_config(state, path)
-    key = which if state.get(which) else "encoder"
-    if not state.get(key):
-        raise CheckpointError(f"{path} has no {which!r} or 'encoder' weights (keys: {sorted(state)})")
-    encoder = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
-    load_state_strict(encoder, state[key], f"{path} [{key}]")
-    return freeze(encoder.to(device)), cfg
+    from vjepa.api import load  # one loader for every checkpoint kind
+
+    with warnings.catch_warnings():  # the target -> encoder fallback is expected here (pixel, supervised)
+        warnings.filterwarnings("ignore", message=".*has no target_encoder.*")
+        encoder = load(resolve_checkpoint(path), which, device, with_predictor=False)
+    return freeze(encoder.model), encoder.config
 
 
 def random_encoder(cfg: Config, seed: int = 0) -> VisionTransformer:
