@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -237,7 +238,16 @@ RUNS: dict[str, dict] = {}
 
 
 def save_results(args: argparse.Namespace, results: list[dict]) -> None:
-    """Write every probe result and run record so far (an interrupted run keeps its work)."""
+    """Write every probe result and run record so far (an interrupted run keeps its work).
+
+    Merges with what is on disk first, so several processes with disjoint --variants can share one
+    --out (e.g. one per core); `results` and RUNS gain the other processes' records.
+    """
+    disk_results, disk_runs = load_results(args)
+    mine = {record_id(r) for r in results}
+    results.extend(r for r in disk_results if record_id(r) not in mine)
+    for name, info in disk_runs.items():
+        RUNS.setdefault(name, info)
     meta = {
         "command": " ".join(sys.argv),
         "preset": args.preset,
@@ -250,8 +260,11 @@ def save_results(args: argparse.Namespace, results: list[dict]) -> None:
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     payload = {"meta": meta, "runs": RUNS, "probes": results}
-    results_path(args).parent.mkdir(parents=True, exist_ok=True)
-    results_path(args).write_text(json.dumps(payload, indent=2) + "\n")
+    path = results_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(path)  # atomic: a reader never sees half a file
 
 
 def final_step(results: list[dict], variant: str, seed: int) -> int | None:
@@ -506,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             info["probe_seconds"] = info.get("probe_seconds", 0.0) + time.perf_counter() - start
             info["probe_settings"] = dataclasses.asdict(probe_cfg)
             save_results(args, results)
+    save_results(args, results)  # picks up results of processes sharing --out
     report = markdown(args, results)
     (Path(args.out) / "paper_tables.md").write_text(report)
     figure = plot(args, results)

@@ -1,0 +1,43 @@
+"""benchmarks/paper_tables.py: processes sharing one --out merge their results."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py"
+
+
+@pytest.fixture()
+def tables():
+    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(variant: str, task: str, top1: float) -> dict:
+    return {"variant": variant, "seed": 0, "step": 10, "task": task, "probe": "attentive",
+            "label_fraction": 1.0, "top1": top1}
+
+
+def test_save_results_merges_processes_sharing_out(tables, tmp_path):
+    args = tables.parse_args(["--out", str(tmp_path), "--variants", "jepa"])
+    first = [record("jepa", "motion", 60.0)]
+    tables.RUNS["jepa_s0"] = {"variant": "jepa", "train_seconds": 5.0}
+    tables.save_results(args, first)
+    # a second process (its own RUNS) with other variants, and a newer result for the shared record
+    tables.RUNS.clear()
+    tables.RUNS["pixel_s0"] = {"variant": "pixel", "train_seconds": 7.0}
+    second = [record("pixel", "motion", 40.0)]
+    tables.save_results(args, second)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["variant"] for r in payload["probes"]) == ["jepa", "pixel"]
+    assert set(payload["runs"]) == {"jepa_s0", "pixel_s0"}
+    assert sorted(r["variant"] for r in second) == ["jepa", "pixel"]  # the caller sees both
+    # a process's own record wins over the file's copy of the same probe
+    tables.save_results(args, [record("pixel", "motion", 41.0)])
+    pixel = [r for r in json.loads((tmp_path / "results.json").read_text())["probes"] if r["variant"] == "pixel"]
+    assert [r["top1"] for r in pixel] == [41.0]
+    assert not list(tmp_path.glob("*.tmp*"))
