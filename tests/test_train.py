@@ -106,6 +106,13 @@ def test_cli_pretrain_and_config_errors(tmp_path, capsys):
     assert main(["pretrain", "--preset", "debug", "optim.stepz=2"]) == 2
     assert "unknown config key 'optim.stepz'" in capsys.readouterr().err
     assert main(["config", "debug"]) == 0 and "embed_dim: 64" in capsys.readouterr().out
+    # overrides on both sides of an option, in order
+    (tmp_path / "extra.yaml").write_text("optim:\n  warmup_steps: 1\n")
+    assert main(["pretrain", "--preset", "debug", f"run.out_dir={tmp_path / 'b'}", "--config",
+                 str(tmp_path / "extra.yaml"), "optim.steps=1", "run.progress=false"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 1
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--preset", "debug", "--bogus"])
 
 
 def test_cli_pretrain_reports_on_rank_zero_only(tmp_path, capsys, monkeypatch):

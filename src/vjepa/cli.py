@@ -326,7 +326,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vjepa` console script."""
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options (`pretrain --preset demo a=1 --config f b=2`);
+    # argparse stops collecting a positional list at the first option, so collect the rest here
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
     except (ConfigError, FileNotFoundError, ValueError) as err:  # DataError is a ValueError
