@@ -22,13 +22,18 @@ def losses(out_dir):
 
 
 def test_short_run_lowers_loss_and_writes_run_dir(tmp_path):
-    summary = train(debug_cfg(tmp_path, "optim.steps=30", "run.monitor_every=10"))
+    summary = train(debug_cfg(tmp_path, "optim.steps=30", "run.monitor_every=10", "run.checkpoint_every=20",
+                              "run.keep_every=15"))
     by_step = losses(tmp_path)
     first = sum(by_step[s] for s in (1, 2, 3)) / 3
     last = sum(by_step[s] for s in (28, 29, 30)) / 3
     assert last < first - 0.03, (first, last)
     assert {"config.yaml", "metrics.jsonl", "latest.pt"} <= {p.name for p in tmp_path.iterdir()}
     assert summary["effective_rank_end"] > 0 and load_checkpoint(tmp_path / "latest.pt")["step"] == 30
+    # keep_every need not be a multiple of checkpoint_every
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_15.pt", "step_30.pt"]
+    assert load_checkpoint(tmp_path / "step_15.pt")["step"] == 15
+    assert 0 < summary["within_clip_end"] <= 1
 
 
 def test_resume_gives_identical_losses(tmp_path, monkeypatch):

@@ -340,7 +340,8 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
         loss_sum, loss_count, clips = loss_sum + result.loss.detach(), loss_count + 1, clips + video.shape[0]
         done = step + 1
         is_log = done % cfg.run.log_every == 0 or done == cfg.optim.steps
-        is_ckpt = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps
+        is_keep = bool(cfg.run.keep_every) and done % cfg.run.keep_every == 0
+        is_ckpt = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps or is_keep
         if is_log or is_ckpt:
             check_finite(first_bad, out_dir, last_good)
         if is_log:
@@ -371,7 +372,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
             path = out_dir / "latest.pt"
             if is_main:
                 save_checkpoint(path, state)
-                if cfg.run.keep_every and done % cfg.run.keep_every == 0:
+                if is_keep:
                     save_checkpoint(out_dir / f"step_{done}.pt", state)
             last_good, state = (path, done), None
         if is_ckpt:
