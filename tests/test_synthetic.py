@@ -7,6 +7,8 @@ frame, while the same classifier on frame-to-frame changes recovers the motion c
 re-runs the single-frame check on a deliberately leaky variant and requires it to fail.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -256,6 +258,17 @@ def _single_frame_scores(features: np.ndarray, motion: np.ndarray) -> tuple[floa
 def test_single_frames_do_not_reveal_motion(measured, frame):
     z, accuracy = _single_frame_scores(measured[frame], measured["motion"])
     assert z < Z_LIMIT and accuracy < CHANCE + ACCURACY_MARGIN, (z, accuracy)
+
+
+def test_single_frames_of_the_demo_data_do_not_reveal_motion():
+    """The demo preset's set (1-3 sprites, fast motion, size sawtooth wrapping within a clip)."""
+    from vjepa.config import preset
+
+    cfg = dataclasses.replace(preset("demo").data.synthetic, num_train=NUM_PROBE_CLIPS)
+    measured = _measure(cfg, NUM_PROBE_CLIPS, with_change=False)
+    for frame in ("first", "last", "random"):
+        z, accuracy = _single_frame_scores(measured[frame], measured["motion"])
+        assert z < Z_LIMIT and accuracy < CHANCE + ACCURACY_MARGIN, (frame, z, accuracy)
 
 
 def test_frame_changes_reveal_motion(measured):
