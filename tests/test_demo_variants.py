@@ -1,0 +1,26 @@
+"""benchmarks/demo_variants.py: a smoke run trains, probes trained and random-init encoders, resumes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_variants.py"
+
+
+def test_quick_run_writes_table_and_skips_finished_variants(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("demo_variants", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--quick", "--variants", "short", "--out", str(tmp_path)]
+    assert module.main(args) == 0
+    result = json.loads((tmp_path / "short" / "demo_variant.json").read_text())
+    assert set(result["trained"]) == set(result["random"]) == {"motion", "appearance"}
+    assert all(0.0 <= v <= 100.0 for v in [*result["trained"].values(), *result["random"].values()])
+    config = (tmp_path / "short" / "config.yaml").read_text()
+    assert config.count("num_blocks:") == 1  # the short-range generator only
+    assert "| short |" in (tmp_path / "demo_variants.md").read_text()
+    capsys.readouterr()
+    stamp = (tmp_path / "short" / "latest.pt").stat().st_mtime_ns
+    assert module.main(args) == 0  # finished: read back, not retrained
+    assert (tmp_path / "short" / "latest.pt").stat().st_mtime_ns == stamp
+    assert "| short |" in capsys.readouterr().out
