@@ -45,13 +45,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
              [*SLOW, "data.synthetic.max_sprites=3", "data.synthetic.translate_speed=[2.5,4.0]",
               "data.synthetic.rotate_speed=[0.2,0.35]"]),
     "demo": ("the demo preset: 1-3 sprites, 4-6 px/frame, fast turns and resizing", []),
+    "demo_short": ("the demo preset, short-range mask generator only", []),  # generators set in `config`
 }
+SHORT_RANGE_ONLY = ("short", "demo_short")
 
 
 def config(args: argparse.Namespace, variant: str):
     """The run config of one variant."""
     cfg = apply_overrides(preset(args.preset), VARIANTS[variant][1] + args.overrides)
-    if variant == "short":
+    if variant in SHORT_RANGE_ONLY:
         cfg.mask.generators = cfg.mask.generators[:1]
     if args.steps:
         cfg.optim.steps = args.steps
