@@ -246,8 +246,10 @@ def save_results(args: argparse.Namespace, results: list[dict]) -> None:
     disk_results, disk_runs = load_results(args)
     mine = {record_id(r) for r in results}
     results.extend(r for r in disk_results if record_id(r) not in mine)
+    owned = {f"{variant}_s{seed}" for variant in args.variants for seed in args.seeds}
     for name, info in disk_runs.items():
-        RUNS.setdefault(name, info)
+        if name not in owned or name not in RUNS:  # another process's run: its file copy is newer
+            RUNS[name] = info
     meta = {
         "command": " ".join(sys.argv),
         "preset": args.preset,

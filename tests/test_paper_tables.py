@@ -31,13 +31,21 @@ def test_save_results_merges_processes_sharing_out(tables, tmp_path):
     tables.RUNS.clear()
     tables.RUNS["pixel_s0"] = {"variant": "pixel", "train_seconds": 7.0}
     second = [record("pixel", "motion", 40.0)]
-    tables.save_results(args, second)
+    args2 = tables.parse_args(["--out", str(tmp_path), "--variants", "pixel"])
+    tables.save_results(args2, second)
+    # the first process finishes probing: its newer record of its own run must survive the second's save
+    tables.RUNS["jepa_s0"] = {"variant": "jepa", "train_seconds": 5.0, "probe_seconds": 9.0}
+    tables.RUNS["pixel_s0"] = {"variant": "pixel", "train_seconds": 7.0}
+    tables.save_results(args, [])
+    tables.RUNS["jepa_s0"] = {"variant": "jepa", "train_seconds": 5.0}  # the second process's stale copy
+    tables.save_results(args2, [])
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]["jepa_s0"]["probe_seconds"] == 9.0
     payload = json.loads((tmp_path / "results.json").read_text())
     assert sorted(r["variant"] for r in payload["probes"]) == ["jepa", "pixel"]
     assert set(payload["runs"]) == {"jepa_s0", "pixel_s0"}
     assert sorted(r["variant"] for r in second) == ["jepa", "pixel"]  # the caller sees both
     # a process's own record wins over the file's copy of the same probe
-    tables.save_results(args, [record("pixel", "motion", 41.0)])
+    tables.save_results(args2, [record("pixel", "motion", 41.0)])
     pixel = [r for r in json.loads((tmp_path / "results.json").read_text())["probes"] if r["variant"] == "pixel"]
     assert [r["top1"] for r in pixel] == [41.0]
     assert not list(tmp_path.glob("*.tmp*"))
