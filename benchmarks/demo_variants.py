@@ -1,5 +1,5 @@
 """Does the demo encoder learn motion? Demo-sized V-JEPA runs on variants of the built-in data and
-masks, each probed frozen against its own random initialisation.
+masks, each probed frozen against a random-init encoder of the same shape on the same data.
 
 Every variant trains the demo architecture for the same steps and batch, then `quick_probe`s
 (attentive probe, 100 epochs, 1024 training clips, the 256 validation clips) the target encoder
@@ -96,9 +96,9 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
 
 def markdown(results: list[dict]) -> str:
     """One row per variant: probes of trained vs random init, loss, rank and within-clip share."""
-    lines = ["| variant | data / masks | motion: trained / random | appearance: trained / random | "
-             "final loss | eff. rank start -> end | within-clip share start -> end | train (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    header = ("| variant | data / masks | motion: trained / random | appearance: trained / random | "
+              "final loss | eff. rank start -> end | within-clip share start -> end | train (s) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, z = r["trained"], r["random"]
         lines.append(

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vjepa.api import load
 from vjepa.checkpoint import CheckpointError, load_checkpoint
 from vjepa.config import Config, ConfigError, ProbeConfig, to_dict
 from vjepa.distributed import resolve_device
@@ -83,8 +84,6 @@ def load_encoder(
     Returns:
         (encoder in eval mode with requires_grad False, the run's Config).
     """
-    from vjepa.api import load  # one loader for every checkpoint kind
-
     with warnings.catch_warnings():  # the target -> encoder fallback is expected here (pixel, supervised)
         warnings.filterwarnings("ignore", message=".*has no target_encoder.*")
         encoder = load(resolve_checkpoint(path), which, device, with_predictor=False)
