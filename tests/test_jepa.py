@@ -10,6 +10,7 @@ from vjepa.jepa import (
     JEPA,
     collapse_stats,
     collapse_warning,
+    ema_init_share,
     ema_momentum,
     ema_update,
     learning_rate,
@@ -100,6 +101,19 @@ def test_schedule_endpoints():
     official = OptimConfig(steps=1000, warmup_steps=100)  # ipe_scale 1.25: schedules stop short
     assert learning_rate(1000, official) > 5e-5 and ema_momentum(1000, official) == pytest.approx(0.9996)
     assert learning_rate(550, o) == pytest.approx(o.final_lr + (o.lr - o.final_lr) * 0.5)
+
+
+def test_ema_init_share_matches_repeated_updates():
+    # the target starts at 1, the online net is 0 throughout: what remains is the init's share
+    o = OptimConfig(steps=50, warmup_steps=5)
+    target, online = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(target.weight), torch.nn.init.zeros_(online.weight)
+    with torch.no_grad():
+        for step in range(o.steps):
+            ema_update(target, online, ema_momentum(step + 1, o))  # as train_step indexes it
+    assert ema_init_share(o.steps, o) == pytest.approx(target.weight.item(), rel=1e-5)
+    assert ema_init_share(0, o) == 1.0
+    assert ema_init_share(90000, OptimConfig(steps=90000)) < 1e-20  # the paper's run forgets its init
 
 
 def test_param_groups_exclude_biases_and_1d():

@@ -34,6 +34,7 @@ def test_short_run_lowers_loss_and_writes_run_dir(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_15.pt", "step_30.pt"]
     assert load_checkpoint(tmp_path / "step_15.pt")["step"] == 15
     assert 0 < summary["within_clip_end"] <= 1
+    assert 0.9 < summary["target_init_share"] < 1  # 30 updates at momentum ~0.998
 
 
 def test_resume_gives_identical_losses(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from vjepa.jepa import (
     JEPA,
     collapse_stats,
     collapse_warning,
+    ema_init_share,
     ema_momentum,
     ema_update,
     param_groups,
@@ -383,6 +384,8 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
         summary.update(effective_rank_start=initial_stats.effective_rank, effective_rank_end=last_stats.effective_rank,
                        target_std_end=last_stats.std, within_clip_start=initial_stats.within_clip,
                        within_clip_end=last_stats.within_clip)
+    if model.target_encoder is not None:
+        summary["target_init_share"] = ema_init_share(cfg.optim.steps, cfg.optim)
     return summary
 
 
