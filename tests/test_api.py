@@ -1,6 +1,7 @@
 """Library use: load from every kind of source, embed paths / frames / tensors, export, embed many files."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +72,10 @@ def test_bare_state_dict_falls_back_to_encoder_with_a_warning(tmp_path, run):
     with pytest.warns(UserWarning, match="no target_encoder; using its encoder"):
         loaded = load(tmp_path / "weights.pt", device="cpu", num_heads=2)
     assert torch.equal(loaded(CLIP), encoder(CLIP))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn_fallback=False: the same fallback, silently
+        quiet = load(tmp_path / "weights.pt", device="cpu", num_heads=2, warn_fallback=False)
+    assert quiet.which == "encoder"
 
 
 def test_window_indices_cover_the_video():

@@ -323,7 +323,7 @@ def read_weights(
     return cfg, networks, str(path)
 
 
-def _choose_network(networks: dict[str, Any], which: str, description: str) -> str | None:
+def _choose_network(networks: dict[str, Any], which: str, description: str, warn: bool = True) -> str | None:
     if which not in WHICH:
         raise ValueError(f"which={which!r}; choose one of {', '.join(WHICH)}")
     if not networks:  # a preset: nothing to load
@@ -331,7 +331,8 @@ def _choose_network(networks: dict[str, Any], which: str, description: str) -> s
     if which in networks:
         return which
     if which == "target_encoder" and "encoder" in networks:
-        warnings.warn(f"{description} has no target_encoder; using its encoder", stacklevel=3)
+        if warn:
+            warnings.warn(f"{description} has no target_encoder; using its encoder", stacklevel=3)
         return "encoder"
     raise CheckpointError(f"{description} has no {which!r} weights (it has: {', '.join(sorted(networks))})")
 
@@ -354,6 +355,7 @@ def load(
     num_heads: int | None = None,
     with_predictor: bool = True,
     precision: str = "fp32",
+    warn_fallback: bool = True,
 ) -> Encoder:
     """Load an encoder for inference from a checkpoint of any supported kind, or a preset.
 
@@ -370,6 +372,8 @@ def load(
             (an unofficial width needs num_heads; an unusual clip size may need the other two).
         with_predictor: also load the predictor when the checkpoint has one.
         precision: "fp32" or "bf16" (bfloat16 autocast for the forward pass).
+        warn_fallback: warn when which="target_encoder" falls back to the encoder (callers that
+            expect it, such as probes of pixel or supervised runs, pass False).
 
     Returns:
         An `Encoder` in eval mode with gradients off.
@@ -379,7 +383,7 @@ def load(
             (the message lists every missing, unexpected and mis-shaped key).
     """
     cfg, networks, description = read_weights(source, num_frames, img_size, num_heads)
-    name = _choose_network({k: v for k, v in networks.items() if k != "predictor"}, which, description)
+    name = _choose_network({k: v for k, v in networks.items() if k != "predictor"}, which, description, warn_fallback)
     model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
     if name is not None:
         load_state_strict(model, networks[name], f"{description} [{name}]")

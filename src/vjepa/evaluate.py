@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,9 +83,8 @@ def load_encoder(
     Returns:
         (encoder in eval mode with requires_grad False, the run's Config).
     """
-    with warnings.catch_warnings():  # the target -> encoder fallback is expected here (pixel, supervised)
-        warnings.filterwarnings("ignore", message=".*has no target_encoder.*")
-        encoder = load(resolve_checkpoint(path), which, device, with_predictor=False)
+    # the target -> encoder fallback is expected here (pixel and supervised runs have no target)
+    encoder = load(resolve_checkpoint(path), which, device, with_predictor=False, warn_fallback=False)
     return freeze(encoder.model), encoder.config
 
 
