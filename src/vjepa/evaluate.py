@@ -641,13 +641,18 @@ def _view_settings(probe_cfg: ProbeConfig) -> dict[str, Any]:
     return {k: getattr(probe_cfg, k) for k in keys}
 
 
+# quick_probe's protocol (also used by benchmarks that probe a random-init baseline beside it)
+QUICK_TRAIN_CLIPS = 1024
+QUICK_EVAL_SPLIT = "val"
+
+
 def quick_probe(
     run_dir: str | Path,
     task: str = "motion",
     epochs: int = 100,
     probe: str = "attentive",
-    max_train_clips: int = 1024,
-    eval_split: str = "val",
+    max_train_clips: int = QUICK_TRAIN_CLIPS,
+    eval_split: str = QUICK_EVAL_SPLIT,
     which: str = "target_encoder",
     threads: int = 0,
     verbose: bool = True,
