@@ -405,7 +405,9 @@ def markdown(args: argparse.Namespace, results: list[dict]) -> str:
     intro = (
         "Top-1 (%) of frozen-encoder probes on the synthetic test split (chance: motion 12.5, appearance "
         "16.7). Motion stands in for SSv2, appearance for K400; the paper's numbers are ViT-L/16 on the "
-        "real datasets, so compare trends, not values. Attentive probe, 100% labels unless stated."
+        "real datasets, so compare trends, not values. Attentive probe, 100% labels unless stated. "
+        "A value with ± is the mean ± std over that variant's seeds, one without it a single seed "
+        f"(seeds per variant: {seeds_per_variant(results)})."
     )
     lines = [
         title,
@@ -435,6 +437,16 @@ def markdown(args: argparse.Namespace, results: list[dict]) -> str:
         f"Command: `{' '.join(sys.argv)}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def seeds_per_variant(results: list[dict]) -> str:
+    """'jepa 0, 1, 2; pixel 0; ...' in VARIANTS order."""
+    parts = []
+    for variant in VARIANTS:
+        seeds = sorted({r["seed"] for r in results if r["variant"] == variant})
+        if seeds:
+            parts.append(f"{variant} {', '.join(map(str, seeds))}")
+    return "; ".join(parts)
 
 
 def times_table() -> list[str]:

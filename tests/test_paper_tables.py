@@ -49,3 +49,12 @@ def test_save_results_merges_processes_sharing_out(tables, tmp_path):
     pixel = [r for r in json.loads((tmp_path / "results.json").read_text())["probes"] if r["variant"] == "pixel"]
     assert [r["top1"] for r in pixel] == [41.0]
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_scores_average_seeds_and_the_report_says_which(tables):
+    results = [record("jepa", "motion", 60.0), {**record("jepa", "motion", 70.0), "seed": 1},
+               record("pixel", "motion", 40.0)]
+    assert tables.score(results, "jepa", "motion") == "65.0 ± 7.1"  # sample std over seeds
+    assert tables.score(results, "pixel", "motion") == "40.0"
+    assert tables.score(results, "tube", "motion") == "-"
+    assert tables.seeds_per_variant(results) == "jepa 0, 1; pixel 0"
