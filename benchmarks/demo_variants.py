@@ -27,7 +27,14 @@ from pathlib import Path
 import torch
 
 from vjepa.config import apply_overrides, load_yaml, preset
-from vjepa.evaluate import QUICK_EVAL_SPLIT, QUICK_TRAIN_CLIPS, FeatureCache, probe_encoder, quick_probe, random_encoder
+from vjepa.evaluate import (
+    QUICK_EVAL_SPLIT,
+    QUICK_TRAIN_CLIPS,
+    FeatureCache,
+    probe_encoder,
+    quick_probe,
+    random_encoder,
+)
 from vjepa.train import train
 
 # The demo data before 2026-11-29: one sprite, 1-2 px per frame, slow turns and resizing.

@@ -53,11 +53,11 @@ def mask_statistics(
         for g, mask in enumerate(masks):
             if len(hidden) <= g:
                 hidden.append([])
-                for mode in lost:
-                    lost[mode].append([])
+                for per_generator in lost.values():
+                    per_generator.append([])
             hidden[g].append(mask.float().mean(dim=1))
-            for mode in lost:
-                lost[mode][g].append(lost_share(mask, mode))
+            for mode, per_generator in lost.items():
+                per_generator[g].append(lost_share(mask, mode))
     stats = []
     for g, shares in enumerate(hidden):
         shares = torch.cat(shares)

@@ -29,7 +29,7 @@ import torch
 
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
-from vjepa.evaluate import FeatureCache, freeze, probe_encoder, resolve_checkpoint
+from vjepa.evaluate import freeze, probe_encoder, resolve_checkpoint
 from vjepa.jepa import ema_init_share
 from vjepa.models.vit import build_encoder
 from vjepa.train import mix_seed

@@ -34,12 +34,12 @@ def test_encoders_and_a_smoke_run(tmp_path, capsys):
     module = load_module()
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=6", "run.progress=false"])
     train(cfg)
-    nets, loaded_cfg, share, step = module.encoders(tmp_path)
+    nets, _, share, step = module.encoders(tmp_path)
     assert step == 6 and share == pytest.approx(ema_init_share(6, cfg.optim))
     init = module.initial_encoder(cfg)  # the same init train() drew
     assert torch.equal(nets["init"].pos_embed, init.pos_embed)
     assert torch.equal(nets["init"].patch_embed.proj.weight, init.patch_embed.proj.weight)
-    w = lambda name: nets[name].blocks[0].mlp.fc1.weight  # noqa: E731
+    w = lambda name: nets[name].blocks[0].mlp.fc1.weight
     assert not torch.equal(w("online"), w("init"))  # trained
     assert torch.allclose(w("blend"), share * w("init") + (1 - share) * w("online"), atol=1e-6)
     out = tmp_path / "cmp.json"
