@@ -48,3 +48,6 @@ def test_encoders_and_a_smoke_run(tmp_path, capsys):
     payload = json.loads(out.read_text())
     assert set(payload["encoders"]) == {"init", "online", "target", "blend"}
     assert "| init | online | target | blend |" in capsys.readouterr().out
+    assert module.main([str(tmp_path), "--epochs", "1", "--max-train-clips", "8", "--eval-split", "val",
+                        "--encoders", "init", "target", "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["encoders"]) == {"init", "target"}
