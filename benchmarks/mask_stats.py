@@ -46,28 +46,18 @@ def mask_statistics(
         lost_pad (mean share of tokens in neither context nor target), all fractions of N.
     """
     generator = torch.Generator().manual_seed(seed)
-    hidden: list[list[torch.Tensor]] = []
-    lost: dict[str, list[list[torch.Tensor]]] = {"truncate": [], "pad": []}
-    for _ in range(batches):
-        masks = target_masks(cfg, grid, batch_size, generator)
-        for g, mask in enumerate(masks):
-            if len(hidden) <= g:
-                hidden.append([])
-                for per_generator in lost.values():
-                    per_generator.append([])
-            hidden[g].append(mask.float().mean(dim=1))
-            for mode, per_generator in lost.items():
-                per_generator[g].append(lost_share(mask, mode))
+    drawn = [target_masks(cfg, grid, batch_size, generator) for _ in range(batches)]  # [batch][generator]
     stats = []
-    for g, shares in enumerate(hidden):
-        shares = torch.cat(shares)
+    for g in range(len(drawn[0])):
+        masks = [per_batch[g] for per_batch in drawn]  # truncation acts per batch, so keep batches apart
+        shares = torch.cat([mask.float().mean(dim=1) for mask in masks])
         stats.append({
             "generator": g,
             "hidden_mean": shares.mean().item(),
             "hidden_min": shares.min().item(),
             "hidden_max": shares.max().item(),
-            "lost_truncate": torch.cat(lost["truncate"][g]).mean().item(),
-            "lost_pad": torch.cat(lost["pad"][g]).mean().item(),
+            "lost_truncate": torch.cat([lost_share(mask, "truncate") for mask in masks]).mean().item(),
+            "lost_pad": torch.cat([lost_share(mask, "pad") for mask in masks]).mean().item(),
         })
     return stats
 

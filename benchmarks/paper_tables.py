@@ -38,8 +38,7 @@ import torch
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, apply_overrides, preset
 from vjepa.evaluate import FeatureCache, freeze, load_encoder, make_probe_config, probe_encoder
-from vjepa.models.vit import build_encoder
-from vjepa.train import mix_seed, train
+from vjepa.train import initial_encoder, train
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "jepa": ("V-JEPA: feature prediction, multi-block", ["run.objective=jepa", "mask.kind=multiblock"]),
@@ -143,12 +142,6 @@ def pretrain(cfg: Config, variant: str) -> float:
     return time.perf_counter() - start
 
 
-def initial_encoder(cfg: Config) -> torch.nn.Module:
-    """The encoder exactly as `train(cfg)` initialises it (the random-init baseline)."""
-    torch.manual_seed(mix_seed(cfg.run.seed, 1))  # train() seeds this, then JEPA builds the encoder first
-    return freeze(build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames))
-
-
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of every kept step_N.pt and of latest.pt, by step, one path per step."""
     found = {int(p.stem.split("_")[1]): p for p in run_dir.glob("step_*.pt")}
@@ -210,7 +203,7 @@ def probe_variant(args, variant: str, seed: int, probe_cfg, results: list[dict])
     else:
         points = checkpoints(Path(cfg.run.out_dir))
     for step, path in points:
-        encoder = initial_encoder(cfg) if path is None else load_encoder(path)[0]
+        encoder = freeze(initial_encoder(cfg)) if path is None else load_encoder(path)[0]
         plan = probe_plan(final=step == points[-1][0], low_shot=args.low_shot)
         key = {"variant": variant, "seed": seed, "step": step}
         results.extend(probe_point(encoder, cfg, plan, probe_cfg, done, key))

@@ -32,16 +32,9 @@ from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
 from vjepa.evaluate import freeze, probe_encoder, resolve_checkpoint
 from vjepa.jepa import ema_init_share
-from vjepa.models.vit import build_encoder
-from vjepa.train import mix_seed
+from vjepa.train import initial_encoder
 
 ENCODERS = ("init", "online", "target", "blend")
-
-
-def initial_encoder(cfg) -> torch.nn.Module:
-    """The encoder exactly as `vjepa.train.train(cfg)` initialised it."""
-    torch.manual_seed(mix_seed(cfg.run.seed, 1))
-    return build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
 
 
 def blend(first: torch.nn.Module, second: torch.nn.Module, share: float) -> torch.nn.Module:
@@ -58,13 +51,15 @@ def encoders(run: Path) -> tuple[dict[str, torch.nn.Module], Any, float, int]:
     """The four encoders of a run, its config, the target's init share and the checkpoint step."""
     path = resolve_checkpoint(run)
     state = load_checkpoint(path)
-    cfg = from_dict(Config, state["config"])
+    if "config" not in state:
+        raise SystemExit(f"{path} has no stored config (not a vjepa training checkpoint): its init is unknown")
     if "target_encoder" not in state:
         raise SystemExit(f"{path} has no target_encoder (a pixel or supervised run): nothing to compare")
+    cfg = from_dict(Config, state["config"])
     step = int(state["step"])
     share = ema_init_share(step, cfg.optim)
     init = initial_encoder(cfg)
-    online, target = initial_encoder(cfg), initial_encoder(cfg)
+    online, target = copy.deepcopy(init), copy.deepcopy(init)
     online.load_state_dict(state["encoder"])
     target.load_state_dict(state["target_encoder"])
     nets = {"init": init, "online": online, "target": target, "blend": blend(init, online, share)}

@@ -1,16 +1,12 @@
 """benchmarks/demo_variants.py: a smoke run trains, probes trained and random-init encoders, resumes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_variants.py"
+from benchmark_utils import load_benchmark
 
 
 def test_quick_run_writes_table_and_skips_finished_variants(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("demo_variants", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("demo_variants")
     args = ["--quick", "--variants", "short", "--out", str(tmp_path)]
     assert module.main(args) == 0
     result = json.loads((tmp_path / "short" / "demo_variant.json").read_text())

@@ -1,26 +1,16 @@
 """benchmarks/mask_stats.py: hidden shares and what truncating collation loses, against hand counts."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_utils import load_benchmark
 from vjepa.config import MaskConfig
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mask_stats.py"
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("mask_stats", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_lost_share_counts_tokens_dropped_by_truncation():
-    module = load_module()
+    module = load_benchmark("mask_stats")
     # 2 samples of 6 tokens: targets {0,1,2} and {0}. Truncation keeps the first 1 target and the
     # first 3 context tokens of each row: sample 0 loses targets 1,2 and sample 1 context 4,5.
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
@@ -29,7 +19,7 @@ def test_lost_share_counts_tokens_dropped_by_truncation():
 
 
 def test_statistics_of_the_default_masks(tmp_path, capsys):
-    module = load_module()
+    module = load_benchmark("mask_stats")
     stats = module.mask_statistics(MaskConfig(), (8, 14, 14), batch_size=8, batches=5)
     short, long = stats
     assert 0.4 < short["hidden_mean"] < 0.8 and 0.7 < long["hidden_mean"] < 0.95  # the paper's ranges

@@ -1,20 +1,15 @@
 """benchmarks/paper_tables.py: processes sharing one --out merge their results."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py"
+from benchmark_utils import load_benchmark
 
 
 @pytest.fixture()
 def tables():
-    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("paper_tables")
 
 
 def record(variant: str, task: str, top1: float) -> dict:

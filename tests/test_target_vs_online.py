@@ -1,28 +1,19 @@
 """benchmarks/target_vs_online.py: the four encoders of a run, the blend arithmetic, a smoke run."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_utils import load_benchmark
+from vjepa.checkpoint import load_checkpoint, save_checkpoint
 from vjepa.config import apply_overrides, preset
 from vjepa.jepa import ema_init_share
-from vjepa.train import train
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "target_vs_online.py"
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("target_vs_online", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from vjepa.train import initial_encoder, train
 
 
 def test_blend_interpolates_every_weight():
-    module = load_module()
+    module = load_benchmark("target_vs_online")
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     mixed = module.blend(a, b, 0.7)
     assert torch.allclose(mixed.weight, 0.7 * a.weight + 0.3 * b.weight)
@@ -31,12 +22,12 @@ def test_blend_interpolates_every_weight():
 
 
 def test_encoders_and_a_smoke_run(tmp_path, capsys):
-    module = load_module()
+    module = load_benchmark("target_vs_online")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=6", "run.progress=false"])
     train(cfg)
     nets, _, share, step = module.encoders(tmp_path)
     assert step == 6 and share == pytest.approx(ema_init_share(6, cfg.optim))
-    init = module.initial_encoder(cfg)  # the same init train() drew
+    init = initial_encoder(cfg)  # the same init train() drew
     assert torch.equal(nets["init"].pos_embed, init.pos_embed)
     assert torch.equal(nets["init"].patch_embed.proj.weight, init.patch_embed.proj.weight)
     w = lambda name: nets[name].blocks[0].mlp.fc1.weight
@@ -51,3 +42,16 @@ def test_encoders_and_a_smoke_run(tmp_path, capsys):
     assert module.main([str(tmp_path), "--epochs", "1", "--max-train-clips", "8", "--eval-split", "val",
                         "--encoders", "init", "target", "--out", str(out)]) == 0
     assert set(json.loads(out.read_text())["encoders"]) == {"init", "target"}
+
+
+def test_checkpoints_it_cannot_compare_are_named(tmp_path):
+    module = load_benchmark("target_vs_online")
+    cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=2", "run.progress=false"])
+    train(cfg)
+    state = load_checkpoint(tmp_path / "latest.pt")
+    save_checkpoint(tmp_path / "no_config.pt", {k: v for k, v in state.items() if k != "config"})
+    with pytest.raises(SystemExit, match="no_config.pt has no stored config"):
+        module.encoders(tmp_path / "no_config.pt")
+    save_checkpoint(tmp_path / "no_target.pt", {k: v for k, v in state.items() if k != "target_encoder"})
+    with pytest.raises(SystemExit, match="no_target.pt has no target_encoder"):
+        module.encoders(tmp_path / "no_target.pt")

@@ -8,7 +8,7 @@ import torch
 from vjepa.checkpoint import load_checkpoint, save_checkpoint
 from vjepa.cli import main
 from vjepa.config import apply_overrides, preset
-from vjepa.train import StepBatchSampler, TrainingDiverged, train
+from vjepa.train import StepBatchSampler, TrainingDiverged, initial_encoder, train
 
 
 def debug_cfg(out_dir, *overrides):
@@ -35,6 +35,16 @@ def test_short_run_lowers_loss_and_writes_run_dir(tmp_path):
     assert load_checkpoint(tmp_path / "step_15.pt")["step"] == 15
     assert 0 < summary["within_clip_end"] <= 1
     assert 0.9 < summary["target_init_share"] < 1  # 30 updates at momentum ~0.998
+
+
+def test_initial_encoder_is_the_one_train_starts_from(tmp_path):
+    # with every learning rate 0 the encoder never moves, so the checkpoint holds train()'s init
+    train(debug_cfg(tmp_path, "optim.steps=2", "optim.start_lr=0", "optim.lr=0", "optim.final_lr=0"))
+    trained = load_checkpoint(tmp_path / "latest.pt")["encoder"]
+    init = initial_encoder(debug_cfg(tmp_path)).state_dict()
+    assert trained.keys() == init.keys() and all(torch.equal(trained[k], init[k]) for k in init)
+    other = initial_encoder(debug_cfg(tmp_path, "run.seed=1")).state_dict()
+    assert not torch.equal(other["blocks.0.mlp.fc1.weight"], init["blocks.0.mlp.fc1.weight"])
 
 
 def test_resume_gives_identical_losses(tmp_path, monkeypatch):

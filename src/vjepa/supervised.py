@@ -25,7 +25,7 @@ from vjepa.distributed import resolve_device
 from vjepa.jepa import param_groups, set_schedules
 from vjepa.models.probe import AttentiveClassifier
 from vjepa.models.vit import build_encoder
-from vjepa.train import RunLog, autocast, build_train_loader, mix_seed, prepare_run_dir
+from vjepa.train import RunLog, autocast, build_train_loader, init_seed, prepare_run_dir
 
 
 def num_classes_for(cfg: Config, task: str, dataset: Any) -> int:
@@ -88,7 +88,7 @@ def train_supervised(cfg: Config, task: str = "motion") -> dict[str, Any]:
     device = resolve_device(cfg.run.device)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(mix_seed(cfg.run.seed, 1))
+    torch.manual_seed(init_seed(cfg))
     out_dir = prepare_run_dir(cfg, is_main=True)
     loader, dataset = build_train_loader(cfg, 0, 0, 1)
     encoder = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames).to(device)

@@ -32,6 +32,7 @@ from vjepa.jepa import (
     set_schedules,
 )
 from vjepa.masks import MaskBatch, collate_masks, target_masks
+from vjepa.models.vit import build_encoder
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,6 +73,17 @@ def mix_seed(*parts: int) -> int:
         value = (value ^ (int(part) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**64 - 1)
         value = (value * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     return value >> 1
+
+
+def init_seed(cfg: Config) -> int:
+    """The torch seed `train(cfg)` sets right before building the model (the encoder comes first)."""
+    return mix_seed(cfg.run.seed, 1)
+
+
+def initial_encoder(cfg: Config) -> torch.nn.Module:
+    """The encoder exactly as `train(cfg)` initialises it, before any step (the random-init baseline)."""
+    torch.manual_seed(init_seed(cfg))
+    return build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
 
 
 class StepBatchSampler(Sampler):
@@ -291,7 +303,7 @@ def train(cfg: Config) -> dict[str, Any]:
     device, is_main = env.device, env.rank == 0
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(mix_seed(cfg.run.seed, 1))  # model init: identical on every rank
+    torch.manual_seed(init_seed(cfg))  # model init: identical on every rank
     out_dir = prepare_run_dir(cfg, is_main)
     num_generators = 1 if cfg.mask.kind == "tube" else len(cfg.mask.generators)
     model = JEPA(cfg, num_generators).to(device)
