@@ -59,5 +59,10 @@ def test_validate_errors():
         validate(apply_overrides(Config(), ["model.num_heads=5"]))
     with pytest.raises(ConfigError, match="mask.kind"):
         validate(apply_overrides(Config(), ["mask.kind=random"]))
+    with pytest.raises(ConfigError, match="optim.target_norm='batch'"):
+        validate(apply_overrides(Config(), ["optim.target_norm=batch"]))
+    with pytest.raises(ConfigError, match="needs run.objective=jepa"):
+        validate(apply_overrides(Config(), ["optim.target_norm=layer_center", "run.objective=pixel"]))
+    validate(apply_overrides(Config(), ["optim.target_norm=layer_center"]))
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("nope")

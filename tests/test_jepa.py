@@ -8,6 +8,7 @@ import torch
 from vjepa.config import OptimConfig, preset
 from vjepa.jepa import (
     JEPA,
+    center_tokens,
     collapse_stats,
     collapse_warning,
     ema_init_share,
@@ -60,6 +61,31 @@ def test_targets_are_layer_normed_target_encoder_outputs():
     assert not t.requires_grad
     assert torch.allclose(t.mean(-1), torch.zeros(t.shape[:2]), atol=1e-5)
     assert torch.allclose(t.std(-1, unbiased=False), torch.ones(t.shape[:2]), atol=1e-3)
+
+
+def test_layer_center_ignores_clip_level_target_offsets():
+    """target_norm=layer_center: a per-clip offset on every target token leaves the loss unchanged
+    (the official layer norm does not), and the monitor still sees the uncentred features."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4)
+    assert torch.allclose(center_tokens(x).mean(dim=1), torch.zeros(2, 4), atol=1e-6)
+    losses = {}
+    for norm in ("layer", "layer_center"):
+        cfg = tiny_cfg()
+        cfg.optim.target_norm = norm
+        cfg.run.dtype = "fp32"
+        torch.manual_seed(0)
+        model = JEPA(cfg, 2)
+        video, masks = batch(cfg, model)
+        plain = model.targets(video)
+        offset = torch.randn(video.shape[0], 1, plain.shape[-1])  # one offset per clip
+        out = model(video, masks)
+        model.targets = lambda v, plain=plain, offset=offset: plain + offset
+        shifted = model(video, masks)
+        assert torch.equal(out["targets"], plain)  # the collapse monitor reads uncentred features
+        losses[norm] = (out["loss"].item(), shifted["loss"].item())
+    assert losses["layer_center"][0] == pytest.approx(losses["layer_center"][1], abs=1e-5)
+    assert abs(losses["layer"][0] - losses["layer"][1]) > 1e-2
 
 
 def test_pixel_targets_normalised_per_tubelet():

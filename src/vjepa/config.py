@@ -152,6 +152,9 @@ class OptimConfig:
     grad_clip: float = 10.0
     loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
     reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
+    # Target features: layer (official: LayerNorm over D) | layer_center (then subtract each clip's
+    # mean token, so the clip-level part of the target, such as its colours, is not predicted)
+    target_norm: str = "layer"
 
 
 @dataclass
@@ -463,12 +466,15 @@ def validate(cfg: Config) -> Config:
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
         "run.dtype": (cfg.run.dtype, ("bf16", "fp32")),
         "run.objective": (cfg.run.objective, ("jepa", "pixel")),
+        "optim.target_norm": (cfg.optim.target_norm, ("layer", "layer_center")),
         "run.distributed": (cfg.run.distributed, ("ddp", "fsdp")),
         "data.short_video_policy": (d.short_video_policy, ("skip", "loop", "pad")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
+    if cfg.optim.target_norm != "layer" and cfg.run.objective != "jepa":
+        raise ConfigError(f"optim.target_norm={cfg.optim.target_norm!r} needs run.objective=jepa (pixel targets are normalised per tubelet)")
     if cfg.optim.steps < 1:
         raise ConfigError("optim.steps must be >= 1")
     if cfg.optim.warmup_steps < 0:

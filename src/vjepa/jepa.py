@@ -75,6 +75,16 @@ def layer_norm_targets(features: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(features, features.shape[-1:])
 
 
+def center_tokens(features: torch.Tensor) -> torch.Tensor:
+    """Subtract each clip's mean token: [B, N, D] -> [B, N, D] with zero mean over N per clip.
+
+    With `optim.target_norm=layer_center` the predictor regresses what sets a token apart from the
+    rest of its clip; the clip-level part of the target (its colours, its background) carries no
+    loss, so an encoder cannot lower the loss by broadcasting clip-level codes (README "Results").
+    """
+    return features - features.mean(dim=1, keepdim=True)
+
+
 def pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
     """VideoMAE-style targets: each tubelet's pixels normalised by its own mean/std: [B, N, C*t*p*p]."""
     patches = patchify(video.float(), tubelet_size, patch_size)
@@ -149,6 +159,7 @@ class JEPA(nn.Module):
         self.objective = cfg.run.objective
         self.loss_exp = cfg.optim.loss_exp
         self.reg_coeff = cfg.optim.reg_coeff
+        self.target_norm = cfg.optim.target_norm
         self.tubelet_size, self.patch_size = m.tubelet_size, m.patch_size
         self.encoder = build_encoder(m, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
         pixel_dim = m.in_chans * m.tubelet_size * m.patch_size**2
@@ -202,7 +213,8 @@ class JEPA(nn.Module):
         With pad collation each generator's valid context and target tokens must partition the
         grid (as `sample_masks` guarantees); the predictor then runs every generator in one pass.
         """
-        targets = self.targets(video)  # [B, N, D]
+        features = self.targets(video)  # [B, N, D]; the collapse monitor reads these
+        targets = center_tokens(features) if self.target_norm == "layer_center" else features
         grid = self.encoder.patch_embed.grid(*video.shape[2:])
         contexts = self.contexts(video, masks)  # one [B, Kc, D] per generator
         losses, reg = [], torch.zeros((), device=video.device)
@@ -226,7 +238,7 @@ class JEPA(nn.Module):
             "loss": prediction + self.reg_coeff * reg,
             "prediction_loss": prediction.detach(),
             "generator_losses": generator_losses.detach(),
-            "targets": targets.detach(),
+            "targets": features.detach(),
         }
 
 
