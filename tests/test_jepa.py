@@ -17,6 +17,7 @@ from vjepa.jepa import (
     learning_rate,
     param_groups,
     pixel_targets,
+    set_schedules,
     prediction_loss,
     variance_penalty,
     weight_decay,
@@ -148,6 +149,29 @@ def test_param_groups_exclude_biases_and_1d():
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     ids = {id(p) for p in decay["params"]}
     assert all(id(p) in ids for p in model.predictor.mask_tokens)  # 3-D: decayed, as in the official code
+
+
+def test_predictor_lr_scale_groups_and_schedule():
+    """lr_scales split the groups per module; set_schedules multiplies each group's LR by its scale."""
+    cfg = tiny_cfg()
+    model = JEPA(cfg, 2)
+    groups = param_groups(model.encoder, model.predictor, lr_scales=(1.0, 10.0))
+    assert len(groups) == 4
+    owner = {id(p): "encoder" for p in model.encoder.parameters()}
+    owner.update({id(p): "predictor" for p in model.predictor.parameters()})
+    for group in groups:
+        modules = {owner[id(p)] for p in group["params"]}
+        assert modules == ({"predictor"} if group.get("lr_scale") == 10.0 else {"encoder"})
+    total = sum(len(g["params"]) for g in groups)
+    assert total == len(list(model.encoder.parameters())) + len(list(model.predictor.parameters()))
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    lr, wd = set_schedules(optimizer, 5, cfg.optim)
+    assert lr == learning_rate(5, cfg.optim) and wd == weight_decay(5, cfg.optim)
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(lr * group.get("lr_scale", 1.0))
+        assert group["weight_decay"] == (wd if group["apply_weight_decay"] else 0.0)
+    with pytest.raises(ValueError, match="lr_scales"):
+        param_groups(model.encoder, model.predictor, lr_scales=(1.0,))
 
 
 def test_collapse_monitor():

@@ -47,6 +47,16 @@ def test_initial_encoder_is_the_one_train_starts_from(tmp_path):
     assert not torch.equal(other["blocks.0.mlp.fc1.weight"], init["blocks.0.mlp.fc1.weight"])
 
 
+def test_predictor_lr_scale_reaches_the_optimizer(tmp_path):
+    train(debug_cfg(tmp_path, "optim.steps=2", "optim.predictor_lr_scale=4"))
+    state = load_checkpoint(tmp_path / "latest.pt")
+    groups = state["opt"]["param_groups"]
+    scaled = [g for g in groups if g.get("lr_scale") == 4.0]
+    plain = [g for g in groups if "lr_scale" not in g]
+    assert len(scaled) == 2 and len(plain) == 2
+    assert scaled[0]["lr"] == pytest.approx(4 * plain[0]["lr"]) and plain[0]["lr"] > 0
+
+
 def test_resume_gives_identical_losses(tmp_path, monkeypatch):
     import vjepa.train as train_module
 

@@ -150,6 +150,9 @@ class OptimConfig:
     ema: tuple[float, float] = (0.998, 1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 10.0
+    # The predictor's LR is lr x this (official: 1). Short runs: the predictor learns to place its
+    # predictions far more slowly than the encoder finds clip-level codes (README "Results").
+    predictor_lr_scale: float = 1.0
     loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
     reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
     # Target features: layer (official: LayerNorm over D) | layer_center (then subtract each clip's
@@ -475,6 +478,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
     if cfg.optim.target_norm != "layer" and cfg.run.objective != "jepa":
         raise ConfigError(f"optim.target_norm={cfg.optim.target_norm!r} needs run.objective=jepa (pixel targets are normalised per tubelet)")
+    if cfg.optim.predictor_lr_scale <= 0:
+        raise ConfigError("optim.predictor_lr_scale must be > 0")
     if cfg.optim.steps < 1:
         raise ConfigError("optim.steps must be >= 1")
     if cfg.optim.warmup_steps < 0:

@@ -251,25 +251,39 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
 
 
-def param_groups(*modules: nn.Module) -> list[dict]:
-    """AdamW groups as in the official code: biases and 1-D tensors get no weight decay."""
-    decay, no_decay = [], []
-    for module in modules:
+def param_groups(*modules: nn.Module, lr_scales: tuple[float, ...] | None = None) -> list[dict]:
+    """AdamW groups as in the official code: biases and 1-D tensors get no weight decay.
+
+    `lr_scales` (one per module) multiply the scheduled LR of that module's parameters (see
+    `set_schedules`); modules with equal scales share groups, so the default is the official two.
+    """
+    scales = lr_scales or (1.0,) * len(modules)
+    if len(scales) != len(modules):
+        raise ValueError(f"{len(scales)} lr_scales for {len(modules)} modules")
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for module, scale in zip(modules, scales):
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
-    return [
-        {"params": decay, "apply_weight_decay": True},
-        {"params": no_decay, "apply_weight_decay": False, "weight_decay": 0.0},
-    ]
+            no_decay = name.endswith(".bias") or param.ndim == 1
+            groups.setdefault((float(scale), no_decay), []).append(param)
+    out = []
+    for (scale, no_decay), params in sorted(groups.items()):
+        group = {"params": params, "apply_weight_decay": not no_decay}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        if scale != 1.0:
+            group["lr_scale"] = scale
+        out.append(group)
+    return out
 
 
 def set_schedules(optimizer: torch.optim.Optimizer, step: int, optim: OptimConfig) -> tuple[float, float]:
-    """Write the step's learning rate and weight decay into the optimiser; return (lr, wd)."""
+    """Write the step's learning rate (times each group's `lr_scale`) and weight decay into the
+    optimiser; return the unscaled (lr, wd)."""
     lr, wd = learning_rate(step, optim), weight_decay(step, optim)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
         if group.get("apply_weight_decay", True):
             group["weight_decay"] = wd
     return lr, wd

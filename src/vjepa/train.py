@@ -317,7 +317,11 @@ def train(cfg: Config) -> dict[str, Any]:
         compile_blocks(model)
     wrapped = dist_utils.wrap(model, env, cfg.run.distributed)
     # built after wrapping: FSDP2 swaps the parameters for sharded ones
-    optimizer = torch.optim.AdamW(param_groups(model.encoder, model.predictor), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    optimizer = torch.optim.AdamW(
+        param_groups(model.encoder, model.predictor, lr_scales=(1.0, cfg.optim.predictor_lr_scale)),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+    )
     start = 0
     if state is not None:
         dist_utils.load_optimizer_state(model, optimizer, state["opt"])
