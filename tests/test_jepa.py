@@ -17,8 +17,8 @@ from vjepa.jepa import (
     learning_rate,
     param_groups,
     pixel_targets,
-    set_schedules,
     prediction_loss,
+    set_schedules,
     variance_penalty,
     weight_decay,
 )

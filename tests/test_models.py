@@ -10,7 +10,7 @@ from vjepa.models.pos_embed import interpolate_3d, sincos_1d, sincos_3d
 from vjepa.models.predictor import Predictor
 from vjepa.models.vit import EncoderSpec, VisionTransformer
 
-TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=48, depth=2, num_heads=3)
+TINY = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}
 
 
 def tiny_encoder(**kw) -> VisionTransformer:

@@ -82,7 +82,7 @@ def test_resume_gives_identical_losses(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import vjepa.jepa as jepa
+    from vjepa import jepa
 
     real = jepa.prediction_loss
     calls = {"n": 0}
@@ -120,7 +120,7 @@ def test_step_sampler_is_a_pure_function_of_step():
     b = StepBatchSampler(10, 4, seed=3, start_step=5)
     it = iter(b)
     assert [a.batch(s) for s in range(5, 8)] == [next(it) for _ in range(3)]
-    epoch0 = [i for s in range(0, 5) for i, _ in a.batch(s)][:10]  # first 10 items: one epoch, no repeats
+    epoch0 = [i for s in range(5) for i, _ in a.batch(s)][:10]  # first 10 items: one epoch, no repeats
     assert sorted(epoch0) == list(range(10))
     ranks = [StepBatchSampler(10, 2, seed=3, rank=r, world_size=2).batch(1) for r in (0, 1)]
     assert ranks[0] + ranks[1] == a.batch(1)

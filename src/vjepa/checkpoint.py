@@ -52,7 +52,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
         raise CheckpointError(f"{path}: cannot be loaded as a weights-only checkpoint: {err}") from None
 
 
@@ -107,8 +107,8 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as err:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open, not a dict
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one CheckpointError naming it
         raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from None
     return tensors, json.loads(metadata.get("config", "{}"))
 

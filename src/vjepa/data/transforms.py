@@ -49,8 +49,8 @@ def random_resized_crop_params(
     for _ in range(10):
         target_area = area * _uniform(scale[0], scale[1], generator)
         ratio = math.exp(_uniform(log_aspect[0], log_aspect[1], generator))
-        crop_width = int(round(math.sqrt(target_area * ratio)))
-        crop_height = int(round(math.sqrt(target_area / ratio)))
+        crop_width = round(math.sqrt(target_area * ratio))
+        crop_height = round(math.sqrt(target_area / ratio))
         if 0 < crop_width <= width and 0 < crop_height <= height:
             top = _randint(height - crop_height + 1, generator)
             left = _randint(width - crop_width + 1, generator)
@@ -61,9 +61,9 @@ def random_resized_crop_params(
 def _central_crop_params(height: int, width: int, aspect: tuple[float, float]) -> tuple[int, int, int, int]:
     ratio = width / height
     if ratio < min(aspect):
-        crop_width, crop_height = width, int(round(width / min(aspect)))
+        crop_width, crop_height = width, round(width / min(aspect))
     elif ratio > max(aspect):
-        crop_height, crop_width = height, int(round(height * max(aspect)))
+        crop_height, crop_width = height, round(height * max(aspect))
     else:
         crop_height, crop_width = height, width
     return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
@@ -170,8 +170,8 @@ class EvalTransform:
     def _resized_shape(self, height: int, width: int) -> tuple[int, int]:
         short = max(int(self.crop_size * self.resize_ratio), self.crop_size)
         if height <= width:
-            return short, max(short, int(round(width * short / height)))
-        return max(short, int(round(height * short / width))), short
+            return short, max(short, round(width * short / height))
+        return max(short, round(height * short / width)), short
 
     def _crop_offsets(self, height: int, width: int) -> list[tuple[int, int]]:
         """(top, left) of each crop in the resized frame."""
