@@ -30,7 +30,7 @@ import torch
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
 from vjepa.evaluate import resolve_checkpoint
-from vjepa.jepa import JEPA, center_tokens, sample_losses
+from vjepa.jepa import JEPA, sample_losses
 from vjepa.models.vit import gather_tokens
 from vjepa.train import autocast, build_train_loader, masks_for_step
 
@@ -70,9 +70,7 @@ def oracle_losses(model: JEPA, cfg: Config, batches: int, start_step: int) -> di
             masks = masks_for_step(cfg, grid, video.shape[0], start_step + i)
             with autocast(device, cfg.run.dtype):
                 out = model(video, masks)
-            targets = out["targets"].float()
-            if cfg.optim.target_norm == "layer_center":
-                targets = center_tokens(targets)
+            targets = model.regression_targets(out["targets"].float())
             records.append((out["prediction_loss"].item(), targets, masks))
     every = torch.cat([t for _, t, _ in records])  # [batches*B, N, D]
     position_mean = every.mean(dim=0, keepdim=True)  # [1, N, D]

@@ -207,6 +207,11 @@ class JEPA(nn.Module):
             return pixel_targets(video, self.tubelet_size, self.patch_size)
         return layer_norm_targets(self.target_encoder(video))
 
+    def regression_targets(self, features: torch.Tensor) -> torch.Tensor:
+        """What the predictor regresses, from `targets(video)` [B, N, D]: centred per clip with
+        `optim.target_norm=layer_center`, else unchanged."""
+        return center_tokens(features) if self.target_norm == "layer_center" else features
+
     def forward(self, video: torch.Tensor, masks: list[MaskBatch]) -> dict[str, torch.Tensor]:
         """One objective evaluation: clip [B, C, T, H, W] and one MaskBatch per mask generator.
 
@@ -214,7 +219,7 @@ class JEPA(nn.Module):
         grid (as `sample_masks` guarantees); the predictor then runs every generator in one pass.
         """
         features = self.targets(video)  # [B, N, D]; the collapse monitor reads these
-        targets = center_tokens(features) if self.target_norm == "layer_center" else features
+        targets = self.regression_targets(features)
         grid = self.encoder.patch_embed.grid(*video.shape[2:])
         contexts = self.contexts(video, masks)  # one [B, Kc, D] per generator
         losses, reg = [], torch.zeros((), device=video.device)
