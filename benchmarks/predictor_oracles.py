@@ -31,6 +31,7 @@ from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
 from vjepa.evaluate import resolve_checkpoint
 from vjepa.jepa import JEPA, sample_losses
+from vjepa.masks import num_generators
 from vjepa.models.vit import gather_tokens
 from vjepa.train import autocast, build_train_loader, masks_for_step
 
@@ -44,7 +45,7 @@ def load_model(path: Path) -> tuple[JEPA, Config, int]:
     if missing:
         raise SystemExit(f"{path} lacks {', '.join(missing)}: not a V-JEPA (feature-prediction) training checkpoint")
     cfg = from_dict(Config, state["config"])
-    model = JEPA(cfg, len(cfg.mask.generators))
+    model = JEPA(cfg, num_generators(cfg.mask))
     for name in ("encoder", "predictor", "target_encoder"):
         getattr(model, name).load_state_dict(state[name])
     return model.eval(), cfg, int(state["step"])

@@ -17,14 +17,15 @@ def test_weighted_mean_ignores_invalid_rows():
     assert module.weighted_mean(x, None).item() == pytest.approx(104 / 3)
 
 
-@pytest.mark.parametrize("target_norm", ["layer", "layer_center"])
-def test_oracles_on_a_short_run(tmp_path, capsys, target_norm):
+@pytest.mark.parametrize("overrides", [["optim.target_norm=layer"], ["optim.target_norm=layer_center"],
+                                       ["mask.kind=tube"]])  # tube: one generator, one mask token
+def test_oracles_on_a_short_run(tmp_path, capsys, overrides):
     module = load_benchmark("predictor_oracles")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=4", "run.progress=false",
-                                            f"optim.target_norm={target_norm}"])
+                                            *overrides])
     train(cfg)
     model, loaded, step = module.load_model(tmp_path / "latest.pt")
-    assert step == 4 and loaded.optim.target_norm == target_norm
+    assert step == 4 and (loaded.optim.target_norm, loaded.mask.kind) == (cfg.optim.target_norm, cfg.mask.kind)
     losses = module.oracle_losses(model, loaded, batches=2, start_step=50)
     assert set(losses) == {"model", *module.ORACLES} and all(v > 0 for v in losses.values())
     # the per-clip median is the best constant vector per clip under L1, so it beats the zero vector

@@ -41,6 +41,7 @@ from vjepa.config import Config, validate
 from vjepa.distributed import resolve_device
 from vjepa.flops import step_flops
 from vjepa.jepa import JEPA, param_groups
+from vjepa.masks import num_generators
 from vjepa.models import vit
 from vjepa.train import compile_blocks, masks_for_step, train_step
 
@@ -227,8 +228,7 @@ class _Run:
         cfg = validate(variant.cfg)
         self.variant, self.cfg, self.device = variant, cfg, device
         torch.manual_seed(seed)
-        num_generators = 1 if cfg.mask.kind == "tube" else len(cfg.mask.generators)
-        self.model = JEPA(cfg, num_generators).to(device)
+        self.model = JEPA(cfg, num_generators(cfg.mask)).to(device)
         if cfg.run.activation_checkpointing:
             self.model.encoder.activation_checkpointing = self.model.predictor.activation_checkpointing = True
         self.optimizer = torch.optim.AdamW(param_groups(self.model.encoder, self.model.predictor), lr=cfg.optim.lr)

@@ -32,7 +32,7 @@ from vjepa.jepa import (
     param_groups,
     set_schedules,
 )
-from vjepa.masks import MaskBatch, collate_masks, target_masks
+from vjepa.masks import MaskBatch, collate_masks, num_generators, target_masks
 from vjepa.models.vit import build_encoder
 
 
@@ -306,8 +306,7 @@ def train(cfg: Config) -> dict[str, Any]:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(init_seed(cfg))  # model init: identical on every rank
     out_dir = prepare_run_dir(cfg, is_main)
-    num_generators = 1 if cfg.mask.kind == "tube" else len(cfg.mask.generators)
-    model = JEPA(cfg, num_generators).to(device)
+    model = JEPA(cfg, num_generators(cfg.mask)).to(device)
     latest = out_dir / "latest.pt"
     state = load_checkpoint(latest) if latest.exists() else None  # any world size wrote it
     if state is not None:

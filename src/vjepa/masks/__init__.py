@@ -21,7 +21,7 @@ from vjepa.masks.multiblock import (
     sample_block_starts,
     sample_multiblock_mask,
 )
-from vjepa.masks.sample import sample_masks, target_masks
+from vjepa.masks.sample import num_generators, sample_masks, target_masks
 from vjepa.masks.tube import sample_tube_mask
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "collate_masks",
     "indices_to_mask",
     "mask_to_indices",
+    "num_generators",
     "sample_block_size",
     "sample_block_starts",
     "sample_masks",

@@ -15,6 +15,11 @@ from vjepa.masks.tube import sample_tube_mask
 Grid = tuple[int, int, int]
 
 
+def num_generators(cfg: MaskConfig) -> int:
+    """How many mask batches (and predictor mask tokens) `target_masks` gives per step."""
+    return 1 if cfg.kind == "tube" else len(cfg.generators)
+
+
 def target_masks(
     cfg: MaskConfig, grid: Grid, batch_size: int, generator: torch.Generator, tubelet_size: int = 2
 ) -> list[torch.Tensor]:
