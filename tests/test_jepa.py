@@ -14,6 +14,7 @@ from vjepa.jepa import (
     ema_init_share,
     ema_momentum,
     ema_update,
+    instance_norm_tokens,
     learning_rate,
     param_groups,
     pixel_targets,
@@ -87,6 +88,32 @@ def test_layer_center_ignores_clip_level_target_offsets():
         losses[norm] = (out["loss"].item(), shifted["loss"].item())
     assert losses["layer_center"][0] == pytest.approx(losses["layer_center"][1], abs=1e-5)
     assert abs(losses["layer"][0] - losses["layer"][1]) > 1e-2
+
+
+def test_layer_instance_targets_ignore_clip_level_offsets_and_scales():
+    """target_norm=layer_instance: every (clip, dimension) of the regressed targets has zero mean and
+    unit variance over the tokens, so a per-clip offset and a per-clip, per-dimension scale of the
+    target features leave the loss unchanged; shrinking a clip's token differences does not
+    shrink its targets (with layer_center it would)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 4) * torch.tensor([0.1, 1.0, 3.0, 10.0]) + 5.0
+    y = instance_norm_tokens(x)
+    assert torch.allclose(y.mean(dim=1), torch.zeros(2, 4), atol=1e-4)
+    assert torch.allclose(y.var(dim=1, unbiased=False), torch.ones(2, 4), atol=5e-3)  # eps 1e-5 vs var >= 5e-3
+    cfg = tiny_cfg()
+    cfg.optim.target_norm, cfg.run.dtype = "layer_instance", "fp32"
+    torch.manual_seed(0)
+    model = JEPA(cfg, 2)
+    video, masks = batch(cfg, model)
+    plain = model.targets(video)
+    out = model(video, masks)
+    assert torch.equal(out["targets"], plain)  # the collapse monitor reads the layer-normed features
+    offset = torch.randn(video.shape[0], 1, plain.shape[-1])
+    scale = torch.rand(video.shape[0], 1, plain.shape[-1]) * 0.2 + 0.1  # token differences shrink 3-10x
+    model.targets = lambda v: plain * scale + offset
+    shifted = model(video, masks)
+    assert out["loss"].item() == pytest.approx(shifted["loss"].item(), rel=1e-3)
+    assert model.regression_targets(plain).abs().mean() > 0.5  # unit scale, not the layer norm's
 
 
 def test_pixel_targets_normalised_per_tubelet():

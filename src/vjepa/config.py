@@ -156,7 +156,8 @@ class OptimConfig:
     loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
     reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
     # Target features: layer (official: LayerNorm over D) | layer_center (then subtract each clip's
-    # mean token, so the clip-level part of the target, such as its colours, is not predicted)
+    # mean token, so the clip-level part of the target, such as its colours, is not predicted) |
+    # layer_instance (then normalise each dimension over the clip's tokens, as data2vec does)
     target_norm: str = "layer"
 
 
@@ -469,7 +470,7 @@ def validate(cfg: Config) -> Config:
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
         "run.dtype": (cfg.run.dtype, ("bf16", "fp32")),
         "run.objective": (cfg.run.objective, ("jepa", "pixel")),
-        "optim.target_norm": (cfg.optim.target_norm, ("layer", "layer_center")),
+        "optim.target_norm": (cfg.optim.target_norm, ("layer", "layer_center", "layer_instance")),
         "run.distributed": (cfg.run.distributed, ("ddp", "fsdp")),
         "data.short_video_policy": (d.short_video_policy, ("skip", "loop", "pad")),
     }

@@ -85,6 +85,21 @@ def center_tokens(features: torch.Tensor) -> torch.Tensor:
     return features - features.mean(dim=1, keepdim=True)
 
 
+def instance_norm_tokens(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Normalise each feature over its clip's tokens: [B, N, D] -> [B, N, D], zero mean and unit
+    variance over N for every (clip, dimension), as data2vec normalises its teacher's outputs.
+
+    With `optim.target_norm=layer_instance` the predictor regresses how each token differs from
+    the rest of its clip, at a fixed scale: a target encoder whose tokens converge on one code per
+    clip cannot make the targets easier (with `layer_center` it could: centred targets of a
+    clip-constant encoder are all zero).
+    """
+    x = features.float()
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, keepdim=True, unbiased=False)
+    return ((x - mean) * torch.rsqrt(var + eps)).to(features.dtype)
+
+
 def pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
     """VideoMAE-style targets: each tubelet's pixels normalised by its own mean/std: [B, N, C*t*p*p]."""
     patches = patchify(video.float(), tubelet_size, patch_size)
@@ -209,8 +224,13 @@ class JEPA(nn.Module):
 
     def regression_targets(self, features: torch.Tensor) -> torch.Tensor:
         """What the predictor regresses, from `targets(video)` [B, N, D]: centred per clip with
-        `optim.target_norm=layer_center`, else unchanged."""
-        return center_tokens(features) if self.target_norm == "layer_center" else features
+        `optim.target_norm=layer_center`, normalised per clip and dimension with
+        `layer_instance`, else (`layer`, official) unchanged."""
+        if self.target_norm == "layer_center":
+            return center_tokens(features)
+        if self.target_norm == "layer_instance":
+            return instance_norm_tokens(features)
+        return features
 
     def forward(self, video: torch.Tensor, masks: list[MaskBatch]) -> dict[str, torch.Tensor]:
         """One objective evaluation: clip [B, C, T, H, W] and one MaskBatch per mask generator.
