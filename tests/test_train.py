@@ -57,6 +57,23 @@ def test_predictor_lr_scale_reaches_the_optimizer(tmp_path):
     assert scaled[0]["lr"] == pytest.approx(4 * plain[0]["lr"]) and plain[0]["lr"] > 0
 
 
+def test_freeze_patch_embed_keeps_the_tubelet_embedding_at_init(tmp_path):
+    """model.freeze_patch_embed: after training, the online and target tubelet embeddings still
+    equal train()'s init while the blocks moved, and the optimiser holds no embedding tensor."""
+    cfg = debug_cfg(tmp_path, "optim.steps=3", "model.freeze_patch_embed=true")
+    train(cfg)
+    state = load_checkpoint(tmp_path / "latest.pt")
+    init = initial_encoder(cfg).state_dict()
+    for net in ("encoder", "target_encoder"):
+        for key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+            assert torch.equal(state[net][key], init[key]), (net, key)
+    assert not torch.equal(state["encoder"]["blocks.0.mlp.fc1.weight"], init["blocks.0.mlp.fc1.weight"])
+    num_in_optimizer = sum(len(g["params"]) for g in state["opt"]["param_groups"])
+    train(debug_cfg(tmp_path / "plain", "optim.steps=1"))
+    plain = load_checkpoint(tmp_path / "plain" / "latest.pt")
+    assert num_in_optimizer == sum(len(g["params"]) for g in plain["opt"]["param_groups"]) - 2
+
+
 def test_resume_gives_identical_losses(tmp_path, monkeypatch):
     import vjepa.train as train_module
 

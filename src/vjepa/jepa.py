@@ -269,9 +269,13 @@ class JEPA(nn.Module):
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameter by parameter (in place)."""
-    target_params = [p for p in target.parameters()]
-    online_params = [p.detach() for p in online.parameters()]
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter (in place).
+
+    Parameters the online network keeps frozen (`model.freeze_patch_embed`) are skipped: both
+    copies hold the same init, and the blend would only add rounding to the target's."""
+    pairs = [(t, o.detach()) for t, o in zip(target.parameters(), online.parameters()) if o.requires_grad]
+    target_params = [t for t, _ in pairs]
+    online_params = [o for _, o in pairs]
     torch._foreach_mul_(target_params, momentum)
     torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
 

@@ -243,8 +243,12 @@ class VisionTransformer(nn.Module):
 
 
 def build_encoder(model_cfg, img_size: int | None = None, num_frames: int | None = None) -> VisionTransformer:
-    """Build a `VisionTransformer` from a `ModelConfig` (img_size / num_frames override the built grid)."""
-    return VisionTransformer(
+    """Build a `VisionTransformer` from a `ModelConfig` (img_size / num_frames override the built grid).
+
+    With `model_cfg.freeze_patch_embed` the tubelet embedding's parameters do not require gradients,
+    so no optimiser ever sees them and they keep their (seeded) random init.
+    """
+    encoder = VisionTransformer(
         EncoderSpec(
             img_size=img_size or model_cfg.img_size,
             patch_size=model_cfg.patch_size,
@@ -260,3 +264,6 @@ def build_encoder(model_cfg, img_size: int | None = None, num_frames: int | None
             rescale_residual=model_cfg.rescale_residual,
         )
     )
+    if getattr(model_cfg, "freeze_patch_embed", False):
+        encoder.patch_embed.requires_grad_(False)
+    return encoder
