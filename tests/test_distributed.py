@@ -144,3 +144,19 @@ def test_fsdp_two_ranks_match_one_process_and_write_full_checkpoints(reference, 
     spawn(cfg_for(run, 2, STEPS, "run.distributed=fsdp"), tmp_path)  # FSDP resumes (shards the checkpoint)
     ref, got = losses(reference), losses(run)
     assert [got[s] for s in range(1, STEPS + 1)] == pytest.approx([ref[s] for s in range(1, STEPS + 1)], rel=LOSS_TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_frozen_patch_embed_trains_under_both_engines(engine, tmp_path):
+    """model.freeze_patch_embed leaves parameters without gradients, which DDP and FSDP2 must
+    accept; two ranks still log one process's losses and the embedding stays at its init."""
+    frozen = "model.freeze_patch_embed=true"
+    single, run = tmp_path / "single", tmp_path / "run"
+    train(cfg_for(single, 4, SPLIT, frozen))
+    spawn(cfg_for(run, 2, SPLIT, frozen, f"run.distributed={engine}"), tmp_path)
+    ref, got = losses(single), losses(run)
+    assert [got[s] for s in range(1, SPLIT + 1)] == pytest.approx([ref[s] for s in range(1, SPLIT + 1)], rel=LOSS_TOL)
+    a, b = load_checkpoint(single / "latest.pt"), load_checkpoint(run / "latest.pt")
+    key = "patch_embed.proj.weight"
+    assert torch.equal(a["encoder"][key], b["encoder"][key]) and torch.equal(b["encoder"][key], b["target_encoder"][key])
