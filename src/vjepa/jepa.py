@@ -94,10 +94,8 @@ def instance_norm_tokens(features: torch.Tensor, eps: float = 1e-5) -> torch.Ten
     clip cannot make the targets easier (with `layer_center` it could: centred targets of a
     clip-constant encoder are all zero).
     """
-    x = features.float()
-    mean = x.mean(dim=1, keepdim=True)
-    var = x.var(dim=1, keepdim=True, unbiased=False)
-    return ((x - mean) * torch.rsqrt(var + eps)).to(features.dtype)
+    normed = F.instance_norm(features.float().transpose(1, 2), eps=eps)  # over N, per (clip, dimension)
+    return normed.transpose(1, 2).to(features.dtype)
 
 
 def pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:

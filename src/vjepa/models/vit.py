@@ -264,6 +264,6 @@ def build_encoder(model_cfg, img_size: int | None = None, num_frames: int | None
             rescale_residual=model_cfg.rescale_residual,
         )
     )
-    if getattr(model_cfg, "freeze_patch_embed", False):
+    if model_cfg.freeze_patch_embed:
         encoder.patch_embed.requires_grad_(False)
     return encoder
