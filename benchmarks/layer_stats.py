@@ -66,8 +66,8 @@ def clips(cfg, split: str, count: int) -> torch.Tensor:
     dataset = build_dataset(cfg.data, split=split, train=False)
     if count > len(dataset):
         raise SystemExit(f"--clips {count}: the {split} split has {len(dataset)} clips")
-    video = torch.stack([dataset[i]["video"] for i in range(count)])
-    return video.flatten(0, 1)[:count] if video.dim() == 6 else video  # several views: keep the first
+    video = torch.stack([dataset[i]["video"] for i in range(count)])  # [B, views, C, T, H, W]
+    return video[:, 0]
 
 
 def main(argv: list[str] | None = None) -> int:
