@@ -74,6 +74,21 @@ def test_freeze_patch_embed_keeps_the_tubelet_embedding_at_init(tmp_path):
     assert num_in_optimizer == sum(len(g["params"]) for g in plain["opt"]["param_groups"]) - 2
 
 
+def test_demo32_preset_trains_on_its_own_clip_size(tmp_path):
+    """The demo32 preset as shipped (8x32x32 clips, 64 tokens, frozen embedding, 10x predictor LR)
+    runs end to end; only the step count, batch and set size are cut for the test."""
+    cfg = apply_overrides(preset("demo32"), [f"run.out_dir={tmp_path}", "run.progress=false", "run.probe_after=false",
+                                             "optim.steps=3", "optim.warmup_steps=1", "data.batch_size=4",
+                                             "data.synthetic.num_train=8", "run.keep_every=0"])
+    summary = train(cfg)
+    state = load_checkpoint(tmp_path / "latest.pt")
+    assert state["step"] == 3 and summary["effective_rank_end"] > 0
+    assert state["encoder"]["pos_embed"].shape[1] == 64  # 4 tubelet steps x 4 x 4 patches
+    init = initial_encoder(cfg).state_dict()
+    assert torch.equal(state["target_encoder"]["patch_embed.proj.weight"], init["patch_embed.proj.weight"])
+    assert {g.get("lr_scale") for g in state["opt"]["param_groups"]} == {None, 10.0}
+
+
 def test_resume_gives_identical_losses(tmp_path, monkeypatch):
     import vjepa.train as train_module
 
