@@ -284,8 +284,9 @@ def _demo32() -> Config:
 
     Measured (README "Results so far", 64 px 16-frame demo): no variant there beats random init
     on motion in a few thousand clips, and supervised training with labels stays at chance for
-    40,000. At 64 tokens a clip costs ~20x less, labels learn motion after ~45,000 clips, and
-    12,000 steps of batch 32 (384,000 clips, ~40 min on one core) fit. Without the frozen
+    40,000. At 64 tokens a clip costs ~25x less (~165 against 6.5 clips/s on one core), labels
+    learn motion after ~45,000 clips, and 12,000 steps of batch 32 (384,000 clips, ~33 min on
+    2 cores) fit. Without the frozen
     embedding and the 10x predictor LR the features collapse within clips here too (target
     encoder far below random init); with them they do not.
     """
