@@ -113,6 +113,52 @@ def test_resume_gives_identical_losses(tmp_path, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_refuses_a_run_dir_holding_a_different_run(tmp_path):
+    from vjepa.config import ConfigError
+
+    train(debug_cfg(tmp_path, "optim.steps=2"))
+    saved_yaml = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"model.depth: 2 -> 3.*delete .*latest.pt"):
+        train(debug_cfg(tmp_path, "optim.steps=4", "model.depth=3"))
+    with pytest.raises(ConfigError, match=r"data.source: 'synthetic' -> 'folder'"):
+        train(debug_cfg(tmp_path, "optim.steps=4", "data.source=folder", f"data.path={tmp_path}"))
+    with pytest.raises(ConfigError, match=r"run.seed: 0 -> 1"):
+        train(debug_cfg(tmp_path, "optim.steps=4", "run.seed=1"))
+    assert (tmp_path / "config.yaml").read_text() == saved_yaml  # a refused resume changes nothing
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 2
+    # how the run executes, and a longer schedule, may change
+    train(debug_cfg(tmp_path, "optim.steps=4", "run.log_every=2", "run.threads=1", "run.keep_every=4"))
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 4 and (tmp_path / "step_4.pt").exists()
+
+
+def test_resume_mismatches_ignore_settings_an_old_checkpoint_lacks():
+    from vjepa.config import to_dict
+    from vjepa.train import resume_mismatches
+
+    cfg = preset("debug")
+    saved = to_dict(cfg)
+    del saved["model"]["freeze_patch_embed"]  # written before the setting existed
+    saved["run"]["progress"] = not cfg.run.progress
+    assert resume_mismatches(saved, cfg) == []
+    saved["optim"]["lr"] = cfg.optim.lr * 2
+    assert resume_mismatches(saved, cfg) == [f"optim.lr: {cfg.optim.lr * 2!r} -> {cfg.optim.lr!r}"]
+
+
+def test_probe_after_skips_other_data_and_reports_a_failed_probe(monkeypatch, capsys):
+    from vjepa.cli import _probe_after
+    from vjepa.data.datasets import DataError
+
+    cfg = apply_overrides(preset("demo"), ["data.source=folder", "data.path=videos/", "run.out_dir=runs/mine"])
+    assert "vjepa probe runs/mine --task label" in _probe_after(cfg)["skipped"]
+
+    def broken(run_dir):
+        raise DataError(f"{run_dir}: no val split")
+
+    monkeypatch.setattr("vjepa.evaluate.quick_probe", broken)
+    assert _probe_after(preset("demo")) == {"failed": "runs/demo: no val split"}
+    assert "after-training probe failed: runs/demo: no val split" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from vjepa import jepa
 

@@ -50,12 +50,25 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _probe_after(cfg) -> dict:
-    """Short frozen motion probe of the run just trained, if the evaluation module is present."""
+    """Short frozen motion probe of the run just trained (built-in data only).
+
+    The probe needs the built-in set's motion labels and val split; on other data it is skipped
+    with the command to run instead. A probe that fails reports why without hiding the summary of
+    the training that already finished.
+    """
+    if cfg.data.source != "synthetic":
+        return {"skipped": f"the after-training probe uses the built-in set's motion labels; for data.source="
+                           f"{cfg.data.source} run `vjepa probe {cfg.run.out_dir} --task label` (labelled videos; "
+                           "data.path may hold {split} for the train/val/test lists)"}
     try:
         from vjepa.evaluate import quick_probe
     except ImportError:
         return {"skipped": "evaluation module not available"}
-    return quick_probe(cfg.run.out_dir)
+    try:
+        return quick_probe(cfg.run.out_dir)
+    except (ConfigError, ValueError, RuntimeError) as err:  # DataError is a ValueError
+        print(f"warning: the after-training probe failed: {err}", file=sys.stderr)
+        return {"failed": str(err)}
 
 
 def _add_pretrain(sub) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vjepa import distributed as dist_utils
 from vjepa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from vjepa.config import Config, to_dict, to_yaml, validate
+from vjepa.config import Config, ConfigError, to_dict, to_yaml, validate
 from vjepa.jepa import (
     JEPA,
     collapse_stats,
@@ -284,6 +284,54 @@ def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:
         load_state_strict(model.target_encoder, state["target_encoder"], f"{path} [target_encoder]")
 
 
+# Settings a resume may change: how the run executes, not what it learns. `optim.steps` may grow (a
+# longer schedule) and `data.batch_size` is per process, so it changes with the number of processes.
+RESUME_MAY_CHANGE = ("run.", "optim.steps", "data.batch_size", "data.num_workers", "data.decoder", "data.strict")
+RESUME_MUST_MATCH = ("run.seed", "run.objective")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_mismatches(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Settings of `cfg` that differ from a checkpoint's saved config, as "key: old -> new" lines.
+
+    Only settings that change what the run learns count (`RESUME_MAY_CHANGE` lists those that may
+    change on resume), and only keys both configs have: a checkpoint written before a setting
+    existed is not refused for lacking it.
+    """
+    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    changed = []
+    for key in sorted(old.keys() & new.keys()):
+        free = key.startswith(RESUME_MAY_CHANGE) and key not in RESUME_MUST_MATCH
+        if not free and old[key] != new[key]:
+            changed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    return changed
+
+
+def check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Refuse to resume `path` with a config that would train a different run (ConfigError).
+
+    Without this check, `vjepa pretrain data.source=csv ...` after the demo in the same
+    `run.out_dir` would resume the finished demo run and train nothing on the new data.
+    """
+    changed = resume_mismatches(saved, cfg)
+    if changed:
+        shown = "; ".join(changed[:8]) + (f"; ... ({len(changed)} in all)" if len(changed) > 8 else "")
+        raise ConfigError(
+            f"{path} is a checkpoint of a different run ({shown}). Resuming would continue that run "
+            f"under the new settings. Pick another run.out_dir, or delete {path} to start this "
+            "directory over."
+        )
+
+
 def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
     """Create the run directory and write the resolved config there."""
     out_dir = Path(cfg.run.out_dir)
@@ -305,10 +353,12 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(init_seed(cfg))  # model init: identical on every rank
+    latest = Path(cfg.run.out_dir) / "latest.pt"
+    state = load_checkpoint(latest) if latest.exists() else None  # any world size wrote it
+    if state is not None:  # checked before config.yaml is rewritten, so a refused resume changes nothing
+        check_resume_config(state.get("config", {}), cfg, latest)
     out_dir = prepare_run_dir(cfg, is_main)
     model = JEPA(cfg, num_generators(cfg.mask)).to(device)
-    latest = out_dir / "latest.pt"
-    state = load_checkpoint(latest) if latest.exists() else None  # any world size wrote it
     if state is not None:
         restore_networks(model, state, latest)
     if cfg.run.activation_checkpointing:
