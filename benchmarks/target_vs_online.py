@@ -30,7 +30,7 @@ import torch
 
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
-from vjepa.evaluate import freeze, probe_encoder, resolve_checkpoint
+from vjepa.evaluate import class_names, freeze, probe_encoder, resolve_checkpoint
 from vjepa.jepa import ema_init_share
 from vjepa.train import initial_encoder
 
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         result = probe_encoder(nets[name], cfg, args.task, "attentive", cache=None, epochs=args.epochs,
                                max_train_clips=args.max_train_clips, eval_split=args.eval_split)
         rows[name] = {"top1": result["top1"], "train_top1": result["train_top1"],
+                      "per_class_top1": result["per_class_top1"], "confusion": result["confusion"],
                       "seconds": round(time.perf_counter() - start, 1)}
         print(f"  {name:<7} {result['top1']:5.1f}", flush=True)
     payload = {"command": " ".join(sys.argv), "run": str(run), "step": step, "target_init_share": share,
@@ -99,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(args.encoders) + " |")
     print("|" + "---|" * len(args.encoders))
     print("| " + " | ".join(f"{rows[n]['top1']:.1f}" for n in args.encoders) + " |")
+    names = class_names(args.task) or [str(k) for k in range(len(rows[args.encoders[0]]["per_class_top1"]))]
+    print("\nper class:\n\n| class | " + " | ".join(args.encoders) + " |")
+    print("|---|" + "---|" * len(args.encoders))
+    for k, label in enumerate(names):
+        cells = [rows[n]["per_class_top1"][k] for n in args.encoders]
+        print(f"| {label} | " + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
     print(f"\nwrote {out}")
     return 0
 

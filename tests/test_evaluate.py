@@ -12,10 +12,13 @@ from vjepa.evaluate import (
     Features,
     aggregate_views,
     balanced_subset,
+    confusion_matrix,
+    describe_classes,
     image_clip,
     load_encoder,
     load_features,
     make_probe_config,
+    per_class_top1,
     predict,
     probe_encoder,
     probe_features,
@@ -139,6 +142,26 @@ def test_probe_reaches_full_accuracy_on_label_encoding_features(kind):
     assert result["top1"] >= 98.0, result
 
 
+def test_confusion_and_per_class_top1_arithmetic():
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0], [0.1, 0.7, 0.2]])
+    labels = torch.tensor([0, 1, 1, 1])  # class 1: 2 of 3 right, class 2 absent
+    confusion = confusion_matrix(probs, labels, 3)
+    assert confusion.tolist() == [[1, 0, 0], [1, 2, 0], [0, 0, 0]]
+    per_class = per_class_top1(confusion)
+    assert per_class[0] == 100.0 and per_class[1] == pytest.approx(200 / 3) and per_class[2] is None
+    line = describe_classes({"task": "motion", "per_class_top1": per_class})
+    assert line.startswith("per class: translate_left 100.0, translate_right 66.7, translate_up -")
+
+
+def test_probe_result_carries_per_class_accuracy():
+    probe_cfg = make_probe_config(kind="attentive", epochs=30, batch_size=16, lr=1e-2, warmup_epochs=2, device="cpu")
+    result = probe_features(label_features(128, 4, 0), label_features(64, 4, 1), "motion", probe_cfg, 32, 4)
+    confusion = torch.tensor(result["confusion"])
+    assert confusion.shape == (4, 4) and confusion.sum().item() == 64
+    assert result["top1"] == pytest.approx(100.0 * confusion.trace().item() / 64)
+    assert result["per_class_top1"] == per_class_top1(confusion)
+
+
 def test_low_shot_subset_is_class_balanced():
     labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
     index = balanced_subset(labels, 0.3, seed=0)
@@ -226,6 +249,7 @@ def test_cli_probe_writes_json(tiny_run, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "on test" in out
+    assert "per class: circle " in out and "ring " in out
     result = json.loads((tiny_run / "probe_appearance_linear_50pct.json").read_text())
     assert result["task"] == "appearance" and 0 <= result["top1"] <= 100 and result["step"] == 2
 

@@ -38,7 +38,9 @@ def test_encoders_and_a_smoke_run(tmp_path, capsys):
                         "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
     assert set(payload["encoders"]) == {"init", "online", "target", "blend"}
-    assert "| init | online | target | blend |" in capsys.readouterr().out
+    assert len(payload["encoders"]["init"]["per_class_top1"]) == 8  # motion classes
+    printed = capsys.readouterr().out
+    assert "| init | online | target | blend |" in printed and "| rotate_cw |" in printed
     assert module.main([str(tmp_path), "--epochs", "1", "--max-train-clips", "8", "--eval-split", "val",
                         "--encoders", "init", "target", "--out", str(out)]) == 0
     assert set(json.loads(out.read_text())["encoders"]) == {"init", "target"}

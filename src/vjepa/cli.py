@@ -174,7 +174,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
 def _probe(args: argparse.Namespace) -> int:
     import torch
 
-    from vjepa.evaluate import describe, probe_checkpoint
+    from vjepa.evaluate import describe, describe_classes, probe_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,6 +182,7 @@ def _probe(args: argparse.Namespace) -> int:
     probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction = args.task, args.probe, args.label_fraction
     result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output)
     print(describe(result))
+    print(describe_classes(result))
     print(f"wrote {result['output']}")
     return 0
 

@@ -429,6 +429,25 @@ def top1(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (probs.argmax(dim=-1) == labels).float().mean().item()
 
 
+def confusion_matrix(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts [K, K]: row = true class, column = predicted class (argmax of probs [M, K])."""
+    index = labels.long() * num_classes + probs.argmax(dim=-1)
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_top1(confusion: torch.Tensor) -> list[float | None]:
+    """Top-1 in percent of each true class (a row of `confusion`); None for a class with no clips."""
+    totals = confusion.sum(dim=1)
+    return [100.0 * confusion[k, k].item() / n if n else None for k, n in enumerate(totals.tolist())]
+
+
+def class_names(task: str) -> list[str] | None:
+    """The built-in set's class names for `task` (motion, appearance); None for other tasks."""
+    from vjepa.data.synthetic import APPEARANCE_CLASSES, MOTION_CLASSES
+
+    return {"motion": MOTION_CLASSES, "appearance": APPEARANCE_CLASSES}.get(task)
+
+
 def pool_tokens(features: Features, chunk: int = 256) -> Features:
     """Average each view's tokens: [M, V, N, D] -> [M, V, 1, D] (fp32). Exact input for a linear probe.
 
@@ -541,7 +560,9 @@ def probe_features(
         embed_dim, num_heads: the encoder's width and heads (the probe's heads default to them).
 
     Returns:
-        dict with top1 and train_top1 (percent), num_train, num_test, num_classes, final_loss, seconds.
+        dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
+        the test split has none), confusion ([K, K] counts, row = true class), num_train, num_test,
+        num_classes, final_loss, probe_seconds.
     """
     if task not in train.labels:
         raise ConfigError(f"task {task!r} not available; these features carry {', '.join(train.labels)}")
@@ -555,8 +576,11 @@ def probe_features(
     probe = build_probe(probe_cfg.kind, embed_dim, heads, num_classes, probe_cfg.depth)
     device = resolve_device(probe_cfg.device)
     history = train_probe(probe, train, train.labels[task], probe_cfg, device)
+    test_probs = predict(probe, test, probe_cfg, device)
+    confusion = confusion_matrix(test_probs, test.labels[task], num_classes)
     return {
-        "top1": top1(predict(probe, test, probe_cfg, device), test.labels[task]),
+        "top1": top1(test_probs, test.labels[task]),
+        "per_class_top1": per_class_top1(confusion), "confusion": confusion.tolist(),
         "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
         "num_train": len(train), "num_test": len(test), "num_classes": num_classes,
         "final_loss": history[-1] if history else float("nan"),
@@ -713,6 +737,16 @@ def checkpoint_step(path: str | Path) -> int | None:
     """The training step stored in a checkpoint (None if it has none)."""
     step = load_checkpoint(resolve_checkpoint(path)).get("step")
     return None if step is None else int(step)
+
+
+def describe_classes(result: dict[str, Any]) -> str:
+    """One line of per-class top-1 (class names for the built-in tasks, indices otherwise)."""
+    names = class_names(result["task"]) or []
+    parts = []
+    for k, acc in enumerate(result.get("per_class_top1", [])):
+        name = names[k] if k < len(names) else str(k)
+        parts.append(f"{name} {'-' if acc is None else f'{acc:.1f}'}")
+    return "per class: " + ", ".join(parts)
 
 
 def describe(result: dict[str, Any]) -> str:
