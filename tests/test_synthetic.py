@@ -336,3 +336,27 @@ def test_sprites_are_large_and_visible():
         contrasts.append(np.abs(inside.mean(0) - outside.mean(0)).max())
     assert 0.04 < np.mean(areas) < 0.2 and min(areas) > 0.02  # about 8% of the frame on average
     assert min(contrasts) > 40  # the sprite colour differs from the background by > 40 grey levels
+
+
+def test_sprite_states_match_the_rendered_clip():
+    from vjepa.config import preset
+    from vjepa.data.synthetic import sprite_states
+
+    cfg = preset("demo32").data.synthetic
+    for index in range(16):
+        _, mask, motion, _ = render_clip_with_mask(cfg, "train", index)
+        states = sprite_states(cfg, "train", index)
+        assert 1 <= len(states) <= cfg.max_sprites
+        for state in states:
+            assert all(v.shape == (cfg.num_frames,) for v in state.values())
+            grid = np.arange(cfg.size) + 0.5
+            dx = (grid[None, None, :] - state["x"][:, None, None] + cfg.size / 2) % cfg.size - cfg.size / 2
+            dy = (grid[None, :, None] - state["y"][:, None, None] + cfg.size / 2) % cfg.size - cfg.size / 2
+            disc = dx**2 + dy**2 <= (state["diameter"][:, None, None] / 2) ** 2  # [T, H, W]
+            assert mask[disc].mean() > 0.4  # the sprite covers its disc (rings and stars partly)
+        name = MOTION_CLASSES[motion]
+        step = np.diff(states[0]["x"])
+        if name == "translate_right":
+            assert np.median(step) > 0
+        if name in ("rotate_cw", "rotate_ccw"):
+            assert np.sign(np.diff(states[0]["angle"])).mean() == (1 if name == "rotate_cw" else -1)

@@ -289,22 +289,39 @@ def _background(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndar
     return colour, image.astype(np.float32)
 
 
-def _render(
-    cfg: SyntheticConfig, split: str, index: int, with_mask: bool
-) -> tuple[np.ndarray, np.ndarray | None, int, int]:
-    """Frames [T, H, W, 3] uint8, sprite mask [T, H, W] float32 (or None), motion, appearance."""
+def _scene(cfg: SyntheticConfig, split: str, index: int) -> tuple[int, int, np.ndarray, list[_Sprite]]:
+    """Labels, background image [H, W, 3] float32 and sprites of one clip (nothing drawn yet)."""
     if not 0 <= index < split_size(cfg, split):
         raise IndexError(f"clip {index} out of range for split {split!r} of {split_size(cfg, split)}")
     motion, appearance = clip_labels(cfg, split, index)
     rng = _rng(cfg, split, "render", index)
     colour, image = _background(rng, cfg)
+    num_sprites = int(rng.integers(1, cfg.max_sprites + 1))
+    sprites = [_sample_sprite(rng, cfg, motion, colour) for _ in range(num_sprites)]
+    return motion, appearance, image, sprites
+
+
+def sprite_states(cfg: SyntheticConfig, split: str, index: int) -> list[dict[str, np.ndarray]]:
+    """Ground truth of clip `index`: per sprite, its per-frame state as drawn by `render_clip`.
+
+    Returns:
+        one dict per sprite with x, y (centre column / row, pixels, wrapped into the frame), angle
+        (radians; increasing is clockwise on screen) and diameter (pixels), each float64 [T].
+    """
+    _, _, _, sprites = _scene(cfg, split, index)
+    return [{"x": s.x, "y": s.y, "angle": s.angle, "diameter": s.diameter} for s in sprites]
+
+
+def _render(
+    cfg: SyntheticConfig, split: str, index: int, with_mask: bool
+) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """Frames [T, H, W, 3] uint8, sprite mask [T, H, W] float32 (or None), motion, appearance."""
+    motion, appearance, image, sprites = _scene(cfg, split, index)
     background = np.clip(image * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
     frames = np.repeat(background[None], cfg.num_frames, axis=0)  # [T, H, W, 3] uint8
     mask = np.zeros(frames.shape[:3], np.float32) if with_mask else None
     half = min(int(np.ceil(cfg.sprite_size[1] * cfg.size / 2)) + 1, (cfg.size - 1) // 2)
-    num_sprites = int(rng.integers(1, cfg.max_sprites + 1))
-    for _ in range(num_sprites):
-        sprite = _sample_sprite(rng, cfg, motion, colour)
+    for sprite in sprites:
         _draw_sprite(frames, sprite, APPEARANCE_CLASSES[appearance], half, mask)
     return frames, mask, motion, appearance
 
