@@ -35,6 +35,11 @@ TYPES: dict[str, tuple[str, str]] = {
 }
 
 
+def motion_type(name: str) -> str:
+    """The motion type (a key of TYPES) of a motion class name."""
+    return next(kind for kind, pair in TYPES.items() if name in pair)
+
+
 def _flow_basis(kind: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """Flow per unit parameter at offsets (dx, dy) from a sprite centre: [..., 2] (x, y)."""
     if kind == "horizontal":
@@ -98,7 +103,7 @@ def measure(cfg: SyntheticConfig, split: str, max_clips: int = 0) -> dict[str, d
     seen = {kind: 0 for kind in TYPES}
     for index in range(count):
         name = MOTION_CLASSES[int(labels[index])]
-        kind = next(k for k, pair in TYPES.items() if name in pair)
+        kind = motion_type(name)
         frames, _, _ = render_clip(cfg, split, index)
         value = fitted_direction(frames, sprite_states(cfg, split, index), kind)
         guess = TYPES[kind][1] if value > 0 else TYPES[kind][0]

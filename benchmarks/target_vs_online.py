@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(args.encoders) + " |")
     print("|" + "---|" * len(args.encoders))
     print("| " + " | ".join(f"{rows[n]['top1']:.1f}" for n in args.encoders) + " |")
-    names = class_names(args.task) or [str(k) for k in range(len(rows[args.encoders[0]]["per_class_top1"]))]
+    names = class_names(args.task, len(rows[args.encoders[0]]["per_class_top1"]))
     print("\nper class:\n\n| class | " + " | ".join(args.encoders) + " |")
     print("|---|" + "---|" * len(args.encoders))
     for k, label in enumerate(names):

@@ -24,7 +24,7 @@ def test_flow_fit_sign_flips_with_time_reversed_frames():
     for index in range(24):
         frames, motion, _ = render_clip(cfg, "val", index)
         name = MOTION_CLASSES[motion]
-        kind = next(k for k, pair in module.TYPES.items() if name in pair)
+        kind = module.motion_type(name)
         states = sprite_states(cfg, "val", index)
         reversed_states = [{k: v[::-1] for k, v in s.items()} for s in states]
         forward = module.fitted_direction(frames, states, kind)

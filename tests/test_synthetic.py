@@ -349,9 +349,8 @@ def test_sprite_states_match_the_rendered_clip():
         assert 1 <= len(states) <= cfg.max_sprites
         for state in states:
             assert all(v.shape == (cfg.num_frames,) for v in state.values())
-            grid = np.arange(cfg.size) + 0.5
-            dx = (grid[None, None, :] - state["x"][:, None, None] + cfg.size / 2) % cfg.size - cfg.size / 2
-            dy = (grid[None, :, None] - state["y"][:, None, None] + cfg.size / 2) % cfg.size - cfg.size / 2
+            # _offsets measures from pixel indices; the renderer's pixel j is centred at j + 0.5
+            dx, dy = _offsets(mask, np.stack([state["x"], state["y"]], -1) - 0.5)
             disc = dx**2 + dy**2 <= (state["diameter"][:, None, None] / 2) ** 2  # [T, H, W]
             assert mask[disc].mean() > 0.4  # the sprite covers its disc (rings and stars partly)
         name = MOTION_CLASSES[motion]

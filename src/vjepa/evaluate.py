@@ -441,11 +441,13 @@ def per_class_top1(confusion: torch.Tensor) -> list[float | None]:
     return [100.0 * confusion[k, k].item() / n if n else None for k, n in enumerate(totals.tolist())]
 
 
-def class_names(task: str) -> list[str] | None:
-    """The built-in set's class names for `task` (motion, appearance); None for other tasks."""
+def class_names(task: str, num_classes: int) -> list[str]:
+    """`num_classes` labels for `task`: the built-in set's class names (motion, appearance), the
+    class indices as strings for other tasks or classes beyond the known names."""
     from vjepa.data.synthetic import APPEARANCE_CLASSES, MOTION_CLASSES
 
-    return {"motion": MOTION_CLASSES, "appearance": APPEARANCE_CLASSES}.get(task)
+    names = {"motion": MOTION_CLASSES, "appearance": APPEARANCE_CLASSES}.get(task, [])
+    return [names[k] if k < len(names) else str(k) for k in range(num_classes)]
 
 
 def pool_tokens(features: Features, chunk: int = 256) -> Features:
@@ -741,12 +743,10 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 def describe_classes(result: dict[str, Any]) -> str:
     """One line of per-class top-1 (class names for the built-in tasks, indices otherwise)."""
-    names = class_names(result["task"]) or []
-    parts = []
-    for k, acc in enumerate(result.get("per_class_top1", [])):
-        name = names[k] if k < len(names) else str(k)
-        parts.append(f"{name} {'-' if acc is None else f'{acc:.1f}'}")
-    return "per class: " + ", ".join(parts)
+    accuracies = result.get("per_class_top1", [])
+    names = class_names(result["task"], len(accuracies))
+    return "per class: " + ", ".join(f"{name} {'-' if acc is None else f'{acc:.1f}'}"
+                                     for name, acc in zip(names, accuracies))
 
 
 def describe(result: dict[str, Any]) -> str:
