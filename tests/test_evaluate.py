@@ -92,12 +92,15 @@ def test_feature_cache_runs_the_encoder_once_per_split(tmp_path):
 
 
 def test_features_roundtrip(tmp_path):
-    features = Features(torch.randn(3, 2, 4, 5).bfloat16(), {"motion": torch.tensor([0, 1, 2])}, 2, 1)
+    features = Features(torch.randn(3, 2, 4, 5).bfloat16(), {"label": torch.tensor([0, 1, 2])}, 2, 1,
+                        ["cats", "dogs", "emus"])
     save_features(tmp_path / "f.safetensors", features)
     loaded = load_features(tmp_path / "f.safetensors")
     assert torch.equal(loaded.tokens, features.tokens)
-    assert torch.equal(loaded.labels["motion"], features.labels["motion"])
+    assert torch.equal(loaded.labels["label"], features.labels["label"])
     assert (loaded.num_segments, loaded.num_crops) == (2, 1)
+    assert loaded.class_names == ["cats", "dogs", "emus"]
+    assert loaded.subset(torch.tensor([2])).class_names == ["cats", "dogs", "emus"]  # names index labels
 
 
 def test_load_encoder_from_run_dir(tiny_run):
@@ -297,6 +300,8 @@ def test_real_video_folder_probe_with_segments_and_crops(tmp_path):
     result = probe_encoder(random_encoder(cfg), cfg, "label", "attentive", num_segments=2, num_crops=3,
                            attend_across_segments=True, **FAST)
     assert (result["num_train"], result["num_test"], result["num_classes"]) == (4, 4, 2)
+    assert result["class_names"] == ["cats", "dogs"]  # the class folders, in label order
+    assert describe_classes(result).startswith("per class: cats ")
 
 
 def test_quick_probe_reuses_features_of_the_same_checkpoint(tiny_run, monkeypatch):

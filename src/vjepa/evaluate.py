@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -188,12 +188,15 @@ class Features:
         labels: task name -> int64 [M] (e.g. motion, appearance; `label` for real video).
         num_segments: S.
         num_crops: C.
+        class_names: names of the `label` classes (index = label) where the dataset knows them
+            (class folders, prepared caches); empty otherwise.
     """
 
     tokens: torch.Tensor
     labels: dict[str, torch.Tensor]
     num_segments: int = 1
     num_crops: int = 1
+    class_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -201,18 +204,20 @@ class Features:
     def subset(self, index: torch.Tensor) -> Features:
         """The features and labels of clips `index` [M'] only."""
         labels = {k: v[index] for k, v in self.labels.items()}
-        return Features(self.tokens[index], labels, self.num_segments, self.num_crops)
+        return Features(self.tokens[index], labels, self.num_segments, self.num_crops, self.class_names)
 
 
 def save_features(path: str | Path, features: Features) -> None:
-    """Write features to a .safetensors file (tokens, labels.<task>, view counts in metadata)."""
+    """Write features to a .safetensors file (tokens, labels.<task>; view counts and class names
+    in the metadata)."""
     from safetensors.torch import save_file
 
     from vjepa.checkpoint import atomic_write
 
     tensors = {"tokens": features.tokens.contiguous()}
     tensors.update({f"labels.{k}": v.contiguous() for k, v in features.labels.items()})
-    meta = {"num_segments": str(features.num_segments), "num_crops": str(features.num_crops)}
+    meta = {"num_segments": str(features.num_segments), "num_crops": str(features.num_crops),
+            "class_names": json.dumps(features.class_names)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -225,7 +230,8 @@ def load_features(path: str | Path) -> Features:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
     labels = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("labels.")}
     segments, crops = int(meta.get("num_segments", 1)), int(meta.get("num_crops", 1))
-    return Features(tensors["tokens"], labels, segments, crops)
+    names = json.loads(meta.get("class_names", "[]"))
+    return Features(tensors["tokens"], labels, segments, crops, names)
 
 
 def _batch_labels(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -268,7 +274,7 @@ def extract_features(
         progress: show a tqdm bar.
 
     Returns:
-        `Features` with tokens [M, V, N, D].
+        `Features` with tokens [M, V, N, D] and the dataset's `classes` (if it has them) as class_names.
     """
     from tqdm.auto import tqdm
 
@@ -293,7 +299,10 @@ def extract_features(
         filled += b
     if tokens is None:
         raise ValueError("cannot extract features of an empty dataset")
-    return Features(tokens[:filled], {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops)
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    names = [str(name) for name in getattr(base, "classes", [])]
+    return Features(tokens[:filled], {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops,
+                    names)
 
 
 class FeatureCache:
@@ -441,12 +450,13 @@ def per_class_top1(confusion: torch.Tensor) -> list[float | None]:
     return [100.0 * confusion[k, k].item() / n if n else None for k, n in enumerate(totals.tolist())]
 
 
-def class_names(task: str, num_classes: int) -> list[str]:
-    """`num_classes` labels for `task`: the built-in set's class names (motion, appearance), the
-    class indices as strings for other tasks or classes beyond the known names."""
+def class_names(task: str, num_classes: int, known: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """`num_classes` labels for `task`: `known` names if given (a real dataset's class folders),
+    else the built-in set's class names (motion, appearance); the class index as a string for
+    classes beyond the names."""
     from vjepa.data.synthetic import APPEARANCE_CLASSES, MOTION_CLASSES
 
-    names = {"motion": MOTION_CLASSES, "appearance": APPEARANCE_CLASSES}.get(task, [])
+    names = list(known) or {"motion": MOTION_CLASSES, "appearance": APPEARANCE_CLASSES}.get(task, [])
     return [names[k] if k < len(names) else str(k) for k in range(num_classes)]
 
 
@@ -563,8 +573,9 @@ def probe_features(
 
     Returns:
         dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
-        the test split has none), confusion ([K, K] counts, row = true class), num_train, num_test,
-        num_classes, final_loss, probe_seconds.
+        the test split has none), confusion ([K, K] counts, row = true class), class_names (K labels:
+        class folder names, the built-in set's names, or indices), num_train, num_test, num_classes,
+        final_loss, probe_seconds.
     """
     if task not in train.labels:
         raise ConfigError(f"task {task!r} not available; these features carry {', '.join(train.labels)}")
@@ -583,6 +594,7 @@ def probe_features(
     return {
         "top1": top1(test_probs, test.labels[task]),
         "per_class_top1": per_class_top1(confusion), "confusion": confusion.tolist(),
+        "class_names": class_names(task, num_classes, train.class_names if task == "label" else ()),
         "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
         "num_train": len(train), "num_test": len(test), "num_classes": num_classes,
         "final_loss": history[-1] if history else float("nan"),
@@ -742,9 +754,10 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 
 def describe_classes(result: dict[str, Any]) -> str:
-    """One line of per-class top-1 (class names for the built-in tasks, indices otherwise)."""
+    """One line of per-class top-1, labelled by the result's class_names (folder names, the built-in
+    set's names, or indices)."""
     accuracies = result.get("per_class_top1", [])
-    names = class_names(result["task"], len(accuracies))
+    names = class_names(result["task"], len(accuracies), result.get("class_names", ()))
     return "per class: " + ", ".join(f"{name} {'-' if acc is None else f'{acc:.1f}'}"
                                      for name, acc in zip(names, accuracies))
 
