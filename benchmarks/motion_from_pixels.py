@@ -6,7 +6,7 @@ look; the motion itself comes from the pixels), with the flow field of the clip'
 a shift (vx, vy) for translations, a rigid turn omega x r for rotations and a radial field g r for
 grow / shrink. Each pair of consecutive frames gives one fit; the median over pairs (robust to the
 size sawtooth's wrap) gives the direction. Printed: direction accuracy per motion type, "given the
-type", the same number `direction_given_type` computes from a probe's confusion matrix.
+type", the same number `vjepa.evaluate.direction_given_type` computes from a probe's confusion matrix.
 
     python benchmarks/motion_from_pixels.py --preset demo32 --split test
     python benchmarks/motion_from_pixels.py --preset demo32 --split test --probe-json RUN/target_vs_online.json
@@ -24,20 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from vjepa.config import SyntheticConfig, preset
-from vjepa.data.synthetic import MOTION_CLASSES, render_clip, split_labels, split_size, sprite_states
-
-# motion type -> (its two classes, in the order (negative, positive) of the fitted parameter)
-TYPES: dict[str, tuple[str, str]] = {
-    "horizontal": ("translate_left", "translate_right"),
-    "vertical": ("translate_up", "translate_down"),
-    "rotation": ("rotate_ccw", "rotate_cw"),  # omega > 0: angle grows, clockwise on screen
-    "scale": ("shrink", "grow"),
-}
-
-
-def motion_type(name: str) -> str:
-    """The motion type (a key of TYPES) of a motion class name."""
-    return next(kind for kind, pair in TYPES.items() if name in pair)
+from vjepa.data.synthetic import (
+    MOTION_CLASSES,
+    MOTION_TYPES,
+    motion_type,
+    render_clip,
+    split_labels,
+    split_size,
+    sprite_states,
+)
+from vjepa.evaluate import direction_given_type
 
 
 def _flow_basis(kind: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -82,35 +78,22 @@ def fitted_direction(frames: np.ndarray, sprites: list[dict[str, np.ndarray]], k
     return float(np.median(estimates))
 
 
-def direction_given_type(confusion: list[list[int]]) -> dict[str, float | None]:
-    """Per motion type: of the clips of that type predicted as one of its two classes, the share
-    with the right direction (percent; None if none were)."""
-    index = {name: k for k, name in enumerate(MOTION_CLASSES)}
-    out = {}
-    for kind, (neg, pos) in TYPES.items():
-        a, b = index[neg], index[pos]
-        right = confusion[a][a] + confusion[b][b]
-        within = right + confusion[a][b] + confusion[b][a]
-        out[kind] = 100.0 * right / within if within else None
-    return out
-
-
 def measure(cfg: SyntheticConfig, split: str, max_clips: int = 0) -> dict[str, dict[str, float]]:
     """Direction accuracy (percent) and clip count per motion type over `split` (all clips by default)."""
     labels = split_labels(cfg, split)["motion"]
     count = split_size(cfg, split) if max_clips <= 0 else min(max_clips, split_size(cfg, split))
-    right = {kind: 0 for kind in TYPES}
-    seen = {kind: 0 for kind in TYPES}
+    right = {kind: 0 for kind in MOTION_TYPES}
+    seen = {kind: 0 for kind in MOTION_TYPES}
     for index in range(count):
         name = MOTION_CLASSES[int(labels[index])]
         kind = motion_type(name)
         frames, _, _ = render_clip(cfg, split, index)
         value = fitted_direction(frames, sprite_states(cfg, split, index), kind)
-        guess = TYPES[kind][1] if value > 0 else TYPES[kind][0]
+        guess = MOTION_TYPES[kind][1] if value > 0 else MOTION_TYPES[kind][0]
         right[kind] += guess == name
         seen[kind] += 1
     return {kind: {"direction_top1": 100.0 * right[kind] / max(seen[kind], 1), "clips": seen[kind]}
-            for kind in TYPES}
+            for kind in MOTION_TYPES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"direction given the motion type, {args.preset} data, {args.split} split (chance 50):\n")
     print("| type | clips | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
-    for kind in TYPES:
+    for kind in MOTION_TYPES:
         cells = ["-" if c[kind] is None else f"{c[kind]:.1f}" for c in columns.values()]
         print(f"| {kind} | {pixels[kind]['clips']} | " + " | ".join(cells) + " |")
     if args.out:

@@ -37,7 +37,15 @@ import torch
 
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, apply_overrides, preset
-from vjepa.evaluate import FeatureCache, freeze, load_encoder, make_probe_config, probe_encoder
+from vjepa.data.synthetic import MOTION_CLASSES, MOTION_TYPES
+from vjepa.evaluate import (
+    FeatureCache,
+    direction_given_type,
+    freeze,
+    load_encoder,
+    make_probe_config,
+    probe_encoder,
+)
 from vjepa.train import initial_encoder, train
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -267,12 +275,12 @@ def final_step(results: list[dict], variant: str, seed: int) -> int | None:
     return max(steps) if steps else None
 
 
-def score(
+def final_records(
     results: list[dict], variant: str, task: str, probe: str = "attentive", fraction: float = 1.0
-) -> str:
-    """Mean (± std over seeds) top-1 at each seed's final step, as table text; '-' when missing."""
-    values = [
-        r["top1"]
+) -> list[dict]:
+    """The probe results of `variant` at each seed's final step (one per seed)."""
+    return [
+        r
         for r in results
         if r["variant"] == variant
         and r["task"] == task
@@ -280,6 +288,17 @@ def score(
         and r["label_fraction"] == fraction
         and r["step"] == final_step(results, variant, r["seed"])
     ]
+
+
+def score(
+    results: list[dict], variant: str, task: str, probe: str = "attentive", fraction: float = 1.0
+) -> str:
+    """Mean (± std over seeds) top-1 at each seed's final step, as table text; '-' when missing."""
+    return mean_std([r["top1"] for r in final_records(results, variant, task, probe, fraction)])
+
+
+def mean_std(values: list[float]) -> str:
+    """'m' for one value, 'm ± s' (sample std) for several, '-' for none."""
     if not values:
         return "-"
     mean = sum(values) / len(values)
@@ -331,6 +350,39 @@ def masking_table(results: list[dict], context_frames: int) -> list[str]:
         for v in ("jepa", "tube", "causal")
     ]
     return table(["masking", "ours: motion", "paper: SSv2", "ours: appearance", "paper: K400"], rows)
+
+
+# the built-in motion classes by kind: translations are solved by random features, rotation
+# direction by no encoder measured, grow / shrink is where pretraining shows (README, per class)
+MOTION_GROUPS = {
+    "translations (4)": [*MOTION_TYPES["horizontal"], *MOTION_TYPES["vertical"]],
+    "rotations (2)": list(MOTION_TYPES["rotation"]),
+    "grow / shrink (2)": list(MOTION_TYPES["scale"]),
+}
+
+
+def motion_types_table(results: list[dict], variants: list[str]) -> list[str]:
+    """Final attentive motion probes by class kind: the mean per-class top-1 of each group, and the
+    direction given the type (rotation, scale) from the confusion matrix. Variants whose records
+    predate per-class results are left out; no rows gives no table."""
+    rows = []
+    for v in variants:
+        records = [r for r in final_records(results, v, "motion") if "confusion" in r]
+        if not records:
+            continue
+        cells = [VARIANTS[v][0], mean_std([r["top1"] for r in records])]
+        for names in MOTION_GROUPS.values():
+            index = [MOTION_CLASSES.index(n) for n in names]
+            groups = [[r["per_class_top1"][k] for k in index if r["per_class_top1"][k] is not None] for r in records]
+            cells.append(mean_std([sum(g) / len(g) for g in groups if g]))
+        for kind in ("rotation", "scale"):
+            directions = [direction_given_type(r["confusion"])[kind] for r in records]
+            cells.append(mean_std([d for d in directions if d is not None]))
+        rows.append(cells)
+    if not rows:
+        return []
+    header = ["encoder (attentive, 100% labels)", "all 8", *MOTION_GROUPS, "rotation direction", "grow vs shrink"]
+    return table(header, rows)
 
 
 def pooling_table(results: list[dict], variants: list[str]) -> list[str]:
@@ -423,6 +475,7 @@ def markdown(args: argparse.Namespace, results: list[dict]) -> str:
         "",
         *low_shot_table(results, variants, args.low_shot),
         "",
+        *motion_types_section(results, variants),
         "## Run times",
         "",
         *times_table(),
@@ -430,6 +483,19 @@ def markdown(args: argparse.Namespace, results: list[dict]) -> str:
         f"Command: `{' '.join(sys.argv)}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def motion_types_section(results: list[dict], variants: list[str]) -> list[str]:
+    """The motion-by-kind table with its heading and legend, or nothing without per-class results."""
+    rows = motion_types_table(results, variants)
+    if not rows:
+        return []
+    legend = (
+        "Groups: mean per-class top-1 over the group's classes. Direction columns: of the clips of that "
+        "motion type the probe put in one of the type's two classes, the share with the right direction "
+        "(chance 50)."
+    )
+    return ["## Motion by class kind", "", legend, "", *rows, ""]
 
 
 def seeds_per_variant(results: list[dict]) -> str:

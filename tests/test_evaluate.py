@@ -14,6 +14,7 @@ from vjepa.evaluate import (
     balanced_subset,
     confusion_matrix,
     describe_classes,
+    direction_given_type,
     image_clip,
     load_encoder,
     load_features,
@@ -89,6 +90,15 @@ def test_feature_cache_runs_the_encoder_once_per_split(tmp_path):
     fresh = FeatureCache(encoder, cfg, probe_cfg)  # a later process: loads from disk
     assert torch.equal(fresh.get("test", train=False).tokens, cache.get("test", train=False).tokens)
     assert len(calls) == batches
+
+
+def test_direction_given_type_counts_only_within_type_predictions():
+    confusion = torch.zeros(8, 8, dtype=torch.long)
+    confusion[4, 4], confusion[4, 5], confusion[5, 4], confusion[5, 5] = 30, 10, 20, 40  # cw, ccw
+    confusion[4, 6] = 50  # rotations mistaken for grow do not count
+    confusion[0, 0] = 7
+    result = direction_given_type(confusion.tolist())
+    assert result == {"horizontal": 100.0, "vertical": None, "rotation": 70.0, "scale": None}
 
 
 def test_features_roundtrip(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 
 from benchmark_utils import load_benchmark
 from vjepa.config import preset
-from vjepa.data.synthetic import MOTION_CLASSES, render_clip, sprite_states
+from vjepa.data.synthetic import MOTION_CLASSES, motion_type, render_clip, sprite_states
 
 
 def test_flow_fit_recovers_every_direction_on_the_demo32_data():
@@ -24,22 +24,12 @@ def test_flow_fit_sign_flips_with_time_reversed_frames():
     for index in range(24):
         frames, motion, _ = render_clip(cfg, "val", index)
         name = MOTION_CLASSES[motion]
-        kind = module.motion_type(name)
+        kind = motion_type(name)
         states = sprite_states(cfg, "val", index)
         reversed_states = [{k: v[::-1] for k, v in s.items()} for s in states]
         forward = module.fitted_direction(frames, states, kind)
         backward = module.fitted_direction(frames[::-1], reversed_states, kind)
         assert forward * backward < 0, (name, forward, backward)
-
-
-def test_direction_given_type_counts_only_within_type_predictions():
-    module = load_benchmark("motion_from_pixels")
-    confusion = np.zeros((8, 8), dtype=int)
-    confusion[4, 4], confusion[4, 5], confusion[5, 4], confusion[5, 5] = 30, 10, 20, 40  # cw, ccw
-    confusion[4, 6] = 50  # rotations mistaken for grow do not count
-    confusion[0, 0] = 7
-    result = module.direction_given_type(confusion.tolist())
-    assert result["rotation"] == 70.0 and result["horizontal"] == 100.0 and result["scale"] is None
 
 
 def test_main_prints_pixels_and_probe_columns(tmp_path, capsys):

@@ -53,3 +53,44 @@ def test_scores_average_seeds_and_the_report_says_which(tables):
     assert tables.score(results, "pixel", "motion") == "40.0"
     assert tables.score(results, "tube", "motion") == "-"
     assert tables.seeds_per_variant(results) == "jepa 0, 1; pixel 0"
+
+
+def test_motion_types_table_groups_classes_and_reads_directions(tables):
+    import numpy as np
+    import torch
+
+    from vjepa.evaluate import per_class_top1
+
+    def with_confusion(seed, rotation_right):
+        confusion = np.eye(8, dtype=int) * 10  # 10 test clips per class, all right ...
+        confusion[4, 4], confusion[4, 5] = rotation_right, 10 - rotation_right  # ... but cw -> ccw
+        rec = {**record("jepa", "motion", 0.0), "seed": seed, "confusion": confusion.tolist()}
+        rec["per_class_top1"] = per_class_top1(torch.tensor(confusion))
+        rec["top1"] = 100.0 * np.trace(confusion) / confusion.sum()
+        return rec
+
+    results = [with_confusion(0, 10), with_confusion(1, 0), record("pixel", "motion", 40.0)]
+    header, _, row = tables.motion_types_table(results, ["jepa", "pixel"])
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # seed 0 all right; seed 1 puts every cw clip in ccw: rotations 50, rotation direction 50
+    assert cells[1:] == ["93.8 ± 8.8", "100.0 ± 0.0", "75.0 ± 35.4", "100.0 ± 0.0", "75.0 ± 35.4", "100.0 ± 0.0"]
+    assert "grow vs shrink" in header
+    assert tables.motion_types_table([record("pixel", "motion", 40.0)], ["pixel"]) == []  # no confusion: no table
+
+
+def test_quick_run_writes_every_table_and_resumes(tables, tmp_path, capsys):
+    args = ["--quick", "--variants", "jepa", "random", "--out", str(tmp_path), "--threads", "1"]
+    assert tables.main(args) == 0
+    report = (tmp_path / "paper_tables.md").read_text()
+    for heading in ("Feature vs pixel", "Masking strategy", "Attentive probe vs average pooling",
+                    "5% vs 100% of the labels", "Motion by class kind", "Run times"):
+        assert f"## {heading}" in report, heading
+    probes = json.loads((tmp_path / "results.json").read_text())["probes"]
+    final = [p for p in probes if p["variant"] == "jepa" and p["task"] == "motion" and p["probe"] == "attentive"
+             and p["label_fraction"] == 1.0]
+    assert final and all(len(p["confusion"]) == 8 for p in final)
+    assert (tmp_path / "runs" / "jepa_s0" / "latest.pt").is_file()
+    capsys.readouterr()
+    assert tables.main(args) == 0  # finished runs and probes are read back, not redone
+    assert "pretraining jepa_s0" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "results.json").read_text())["probes"]) == len(probes)

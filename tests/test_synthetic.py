@@ -359,3 +359,16 @@ def test_sprite_states_match_the_rendered_clip():
             assert np.median(step) > 0
         if name in ("rotate_cw", "rotate_ccw"):
             assert np.sign(np.diff(states[0]["angle"])).mean() == (1 if name == "rotate_cw" else -1)
+
+
+def test_motion_types_pair_each_class_with_its_opposite():
+    """MOTION_TYPES lists every class once, (negative, positive) as the renderer's dynamics signs."""
+    paired = [name for pair in synthetic.MOTION_TYPES.values() for name in pair]
+    assert sorted(paired) == sorted(synthetic.MOTION_CLASSES)
+    for kind, (negative, positive) in synthetic.MOTION_TYPES.items():
+        assert synthetic.motion_type(negative) == synthetic.motion_type(positive) == kind
+        dyn_neg, dyn_pos = synthetic._DYNAMICS[negative], synthetic._DYNAMICS[positive]
+        slot = next(i for i, v in enumerate(dyn_pos) if v)
+        assert dyn_pos[slot] == 1 and dyn_neg[slot] == -1 and sum(map(abs, dyn_neg)) == 1, kind
+    with pytest.raises(ValueError, match="unknown motion class 'spin'"):
+        synthetic.motion_type("spin")

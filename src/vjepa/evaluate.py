@@ -450,6 +450,23 @@ def per_class_top1(confusion: torch.Tensor) -> list[float | None]:
     return [100.0 * confusion[k, k].item() / n if n else None for k, n in enumerate(totals.tolist())]
 
 
+def direction_given_type(confusion: list[list[int]] | torch.Tensor) -> dict[str, float | None]:
+    """Built-in motion task: per motion type (`MOTION_TYPES`), of the clips of that type that the
+    probe put in one of the type's two classes, the share with the right direction (percent,
+    chance 50; None where there were none). Separates "which kind of motion" from "which way"."""
+    from vjepa.data.synthetic import MOTION_CLASSES, MOTION_TYPES
+
+    confusion = torch.as_tensor(confusion)
+    index = {name: k for k, name in enumerate(MOTION_CLASSES)}
+    out: dict[str, float | None] = {}
+    for kind, (negative, positive) in MOTION_TYPES.items():
+        a, b = index[negative], index[positive]
+        right = int(confusion[a, a] + confusion[b, b])
+        within = right + int(confusion[a, b] + confusion[b, a])
+        out[kind] = 100.0 * right / within if within else None
+    return out
+
+
 def class_names(task: str, num_classes: int, known: list[str] | tuple[str, ...] = ()) -> list[str]:
     """`num_classes` labels for `task`: `known` names if given (a real dataset's class folders),
     else the built-in set's class names (motion, appearance); the class index as a string for

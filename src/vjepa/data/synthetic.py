@@ -60,6 +60,21 @@ _DYNAMICS: dict[str, tuple[int, int, int, int]] = {
     "shrink": (0, 0, 0, -1),
 }
 _STREAMS = {"render": 0, "motion": 1, "appearance": 2}
+# motion type -> its two classes, ordered (negative, positive) as the signs in _DYNAMICS
+MOTION_TYPES: dict[str, tuple[str, str]] = {
+    "horizontal": ("translate_left", "translate_right"),
+    "vertical": ("translate_up", "translate_down"),
+    "rotation": ("rotate_ccw", "rotate_cw"),
+    "scale": ("shrink", "grow"),
+}
+
+
+def motion_type(name: str) -> str:
+    """The motion type (a key of MOTION_TYPES) of a motion class name, e.g. rotate_cw -> rotation."""
+    for kind, pair in MOTION_TYPES.items():
+        if name in pair:
+            return kind
+    raise ValueError(f"unknown motion class {name!r}; choose one of {', '.join(MOTION_CLASSES)}")
 
 
 # ---------------------------------------------------------------------------------------------
