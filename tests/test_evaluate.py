@@ -312,6 +312,8 @@ def test_real_video_folder_probe_with_segments_and_crops(tmp_path):
     assert (result["num_train"], result["num_test"], result["num_classes"]) == (4, 4, 2)
     assert result["class_names"] == ["cats", "dogs"]  # the class folders, in label order
     assert describe_classes(result).startswith("per class: cats ")
+    linear = probe_encoder(random_encoder(cfg), cfg, "label", "linear", **FAST)  # pools the tokens first
+    assert linear["class_names"] == ["cats", "dogs"]
 
 
 def test_quick_probe_reuses_features_of_the_same_checkpoint(tiny_run, monkeypatch):

@@ -485,7 +485,7 @@ def pool_tokens(features: Features, chunk: int = 256) -> Features:
     """
     pooled = torch.cat([features.tokens[i : i + chunk].float().mean(dim=2, keepdim=True)
                         for i in range(0, len(features), chunk)])
-    return Features(pooled, features.labels, features.num_segments, features.num_crops)
+    return dataclasses.replace(features, tokens=pooled)
 
 
 # ---------------------------------------------------------------------------------------------
