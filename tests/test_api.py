@@ -66,6 +66,26 @@ def test_load_run_dir_checkpoint_and_preset(run):
         load(run_dir, device="cpu", img_size=64)
 
 
+def test_init_rebuilds_the_runs_initial_encoder_and_keeps_the_callers_random_state(tmp_path):
+    from vjepa.train import initial_encoder, train
+
+    cfg = preset("debug")
+    cfg.run.out_dir, cfg.run.seed, cfg.run.progress, cfg.optim.steps = str(tmp_path), 3, False, 2
+    train(cfg)
+    expected = initial_encoder(cfg).eval()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    init = load(tmp_path, "init", "cpu")
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    assert init.which == "init" and init.predictor is None and not init.model.training
+    assert torch.equal(init(CLIP), expected(CLIP))
+    assert not torch.equal(init(CLIP), load(tmp_path, "target_encoder", "cpu")(CLIP))  # training moved it
+    other_seed = load("debug", "init", "cpu")  # a preset: the init `train` would draw with seed 0
+    assert not torch.equal(other_seed(CLIP), init(CLIP))
+    with pytest.raises(ValueError, match="choose one of target_encoder, encoder, init"):
+        load(tmp_path, "online", "cpu")
+
+
 def test_bare_state_dict_falls_back_to_encoder_with_a_warning(tmp_path, run):
     _, encoder, _ = run
     torch.save(encoder.state_dict(), tmp_path / "weights.pt")

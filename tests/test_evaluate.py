@@ -285,6 +285,14 @@ def test_quick_probe_returns_accuracy(tiny_run):
     assert result["eval_split"] == "val" and result["num_test"] == 16 and 0 <= result["top1"] <= 100
 
 
+def test_quick_probe_of_the_runs_init(tiny_run):
+    init = quick_probe(tiny_run, task="motion", epochs=1, verbose=False, which="init")
+    encoder, _ = load_encoder(tiny_run, "init")
+    target, _ = load_encoder(tiny_run)
+    assert init["num_test"] == 16 and 0 <= init["top1"] <= 100
+    assert any(not torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), target.state_dict().values()))
+
+
 def test_pixel_and_supervised_runs_load_their_encoder(tmp_path):
     from vjepa.supervised import train_supervised
 

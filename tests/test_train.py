@@ -144,6 +144,27 @@ def test_resume_mismatches_ignore_settings_an_old_checkpoint_lacks():
     assert resume_mismatches(saved, cfg) == [f"optim.lr: {cfg.optim.lr * 2!r} -> {cfg.optim.lr!r}"]
 
 
+def test_probe_after_compares_the_target_encoder_with_its_random_init(monkeypatch, capsys):
+    from vjepa.cli import _probe_after
+
+    calls = []
+
+    def fake(run_dir, which, max_train_clips, verbose):
+        calls.append((run_dir, which, max_train_clips))
+        top1 = {"target_encoder": 80.5, "init": 71.25}[which]
+        return {"top1": top1, "num_train": max_train_clips, "num_test": 256, "eval_split": "val", "task": "motion",
+                "per_class_top1": [top1] * 8}
+
+    monkeypatch.setattr("vjepa.evaluate.quick_probe", fake)
+    cfg = apply_overrides(preset("demo"), ["run.probe_after_clips=4096", "run.out_dir=runs/x"])
+    summary = _probe_after(cfg)
+    assert calls == [("runs/x", "target_encoder", 4096), ("runs/x", "init", 4096)]
+    assert summary["target_encoder"] == 80.5 and summary["init"] == 71.25 and summary["gain"] == 9.2
+    out = capsys.readouterr().out
+    assert "target encoder (trained)    80.5%" in out and "its random init             71.2%" in out
+    assert "pretraining gain            +9.2 points" in out and "translate_left 80.5" in out
+
+
 def test_probe_after_skips_other_data_and_reports_a_failed_probe(monkeypatch, capsys):
     from vjepa.cli import _probe_after
     from vjepa.data.datasets import DataError
@@ -151,7 +172,7 @@ def test_probe_after_skips_other_data_and_reports_a_failed_probe(monkeypatch, ca
     cfg = apply_overrides(preset("demo"), ["data.source=folder", "data.path=videos/", "run.out_dir=runs/mine"])
     assert "vjepa probe runs/mine --task label" in _probe_after(cfg)["skipped"]
 
-    def broken(run_dir):
+    def broken(run_dir, **_):
         raise DataError(f"{run_dir}: no val split")
 
     monkeypatch.setattr("vjepa.evaluate.quick_probe", broken)

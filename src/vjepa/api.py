@@ -34,13 +34,13 @@ from vjepa.checkpoint import (
     save_safetensors,
     split_networks,
 )
-from vjepa.config import PRESETS, Config, from_dict, load_yaml, preset, to_dict
+from vjepa.config import ENCODER_NETWORKS, PRESETS, Config, from_dict, load_yaml, preset, to_dict
 from vjepa.distributed import resolve_device
 from vjepa.models.predictor import Predictor, build_predictor
 from vjepa.models.vit import VisionTransformer, build_encoder
 
 EXPORT_FORMAT = "vjepa-weights-1"  # metadata "format" of files written by `export`
-WHICH = ("target_encoder", "encoder")
+WHICH = ENCODER_NETWORKS  # which network `load` returns (see its docstring)
 
 
 def window_indices(num_video_frames: int, num_frames: int, frame_step: int, stride: int | None = None) -> np.ndarray:
@@ -84,7 +84,8 @@ class Encoder:
             size (`data.num_frames`, `data.crop_size`), sampling (`data.frame_step`) and
             normalisation (`data.mean`, `data.std`) come from here.
         predictor: the `Predictor` when the checkpoint has one (frozen too), else None.
-        which: the network loaded ("target_encoder", "encoder", or "random" for a preset).
+        which: the network loaded ("target_encoder", "encoder", "init" for the run's initial
+            weights, or "random" for a preset).
         source: where the weights came from.
         precision: "fp32", or "bf16" for bfloat16 autocast (outputs are float32 either way).
     """
@@ -365,7 +366,9 @@ def load(
             (`.pth.tar` with `encoder`/`target_encoder`/`predictor` entries, `module.backbone.`
             prefixes; architecture inferred from tensor shapes); a bare encoder state dict; or a
             preset name (`vjepa.config.PRESETS`) for a randomly initialised encoder.
-        which: "target_encoder" (the EMA encoder, what the paper evaluates) or "encoder". A
+        which: "target_encoder" (the EMA encoder, what the paper evaluates), "encoder", or
+            "init": the encoder as training initialised it, rebuilt from the stored config's
+            seed (the run's own random-init baseline; no weights are read, no predictor). A
             checkpoint without a target encoder falls back to its encoder with a warning.
         device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N" or a torch.device.
         num_frames, img_size, num_heads: hints for official checkpoints where shapes cannot tell
@@ -383,6 +386,8 @@ def load(
             (the message lists every missing, unexpected and mis-shaped key).
     """
     cfg, networks, description = read_weights(source, num_frames, img_size, num_heads)
+    if which == "init":
+        return Encoder(_initial_model(cfg), cfg, None, "init", description, precision).to(device)
     name = _choose_network({k: v for k, v in networks.items() if k != "predictor"}, which, description, warn_fallback)
     model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
     if name is not None:
@@ -392,6 +397,14 @@ def load(
         predictor = _load_predictor(cfg, networks["predictor"], model.grid, f"{description} [predictor]")
     encoder = Encoder(model, cfg, predictor, name or "random", description, precision)
     return encoder.to(device)
+
+
+def _initial_model(cfg: Config) -> VisionTransformer:
+    """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state."""
+    from vjepa.train import initial_encoder  # here: training code is not needed to load weights
+
+    with torch.random.fork_rng(devices=[]):
+        return initial_encoder(cfg)
 
 
 def load_config(source: str | Path) -> Config:

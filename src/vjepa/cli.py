@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from vjepa.config import PRESETS, ConfigError, apply_overrides, load_yaml, preset, to_yaml
+from vjepa.config import ENCODER_NETWORKS, PRESETS, ConfigError, apply_overrides, load_yaml, preset, to_yaml
 
 
 def build_config(args: argparse.Namespace):
@@ -50,25 +50,40 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _probe_after(cfg) -> dict:
-    """Short frozen motion probe of the run just trained (built-in data only).
+    """Frozen motion probe of the run just trained and of its own random init (built-in data only).
 
-    The probe needs the built-in set's motion labels and val split; on other data it is skipped
-    with the command to run instead. A probe that fails reports why without hiding the summary of
-    the training that already finished.
+    Both encoders get the same quick protocol (`run.probe_after_clips` training clips, the val
+    split, probe seed 0), so the printed gain is what this run's pretraining bought on motion. The
+    probe needs the built-in set's motion labels and val split; on other data it is skipped with
+    the command to run instead. A probe that fails reports why without hiding the summary of the
+    training that already finished.
     """
     try:
-        from vjepa.evaluate import default_tasks, quick_probe
+        from vjepa.evaluate import default_tasks, describe_classes, quick_probe
     except ImportError:
         return {"skipped": "evaluation module not available"}
     if "motion" not in default_tasks(cfg):
         return {"skipped": f"the after-training probe uses the built-in set's motion labels; for data.source="
                            f"{cfg.data.source} run `vjepa probe {cfg.run.out_dir} --task label` (labelled videos; "
                            "data.path may hold {split} for the train/val/test lists)"}
+    results = {}
     try:
-        return quick_probe(cfg.run.out_dir)
+        for which in ("target_encoder", "init"):
+            results[which] = quick_probe(cfg.run.out_dir, which=which, max_train_clips=cfg.run.probe_after_clips,
+                                         verbose=False)
     except (ValueError, RuntimeError) as err:  # ConfigError and DataError are ValueErrors, CheckpointError a RuntimeError
         print(f"warning: the after-training probe failed: {err}", file=sys.stderr)
         return {"failed": str(err)}
+    target, init = results["target_encoder"], results["init"]
+    gain = round(target["top1"] - init["top1"], 1)
+    print(f"after-training probe: motion, attentive, {target['num_train']} training clips, top-1 on the "
+          f"{target['eval_split']} split ({target['num_test']} clips, chance 12.5%):\n"
+          f"  target encoder (trained)   {target['top1']:5.1f}%   {describe_classes(target)}\n"
+          f"  its random init            {init['top1']:5.1f}%   {describe_classes(init)}\n"
+          f"  pretraining gain           {gain:+5.1f} points")
+    return {"task": "motion", "eval_split": target["eval_split"], "num_train": target["num_train"],
+            "target_encoder": target["top1"], "init": init["top1"], "gain": gain,
+            "per_class_top1": {"target_encoder": target["per_class_top1"], "init": init["per_class_top1"]}}
 
 
 def _add_pretrain(sub) -> None:
@@ -160,7 +175,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
                    help="one probe reads all segments' tokens at once")
     p.add_argument("--frames", type=int, help="frames per segment (default: the run's data.num_frames)")
     p.add_argument("--resize-ratio", type=float, help="short side = crop * ratio before cropping (default 1)")
-    p.add_argument("--which", choices=["target_encoder", "encoder"], help="network to probe")
+    p.add_argument("--which", choices=ENCODER_NETWORKS, help="network to probe")
     p.add_argument("--max-train-clips", type=int, help="use at most this many training clips (0: all)")
     p.add_argument("--eval-split", help="split to score (default test)")
     p.add_argument("--cache-dir", help="keep token features here (.safetensors) for later probes")
@@ -221,7 +236,7 @@ def _encoder_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) 
     """Flags shared by the commands that load an encoder (see `vjepa.api.load`)."""
     p.add_argument("--checkpoint", required=checkpoint_required,
                    help="run dir, .pt, .safetensors export, official .pth.tar, or a preset name (random init)")
-    p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
+    p.add_argument("--which", default="target_encoder", choices=ENCODER_NETWORKS)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--num-heads", type=int, help="official checkpoints of an unofficial width: attention heads")
@@ -281,7 +296,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="one encoder's weights + config -> .safetensors (also converts official)")
     p.add_argument("source", help="run dir, .pt checkpoint, or official .pth.tar")
     p.add_argument("-o", "--output", required=True, help="file to write, e.g. encoder.safetensors")
-    p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
+    p.add_argument("--which", default="target_encoder", choices=ENCODER_NETWORKS)
     p.add_argument("--predictor", action="store_true", help="also store the predictor (keys predictor.*)")
     p.set_defaults(func=_export)
 

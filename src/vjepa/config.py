@@ -182,8 +182,15 @@ class RunConfig:
     activation_checkpointing: bool = False
     tensorboard: bool = False
     progress: bool = True
-    probe_after: bool = False  # run a short frozen motion probe when training ends
+    probe_after: bool = False  # when training ends, probe motion on the target encoder and its random init
+    probe_after_clips: int = 1024  # training clips of that probe (0: the whole train split)
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun)
+
+
+# The networks a checkpoint can be read as: the EMA target encoder (what the paper evaluates), the
+# online encoder, or "init": the encoder as training initialised it, rebuilt from the run's seed
+# (the run's own random-init baseline; `vjepa.train.initial_encoder`)
+ENCODER_NETWORKS = ("target_encoder", "encoder", "init")
 
 
 @dataclass

@@ -76,8 +76,10 @@ def load_encoder(
 
     Args:
         path: run directory (uses latest.pt) or checkpoint file (`latest.pt`, `step_N.pt`, ...).
-        which: "target_encoder" (the EMA encoder the paper evaluates) or "encoder". Checkpoints
-            without a target encoder (pixel objective, supervised baseline) fall back to "encoder".
+        which: "target_encoder" (the EMA encoder the paper evaluates), "encoder", or "init" (the
+            encoder as the run's training initialised it: its own random-init baseline).
+            Checkpoints without a target encoder (pixel objective, supervised baseline) fall back
+            to "encoder".
         device: where the encoder lives.
 
     Returns:
@@ -727,7 +729,7 @@ def quick_probe(
         probe: attentive | linear.
         max_train_clips: training clips used (0: all).
         eval_split: split scored (val by default, leaving test for final numbers).
-        which: checkpoint network to probe.
+        which: checkpoint network to probe (target_encoder, encoder, or init: the run's own random init).
         threads: torch threads (0: leave as is).
         verbose: print a one-line summary.
         **overrides: any `ProbeConfig` field.
