@@ -265,6 +265,12 @@ def test_cli_probe_writes_json(tiny_run, capsys):
     assert "per class: circle " in out and "ring " in out
     result = json.loads((tiny_run / "probe_appearance_linear_50pct.json").read_text())
     assert result["task"] == "appearance" and 0 <= result["top1"] <= 100 and result["step"] == 2
+    # the run's own init is probed alike into its own file, leaving the target's result in place
+    assert main(["probe", str(tiny_run), "--task", "appearance", "--probe", "linear", "--epochs", "2",
+                 "--label-fraction", "0.5", "--which", "init"]) == 0
+    init = json.loads((tiny_run / "probe_appearance_linear_50pct_init.json").read_text())
+    assert init["settings"]["encoder"] == "init" and result["settings"]["encoder"] == "target_encoder"
+    assert json.loads((tiny_run / "probe_appearance_linear_50pct.json").read_text()) == result
 
 
 def test_cli_eval_prints_table(tiny_run, tmp_path, capsys):

@@ -855,6 +855,11 @@ def _result_dir(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def _network_suffix(probe_cfg: ProbeConfig) -> str:
+    """"" for the target encoder, else "_<network>", so probes of another network keep their own files."""
+    return "" if probe_cfg.encoder == "target_encoder" else f"_{probe_cfg.encoder}"
+
+
 def probe_checkpoint(
     path: str | Path, probe_cfg: ProbeConfig, overrides: list[str] = (), output: str | Path | None = None
 ) -> dict[str, Any]:
@@ -864,7 +869,8 @@ def probe_checkpoint(
         path: run directory or checkpoint file.
         probe_cfg: the probe (kind, task, label_fraction, epochs, views, eval_split, ...).
         overrides: `section.key=value` changes to the run's Config (e.g. data.source=csv data.path=...).
-        output: JSON path (default: <run dir>/probe_<task>_<kind>_<labels>.json).
+        output: JSON path (default: <run dir>/probe_<task>_<kind>_<labels>.json, with `_encoder` or
+            `_init` before `.json` when probing that network).
     """
     from vjepa.config import apply_overrides
 
@@ -873,7 +879,7 @@ def probe_checkpoint(
     cfg = apply_overrides(cfg, list(overrides))
     result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction, probe_cfg)
     result.update(checkpoint=str(resolve_checkpoint(path)), step=checkpoint_step(path))
-    name = f"probe_{probe_cfg.task}_{probe_cfg.kind}_{100 * probe_cfg.label_fraction:g}pct.json"
+    name = f"probe_{probe_cfg.task}_{probe_cfg.kind}_{100 * probe_cfg.label_fraction:g}pct{_network_suffix(probe_cfg)}.json"
     result["output"] = str(write_json(output or _result_dir(path) / name, result))
     return result
 
@@ -888,7 +894,8 @@ def evaluate_checkpoint(
 ) -> list[dict[str, Any]]:
     """The standard set on one checkpoint: every task x (attentive, linear) x label fraction.
 
-    Writes all results to `output` (default: <run dir>/eval.json) and returns them.
+    Writes all results to `output` (default: <run dir>/eval.json; eval_encoder.json or eval_init.json
+    for those networks) and returns them.
     """
     from vjepa.config import apply_overrides
 
@@ -899,5 +906,5 @@ def evaluate_checkpoint(
     step = checkpoint_step(path)
     for r in results:
         r.update(checkpoint=str(resolve_checkpoint(path)), step=step)
-    write_json(output or _result_dir(path) / "eval.json", results)
+    write_json(output or _result_dir(path) / f"eval{_network_suffix(probe_cfg)}.json", results)
     return results
