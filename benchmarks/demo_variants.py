@@ -1,7 +1,8 @@
 """Does the demo encoder learn motion? Demo-sized V-JEPA runs on variants of the built-in data and
 masks, each probed frozen against a random-init encoder of the same shape on the same data.
 
-Every variant trains the demo architecture for the same steps (600, as the README table was
+The demo here is `demo64`, the 64 px 16-frame recipe that was the `demo` preset when these were
+measured (2026-11-29). Every variant trains the demo architecture for the same steps (600, as the README table was
 measured, unless the variant says otherwise) and batch, then `quick_probe`s
 (attentive probe, 100 epochs, 1024 training clips, the 256 validation clips) the target encoder
 and a random-init encoder of the same shape on the same data, on motion and appearance. Also
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--out", default="runs/demo_variants")
-    p.add_argument("--preset", default="demo")
+    p.add_argument("--preset", default="demo64", help="starting preset (demo64: the 64 px demo these variants came from)")
     p.add_argument("--steps", type=int, default=600,
                    help="pretraining steps, warmup a tenth (600: as the README table was measured; 0: the preset's)")
     p.add_argument("--probe-epochs", type=int, default=100)

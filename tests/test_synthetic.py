@@ -260,11 +260,12 @@ def test_single_frames_do_not_reveal_motion(measured, frame):
     assert z < Z_LIMIT and accuracy < CHANCE + ACCURACY_MARGIN, (z, accuracy)
 
 
-def test_single_frames_of_the_demo_data_do_not_reveal_motion():
-    """The demo preset's set (1-3 sprites, fast motion, size sawtooth wrapping within a clip)."""
+@pytest.mark.parametrize("name", ["demo", "demo64"])
+def test_single_frames_of_the_demo_data_do_not_reveal_motion(name):
+    """The demo presets' sets (1-3 sprites, fast motion, size sawtooth wrapping within a clip)."""
     from vjepa.config import preset
 
-    cfg = dataclasses.replace(preset("demo").data.synthetic, num_train=NUM_PROBE_CLIPS)
+    cfg = dataclasses.replace(preset(name).data.synthetic, num_train=NUM_PROBE_CLIPS)
     measured = _measure(cfg, NUM_PROBE_CLIPS, with_change=False)
     for frame in ("first", "last", "random"):
         z, accuracy = _single_frame_scores(measured[frame], measured["motion"])
