@@ -58,7 +58,7 @@ class ModelConfig:
     rescale_residual: bool = True
     drop_path: float = 0.0
     # Keep the tubelet embedding at its random init (MoCo v3's fix for unstable ViT training; off in
-    # the official code). On the demo its weights grow and turn low-rank within a few hundred steps.
+    # the official code). On demo64 its weights grow and turn low-rank within a few hundred steps.
     freeze_patch_embed: bool = False
 
 

@@ -717,9 +717,9 @@ def quick_probe(
 ) -> dict[str, Any]:
     """Probe a finished run fast: a train subset, the val split, one view per clip.
 
-    Demo preset on one busy CPU core: ~70 s to encode 1024 + 256 clips (once per checkpoint: later
+    `demo64` on one busy CPU core: ~70 s to encode 1024 + 256 clips (once per checkpoint: later
     calls on the same file reuse the features, see `recent_cache`), then ~60 s per attentive probe
-    and a few seconds per linear one. For reported numbers use `probe_encoder` / `vjepa probe`
+    and a few seconds per linear one; `demo` (32 px) with 4096 clips: ~100 s per encoder in all. For reported numbers use `probe_encoder` / `vjepa probe`
     (all training clips, the test split).
 
     Args:

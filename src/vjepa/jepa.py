@@ -60,7 +60,7 @@ def ema_init_share(steps: int, optim: OptimConfig) -> float:
 
     Update k (k = 1..steps, as `train_step` applies them) keeps a `ema_momentum(k)` share of the old
     target, so the initial weights keep the product of the momenta. The paper's 90k steps leave ~0;
-    a few hundred CPU steps leave most of it (0.70 after the demo's 300), which is why a short
+    a few hundred CPU steps leave most of it (0.70 after demo64's 300), which is why a short
     run's target encoder is partly its random init (README "Results").
     """
     return math.exp(sum(math.log(ema_momentum(k, optim)) for k in range(1, steps + 1)))

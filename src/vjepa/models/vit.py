@@ -20,7 +20,7 @@ from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 
 # Implementation switches: they change speed, never results beyond float rounding. The benchmark
 # (vjepa.bench) flips them to time other choices, e.g. the official code's structure, in one process.
-# Measured A/B in one process (`vjepa bench`, demo preset, CPU, bf16): keeping the attention core in
+# Measured A/B in one process (`vjepa bench`, demo64 preset, CPU, bf16): keeping the attention core in
 # fp32 gained nothing (1.00-1.01x) over bf16 SDPA and cost memory, so it is off; for sequences up to
 # ~768 tokens, attention as two bf16 batched matmuls beat PyTorch's CPU flash kernel 1.15-1.4x
 # (fwd+bwd; equal at 1024, slower beyond), at the price of O(K^2) saved activations.
