@@ -78,7 +78,7 @@ PAPER = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="demo", help="starting preset (demo: the CPU-sized model)")
+    p.add_argument("--preset", default="demo", help="starting preset (demo: the CPU demo, 12,000 steps per variant; see --steps)")
     p.add_argument("--steps", type=int, default=0, help="pretraining steps per variant (0: the preset's)")
     p.add_argument(
         "--out", default="runs/paper_tables", help="output folder (runs, results.json, tables, plots)"

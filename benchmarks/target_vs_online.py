@@ -1,7 +1,7 @@
 """Where does a short run's target-encoder probe score come from? Init, online, target and a blend.
 
 After a few hundred steps the EMA target encoder still gives a large weight to its random init
-(`vjepa.jepa.ema_init_share`: 0.70 after the demo's 300 steps). This probes, on one run and with
+(`vjepa.jepa.ema_init_share`: 0.70 after `demo64`'s 300 steps). This probes, on one run and with
 one probe protocol, four encoders of the same shape:
 - `init`: the run's own initial weights (no training);
 - `online`: the trained context encoder;

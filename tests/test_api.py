@@ -84,6 +84,11 @@ def test_init_rebuilds_the_runs_initial_encoder_and_keeps_the_callers_random_sta
     assert not torch.equal(other_seed(CLIP), init(CLIP))
     with pytest.raises(ValueError, match="choose one of target_encoder, encoder, init"):
         load(tmp_path, "online", "cpu")
+    with pytest.raises(ValueError, match="export takes"):  # an init is rebuilt, never stored
+        export(tmp_path, tmp_path / "init.safetensors", "init")
+    torch.save(expected.state_dict(), tmp_path / "bare.pt")  # no config: the run's seed is unknown
+    with pytest.raises(CheckpointError, match="stores no config"):
+        load(tmp_path / "bare.pt", "init", "cpu", num_heads=2)
 
 
 def test_bare_state_dict_falls_back_to_encoder_with_a_warning(tmp_path, run):

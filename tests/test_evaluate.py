@@ -270,6 +270,12 @@ def test_cli_probe_writes_json(tiny_run, capsys):
                  "--label-fraction", "0.5", "--which", "init"]) == 0
     init = json.loads((tiny_run / "probe_appearance_linear_50pct_init.json").read_text())
     assert init["settings"]["encoder"] == "init" and result["settings"]["encoder"] == "target_encoder"
+    assert init["step"] == 0  # the init's weights, not the checkpoint's
+    assert json.loads((tiny_run / "probe_appearance_linear_50pct.json").read_text()) == result
+    # so is a probe scored on another split
+    assert main(["probe", str(tiny_run), "--task", "appearance", "--probe", "linear", "--epochs", "2",
+                 "--label-fraction", "0.5", "--eval-split", "val"]) == 0
+    assert json.loads((tiny_run / "probe_appearance_linear_50pct_val.json").read_text())["eval_split"] == "val"
     assert json.loads((tiny_run / "probe_appearance_linear_50pct.json").read_text()) == result
 
 

@@ -165,6 +165,23 @@ def test_probe_after_compares_the_target_encoder_with_its_random_init(monkeypatc
     assert "pretraining gain            +9.2 points" in out and "translate_left 80.5" in out
 
 
+def test_probe_after_keeps_the_target_score_when_the_init_probe_fails(monkeypatch, capsys):
+    from vjepa.checkpoint import CheckpointError
+    from vjepa.cli import _probe_after
+
+    def fake(run_dir, which, max_train_clips, verbose):
+        if which == "init":
+            raise CheckpointError("init unavailable")
+        return {"top1": 80.5, "num_train": 64, "num_test": 16, "eval_split": "val", "task": "motion",
+                "probe": "attentive", "label_fraction": 1.0, "train_top1": 100.0}
+
+    monkeypatch.setattr("vjepa.evaluate.quick_probe", fake)
+    summary = _probe_after(apply_overrides(preset("demo"), ["run.out_dir=runs/x"]))
+    assert summary == {"target_encoder": 80.5, "init_failed": "init unavailable"}
+    captured = capsys.readouterr()
+    assert "top-1  80.5% on val" in captured.out and "probe failed: init unavailable" in captured.err
+
+
 def test_probe_after_skips_other_data_and_reports_a_failed_probe(monkeypatch, capsys):
     from vjepa.cli import _probe_after
     from vjepa.data.datasets import DataError

@@ -294,10 +294,19 @@ def read_weights(
     Raises:
         CheckpointError: for a missing or unreadable file, or hints that contradict a stored config.
     """
+    cfg, networks, description, _ = _read_weights(source, num_frames, img_size, num_heads)
+    return cfg, networks, description
+
+
+def _read_weights(
+    source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None
+) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool]:
+    """`read_weights` plus whether the config is the run's own (stored, or a preset's) rather
+    than inferred from tensor shapes (official checkpoints, bare state dicts)."""
     path = Path(source)
     if not path.exists():
         if str(source) in PRESETS:
-            return preset(str(source)), {}, f"preset {source!r} (random init)"
+            return preset(str(source)), {}, f"preset {source!r} (random init)", True
         raise CheckpointError(f"no checkpoint at {source} (and it is not a preset: {', '.join(PRESETS)})")
     if path.is_dir():
         path = path / "latest.pt"
@@ -314,14 +323,14 @@ def read_weights(
         networks = split_networks(state)
         config = state.get("config") if isinstance(state.get("config"), dict) else None
     if not config:
-        return infer_model_config(networks, num_frames, img_size, num_heads), networks, str(path)
+        return infer_model_config(networks, num_frames, img_size, num_heads), networks, str(path), False
     cfg = from_dict(Config, config)
     hints = {"num_frames": (num_frames, cfg.data.num_frames), "img_size": (img_size, cfg.data.crop_size),
              "num_heads": (num_heads, cfg.model.num_heads)}
     wrong = [f"{name}={given} (stored {stored})" for name, (given, stored) in hints.items() if given not in (None, stored)]
     if wrong:
         raise CheckpointError(f"{path} stores its config; these hints contradict it: {', '.join(wrong)}")
-    return cfg, networks, str(path)
+    return cfg, networks, str(path), True
 
 
 def _choose_network(networks: dict[str, Any], which: str, description: str, warn: bool = True) -> str | None:
@@ -385,8 +394,11 @@ def load(
         CheckpointError: missing/unreadable file, or weights that do not match the architecture
             (the message lists every missing, unexpected and mis-shaped key).
     """
-    cfg, networks, description = read_weights(source, num_frames, img_size, num_heads)
+    cfg, networks, description, stored = _read_weights(source, num_frames, img_size, num_heads)
     if which == "init":
+        if not stored:  # its seed is unknown: a seed-0 encoder would pose as the run's own init
+            raise CheckpointError(f"{description} stores no config, so its run's initial weights are unknown; "
+                                  "which='init' needs a vjepa checkpoint, run directory, export or preset")
         return Encoder(_initial_model(cfg), cfg, None, "init", description, precision).to(device)
     name = _choose_network({k: v for k, v in networks.items() if k != "predictor"}, which, description, warn_fallback)
     model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
@@ -400,11 +412,16 @@ def load(
 
 
 def _initial_model(cfg: Config) -> VisionTransformer:
-    """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state."""
-    from vjepa.train import initial_encoder  # here: training code is not needed to load weights
+    """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state.
+
+    Training seeds every generator and builds the encoder on the CPU, so seeding the CPU generator
+    alone (inside a fork that restores it) draws the same weights and leaves CUDA's untouched.
+    """
+    from vjepa.train import init_seed  # here: training code is not needed to load weights
 
     with torch.random.fork_rng(devices=[]):
-        return initial_encoder(cfg)
+        torch.random.default_generator.manual_seed(init_seed(cfg))
+        return build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
 
 
 def load_config(source: str | Path) -> Config:
@@ -426,7 +443,12 @@ def export(
 
     Returns:
         The written path.
+
+    Raises:
+        ValueError: for which="init" (an init is rebuilt from its run's config, never stored).
     """
+    if which == "init":
+        raise ValueError("export takes which='target_encoder' or 'encoder' (an init is rebuilt from its run's config)")
     encoder = load(source, which, device="cpu", with_predictor=with_predictor)
     tensors = dict(encoder.model.state_dict())
     if with_predictor:

@@ -742,7 +742,7 @@ def quick_probe(
     cache = recent_cache(run_dir, which)
     result = probe_encoder(cache.encoder, cache.cfg, task, probe, cache=cache, epochs=epochs,
                            max_train_clips=max_train_clips, eval_split=eval_split, **overrides)
-    result.update(checkpoint=str(resolve_checkpoint(run_dir)), step=checkpoint_step(run_dir))
+    result.update(checkpoint=str(resolve_checkpoint(run_dir)), step=_probed_step(run_dir, which))
     if verbose:
         print(describe(result))
     return result
@@ -855,9 +855,16 @@ def _result_dir(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def _network_suffix(probe_cfg: ProbeConfig) -> str:
-    """"" for the target encoder, else "_<network>", so probes of another network keep their own files."""
-    return "" if probe_cfg.encoder == "target_encoder" else f"_{probe_cfg.encoder}"
+def _file_suffix(probe_cfg: ProbeConfig) -> str:
+    """"" for the target encoder scored on test; "_<split>" and "_<network>" otherwise, so those
+    probes keep their own result files."""
+    split = "" if probe_cfg.eval_split == "test" else f"_{probe_cfg.eval_split}"
+    return split + ("" if probe_cfg.encoder == "target_encoder" else f"_{probe_cfg.encoder}")
+
+
+def _probed_step(path: str | Path, which: str) -> int | None:
+    """The training step of the weights probed: 0 for a run's init, else the checkpoint's step."""
+    return 0 if which == "init" else checkpoint_step(path)
 
 
 def probe_checkpoint(
@@ -869,8 +876,9 @@ def probe_checkpoint(
         path: run directory or checkpoint file.
         probe_cfg: the probe (kind, task, label_fraction, epochs, views, eval_split, ...).
         overrides: `section.key=value` changes to the run's Config (e.g. data.source=csv data.path=...).
-        output: JSON path (default: <run dir>/probe_<task>_<kind>_<labels>.json, with `_encoder` or
-            `_init` before `.json` when probing that network).
+        output: JSON path (default: <run dir>/probe_<task>_<kind>_<labels>.json, with `_<split>`
+            before `.json` when not scoring the test split and `_encoder` / `_init` when probing
+            that network; `step` is 0 for an init).
     """
     from vjepa.config import apply_overrides
 
@@ -878,8 +886,8 @@ def probe_checkpoint(
     encoder, cfg = load_encoder(path, probe_cfg.encoder, resolve_device(probe_cfg.device))
     cfg = apply_overrides(cfg, list(overrides))
     result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction, probe_cfg)
-    result.update(checkpoint=str(resolve_checkpoint(path)), step=checkpoint_step(path))
-    name = f"probe_{probe_cfg.task}_{probe_cfg.kind}_{100 * probe_cfg.label_fraction:g}pct{_network_suffix(probe_cfg)}.json"
+    result.update(checkpoint=str(resolve_checkpoint(path)), step=_probed_step(path, probe_cfg.encoder))
+    name = f"probe_{probe_cfg.task}_{probe_cfg.kind}_{100 * probe_cfg.label_fraction:g}pct{_file_suffix(probe_cfg)}.json"
     result["output"] = str(write_json(output or _result_dir(path) / name, result))
     return result
 
@@ -894,8 +902,8 @@ def evaluate_checkpoint(
 ) -> list[dict[str, Any]]:
     """The standard set on one checkpoint: every task x (attentive, linear) x label fraction.
 
-    Writes all results to `output` (default: <run dir>/eval.json; eval_encoder.json or eval_init.json
-    for those networks) and returns them.
+    Writes all results to `output` (default: <run dir>/eval.json, suffixed like `probe_checkpoint`'s
+    files for another split or network) and returns them.
     """
     from vjepa.config import apply_overrides
 
@@ -903,8 +911,8 @@ def evaluate_checkpoint(
     cfg = apply_overrides(cfg, list(overrides))
     tasks = default_tasks(cfg)
     results = evaluate_encoder(encoder, cfg, probe_cfg, tasks, PROBE_KINDS, label_fractions, verbose)
-    step = checkpoint_step(path)
+    step = _probed_step(path, probe_cfg.encoder)
     for r in results:
         r.update(checkpoint=str(resolve_checkpoint(path)), step=step)
-    write_json(output or _result_dir(path) / f"eval{_network_suffix(probe_cfg)}.json", results)
+    write_json(output or _result_dir(path) / f"eval{_file_suffix(probe_cfg)}.json", results)
     return results
