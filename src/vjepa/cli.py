@@ -85,8 +85,7 @@ def _probe_after(cfg) -> dict:
           f"  its random init            {init['top1']:5.1f}%   {describe_classes(init)}\n"
           f"  pretraining gain           {gain:+5.1f} points")
     return {"task": "motion", "eval_split": target["eval_split"], "num_train": target["num_train"],
-            "target_encoder": target["top1"], "init": init["top1"], "gain": gain,
-            "per_class_top1": {"target_encoder": target["per_class_top1"], "init": init["per_class_top1"]}}
+            "target_encoder": target["top1"], "init": init["top1"], "gain": gain}
 
 
 def _add_pretrain(sub) -> None:
