@@ -412,16 +412,11 @@ def load(
 
 
 def _initial_model(cfg: Config) -> VisionTransformer:
-    """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state.
+    """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state."""
+    from vjepa.train import initial_encoder  # here: training code is not needed to load weights
 
-    Training seeds every generator and builds the encoder on the CPU, so seeding the CPU generator
-    alone (inside a fork that restores it) draws the same weights and leaves CUDA's untouched.
-    """
-    from vjepa.train import init_seed  # here: training code is not needed to load weights
-
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(init_seed(cfg))
-        return build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+    with torch.random.fork_rng(devices=[]):  # initial_encoder seeds only the CPU generator
+        return initial_encoder(cfg)
 
 
 def load_config(source: str | Path) -> Config:

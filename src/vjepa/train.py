@@ -82,8 +82,12 @@ def init_seed(cfg: Config) -> int:
 
 
 def initial_encoder(cfg: Config) -> torch.nn.Module:
-    """The encoder exactly as `train(cfg)` initialises it, before any step (the random-init baseline)."""
-    torch.manual_seed(init_seed(cfg))
+    """The encoder exactly as `train(cfg)` initialises it, before any step (the random-init baseline).
+
+    `train` seeds every generator and builds the encoder on the CPU, so seeding the CPU generator
+    alone draws the same weights and leaves a GPU's random stream as it was.
+    """
+    torch.random.default_generator.manual_seed(init_seed(cfg))
     return build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
 
 
