@@ -1,12 +1,12 @@
-"""benchmarks/demo_variants.py: a smoke run trains, probes trained and random-init encoders, resumes."""
+"""experiments/demo_variants.py: a smoke run trains, probes trained and random-init encoders, resumes."""
 
 import json
 
-from benchmark_utils import load_benchmark
+from benchmark_utils import load_experiment
 
 
 def test_quick_run_writes_table_and_skips_finished_variants(tmp_path, capsys):
-    module = load_benchmark("demo_variants")
+    module = load_experiment("demo_variants")
     args = ["--quick", "--variants", "short", "--out", str(tmp_path)]
     assert module.main(args) == 0
     result = json.loads((tmp_path / "short" / "demo_variant.json").read_text())

@@ -1,11 +1,11 @@
-"""benchmarks/layer_stats.py: per-layer statistics of a run's encoders."""
+"""experiments/layer_stats.py: per-layer statistics of a run's encoders."""
 
 import json
 
 import pytest
 import torch
 
-from benchmark_utils import load_benchmark
+from benchmark_utils import load_experiment
 from vjepa.config import apply_overrides, preset
 from vjepa.train import initial_encoder, train
 
@@ -13,7 +13,7 @@ from vjepa.train import initial_encoder, train
 def test_layer_stats_sees_a_clip_constant_layer():
     """A block that replaces every token by its clip's mean shows within_clip 0 from there on,
     while the layers before it keep their spread."""
-    module = load_benchmark("layer_stats")
+    module = load_experiment("layer_stats")
     cfg = preset("debug")
     encoder = initial_encoder(cfg).eval()
 
@@ -32,7 +32,7 @@ def test_layer_stats_sees_a_clip_constant_layer():
 
 
 def test_layer_stats_smoke_run(tmp_path, capsys):
-    module = load_benchmark("layer_stats")
+    module = load_experiment("layer_stats")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=3", "run.progress=false"])
     train(cfg)
     out = tmp_path / "layers.json"

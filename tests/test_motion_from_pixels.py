@@ -1,16 +1,16 @@
-"""benchmarks/motion_from_pixels.py: the pixels reveal every motion's direction; confusion arithmetic."""
+"""experiments/motion_from_pixels.py: the pixels reveal every motion's direction; confusion arithmetic."""
 
 import json
 
 import numpy as np
 
-from benchmark_utils import load_benchmark
+from benchmark_utils import load_experiment
 from vjepa.config import preset
 from vjepa.data.synthetic import MOTION_CLASSES, motion_type, render_clip, sprite_states
 
 
 def test_flow_fit_recovers_every_direction_on_the_demo32_data():
-    module = load_benchmark("motion_from_pixels")
+    module = load_experiment("motion_from_pixels")
     result = module.measure(preset("demo32").data.synthetic, "test", max_clips=64)
     assert sum(row["clips"] for row in result.values()) == 64
     for kind, row in result.items():
@@ -19,7 +19,7 @@ def test_flow_fit_recovers_every_direction_on_the_demo32_data():
 
 def test_flow_fit_sign_flips_with_time_reversed_frames():
     """A fit that ignored the pixels' order in time could not tell cw from ccw or grow from shrink."""
-    module = load_benchmark("motion_from_pixels")
+    module = load_experiment("motion_from_pixels")
     cfg = preset("demo32").data.synthetic
     for index in range(24):
         frames, motion, _ = render_clip(cfg, "val", index)
@@ -33,7 +33,7 @@ def test_flow_fit_sign_flips_with_time_reversed_frames():
 
 
 def test_main_prints_pixels_and_probe_columns(tmp_path, capsys):
-    module = load_benchmark("motion_from_pixels")
+    module = load_experiment("motion_from_pixels")
     confusion = np.eye(8, dtype=int) * 3
     probe = tmp_path / "probe.json"
     probe.write_text(json.dumps({"encoders": {"init": {"top1": 100.0, "confusion": confusion.tolist()}}}))

@@ -1,15 +1,15 @@
-"""benchmarks/paper_tables.py: processes sharing one --out merge their results."""
+"""experiments/paper_tables.py: processes sharing one --out merge their results."""
 
 import json
 
 import pytest
 
-from benchmark_utils import load_benchmark
+from benchmark_utils import load_experiment
 
 
 @pytest.fixture()
 def tables():
-    return load_benchmark("paper_tables")
+    return load_experiment("paper_tables")
 
 
 def record(variant: str, task: str, top1: float) -> dict:

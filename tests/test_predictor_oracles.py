@@ -1,17 +1,17 @@
-"""benchmarks/predictor_oracles.py: oracle arithmetic, a smoke run, checkpoints it cannot read."""
+"""experiments/predictor_oracles.py: oracle arithmetic, a smoke run, checkpoints it cannot read."""
 
 import json
 
 import pytest
 import torch
 
-from benchmark_utils import load_benchmark
+from benchmark_utils import load_experiment
 from vjepa.config import apply_overrides, preset
 from vjepa.train import train
 
 
 def test_weighted_mean_ignores_invalid_rows():
-    module = load_benchmark("predictor_oracles")
+    module = load_experiment("predictor_oracles")
     x = torch.tensor([[[1.0], [3.0], [100.0]]])
     assert module.weighted_mean(x, torch.tensor([[True, True, False]])).item() == 2.0
     assert module.weighted_mean(x, None).item() == pytest.approx(104 / 3)
@@ -20,7 +20,7 @@ def test_weighted_mean_ignores_invalid_rows():
 @pytest.mark.parametrize("overrides", [["optim.target_norm=layer"], ["optim.target_norm=layer_center"],
                                        ["mask.kind=tube"]])  # tube: one generator, one mask token
 def test_oracles_on_a_short_run(tmp_path, capsys, overrides):
-    module = load_benchmark("predictor_oracles")
+    module = load_experiment("predictor_oracles")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=4", "run.progress=false",
                                             *overrides])
     train(cfg)
@@ -37,7 +37,7 @@ def test_oracles_on_a_short_run(tmp_path, capsys, overrides):
 
 
 def test_pixel_checkpoint_is_named(tmp_path):
-    module = load_benchmark("predictor_oracles")
+    module = load_experiment("predictor_oracles")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=2", "run.progress=false",
                                             "run.objective=pixel"])
     train(cfg)

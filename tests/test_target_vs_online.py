@@ -1,11 +1,11 @@
-"""benchmarks/target_vs_online.py: the four encoders of a run, the blend arithmetic, a smoke run."""
+"""experiments/target_vs_online.py: the four encoders of a run, the blend arithmetic, a smoke run."""
 
 import json
 
 import pytest
 import torch
 
-from benchmark_utils import load_benchmark
+from benchmark_utils import load_experiment
 from vjepa.checkpoint import load_checkpoint, save_checkpoint
 from vjepa.config import apply_overrides, preset
 from vjepa.jepa import ema_init_share
@@ -13,7 +13,7 @@ from vjepa.train import initial_encoder, train
 
 
 def test_blend_interpolates_every_weight():
-    module = load_benchmark("target_vs_online")
+    module = load_experiment("target_vs_online")
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     mixed = module.blend(a, b, 0.7)
     assert torch.allclose(mixed.weight, 0.7 * a.weight + 0.3 * b.weight)
@@ -22,7 +22,7 @@ def test_blend_interpolates_every_weight():
 
 
 def test_encoders_and_a_smoke_run(tmp_path, capsys):
-    module = load_benchmark("target_vs_online")
+    module = load_experiment("target_vs_online")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=6", "run.progress=false"])
     train(cfg)
     nets, _, share, step = module.encoders(tmp_path)
@@ -47,7 +47,7 @@ def test_encoders_and_a_smoke_run(tmp_path, capsys):
 
 
 def test_checkpoints_it_cannot_compare_are_named(tmp_path):
-    module = load_benchmark("target_vs_online")
+    module = load_experiment("target_vs_online")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=2", "run.progress=false"])
     train(cfg)
     state = load_checkpoint(tmp_path / "latest.pt")
