@@ -154,7 +154,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 10.0
     # The predictor's LR is lr x this (official: 1). Short runs: the predictor learns to place its
-    # predictions far more slowly than the encoder finds clip-level codes (README "Results").
+    # predictions far more slowly than the encoder finds clip-level codes (docs/results/).
     predictor_lr_scale: float = 1.0
     loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
     reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
@@ -264,7 +264,7 @@ def _debug() -> Config:
 def _demo64() -> Config:
     """The first CPU demo: a narrow ViT on 16x64x64 synthetic clips, ~5 minutes on 2 cores.
 
-    Measured (README "Results so far"): at this cost per clip a few thousand clips are all a CPU
+    Measured (docs/results/): at this cost per clip a few thousand clips are all a CPU
     run affords, and no variant then beats random init on motion; `demo` moved to 32 px.
     """
     cfg = Config()
@@ -274,13 +274,13 @@ def _demo64() -> Config:
     m.predictor_embed_dim, m.predictor_depth = 96, 4
     cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = 16, 64, 8
     # 300 steps: half the time of the earlier 600, and better on the motion probe (seed 0: 70.5 vs
-    # 60.5 on test). Over three seeds it is still only level with random init (README "Results").
+    # 60.5 on test). Over three seeds it is still only level with random init (docs/results/).
     cfg.optim.steps, cfg.optim.warmup_steps = 300, 30
     # The paper's LRs are for batch 3072; at batch 8 they collapsed the features (effective rank
     # 44 -> 12, motion probe below random init). A 4x lower LR slows that but does not remove it.
     cfg.optim.start_lr, cfg.optim.lr = 3e-5, 1.5e-4
     # Motion as a large part of every clip: 1-3 sprites that sweep across the frame (4-6 px per
-    # frame), turn and resize fast. Measured (README "Results so far"): the slower single-sprite
+    # frame), turn and resize fast. Measured (docs/results/): the slower single-sprite
     # default set left the trained encoder 6 points under random init on motion, this set 2.
     syn = cfg.data.synthetic
     syn.max_sprites, syn.translate_speed = 3, (4.0, 6.0)
@@ -294,7 +294,7 @@ def _demo32() -> Config:
     """`demo64`'s data and objective at 8x32x32 (64 tokens per clip), so ~4e5 clips fit a CPU run.
 
     The paper's multi-block masks (blocks over all frames); `demo` is this with causal masks.
-    Measured (README "Results so far", 64 px 16-frame demo): no variant there beats random init
+    Measured (docs/results/, 64 px 16-frame demo): no variant there beats random init
     on motion in a few thousand clips, and supervised training with labels stays at chance for
     40,000. At 64 tokens a clip costs ~25x less (~165 against 6.5 clips/s on one core), labels
     learn motion after ~45,000 clips, and 12,000 steps of batch 32 (384,000 clips, ~25-33 min on
@@ -315,7 +315,7 @@ def _demo32() -> Config:
     cfg.optim.predictor_lr_scale = 10.0
     cfg.run.out_dir = "runs/demo32"
     cfg.run.keep_every = 3000
-    cfg.run.probe_after_clips = 4096  # 1024 left every probe short of labels (README "Results")
+    cfg.run.probe_after_clips = 4096  # 1024 left every probe short of labels (docs/results/)
     return cfg
 
 
@@ -325,7 +325,7 @@ def _demo() -> Config:
     The context is what the multi-block masks leave visible in the first 4 of the 8 frames; the
     predictor fills in every other token, the whole second half included (the paper's causal
     multi-block variant; its default, blocks over all frames and no causal cut, is `demo32`).
-    Measured (README "Results so far"; motion, attentive probe, 4096 clips, test split): each of
+    Measured (docs/results/; motion, attentive probe, 4096 clips, test split): each of
     six causal runs beats its own random init (+1.8 to +10.7 points, +6.7 on average), where
     multi-block runs gain +4.3 on average and not on every seed.
     """
