@@ -1,4 +1,4 @@
-"""README.md and docs/: every relative link resolves, and the README keeps its two commands first."""
+"""README.md, experiments/README.md and docs/: every relative link resolves, and the README keeps its two commands first."""
 
 import re
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target)
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "experiments" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def relative_links(page: Path) -> list[str]:
