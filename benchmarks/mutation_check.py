@@ -309,8 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in selected:
             print(f"{m.name:40s} {m.function:20s} {m.description}  [{', '.join(m.tests)}]")
         return 0
-    for m in selected:  # every snippet must still be found before anything runs
+    for m in selected:  # every snippet and test file must still be found before anything runs
         locate(m, ROOT)
+        missing = [t for t in m.tests if not (ROOT / t).is_file()]
+        if missing:  # pytest would fail on a missing file, and the mutation would count as killed
+            raise SystemExit(f"{m.name}: no test file {', '.join(missing)}")
 
     t_start = time.perf_counter()
     if not args.no_baseline:
