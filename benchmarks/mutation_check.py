@@ -122,6 +122,13 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_evaluate.py", "tests/test_multiview_frames.py"),
     ),
     Mutation(
+        "synthetic_views_all_from_frame_zero", "every synthetic evaluation view holds the clip's first frames",
+        "__getitem__",  # SyntheticViews.__getitem__: the snippet is unique to it
+        (("views = [self.transform(frames[s : s + self.length]) for s in self.starts]",
+          "views = [self.transform(frames[0 : self.length]) for s in self.starts]"),),
+        ("tests/test_evaluate.py", "tests/test_multiview_frames.py"),
+    ),
+    Mutation(
         "context_target_swapped_in_collation", "collation returns the target tokens as the context and vice versa",
         "collate_masks",
         (("return MaskBatch(context_idx, target_idx, context_valid, target_valid)",
@@ -210,6 +217,19 @@ MUTATIONS: list[Mutation] = [
         (("while name.startswith(WRAPPER_PREFIXES):", "if name.startswith(WRAPPER_PREFIXES):"),),
         ("tests/test_checkpoint.py", "tests/test_official_keys.py"),
     ),
+    Mutation(
+        "heads_not_read_from_width", "an official checkpoint's attention heads default to 12 whatever its width",
+        "infer_model_config",
+        (("m.num_heads = num_heads or heads_by_width.get(m.embed_dim, 0)", "m.num_heads = num_heads or 12"),),
+        ("tests/test_checkpoint.py", "tests/test_official_keys.py"),
+    ),
+    Mutation(
+        "confusion_transposed", "the evaluation's confusion matrix has predicted classes as rows",
+        "confusion_matrix",
+        (("index = labels.long() * num_classes + probs.argmax(dim=-1)",
+          "index = probs.argmax(dim=-1) * num_classes + labels.long()"),),
+        ("tests/test_evaluate.py", "tests/test_cli_commands.py"),
+    ),
 ]
 
 
@@ -257,32 +277,32 @@ def copy_repo(dest: Path) -> None:
 
 
 def run_tests(root: Path, tests: tuple[str, ...], python: str, timeout: float) -> tuple[str, float, str]:
-    """Run pytest in `root`; return (outcome "pass" / "fail" / "timeout", seconds, the output's tail)."""
+    """Run pytest in `root`; return (outcome "pass" / "fail" / "timeout", seconds, what failed first)."""
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", time.perf_counter() - t0, ""
-    tail = (proc.stdout + proc.stderr).strip().splitlines()
-    outcome = "pass" if proc.returncode == 0 else "fail"
-    return outcome, time.perf_counter() - t0, "\n".join(tail[-15:])
+        return "timeout", time.perf_counter() - t0, "timeout"
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    if proc.returncode == 0:
+        return "pass", time.perf_counter() - t0, lines[-1] if lines else ""
+    # pytest's short summary names the first failing test: "FAILED tests/x.py::name - message"
+    failed = [line.split(" - ")[0].split(" ", 1)[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return "fail", time.perf_counter() - t0, failed[0] if failed else "\n".join(lines[-15:])
 
 
-def check(mutation: Mutation, python: str, timeout: float, verbose: bool) -> tuple[str, float, str]:
-    """Apply `mutation` in a scratch copy and run its tests: ("killed" / "survived", seconds, detail)."""
+def check(mutation: Mutation, python: str, timeout: float) -> tuple[str, float, str]:
+    """Apply `mutation` in a scratch copy and run its tests: ("killed" / "survived", seconds, the
+    first failing test or pytest's last line)."""
     with tempfile.TemporaryDirectory(prefix=f"mutant_{mutation.name}_") as tmp:
         root = Path(tmp)
         copy_repo(root)
         path, _, mutated = locate(mutation, root)
         path.write_text(mutated)
-        outcome, seconds, tail = run_tests(root, mutation.tests, python, timeout)
-    if verbose and outcome == "pass":
-        print(f"--- {mutation.name} survived:\n{tail}", flush=True)
-    status = "survived" if outcome == "pass" else "killed"
-    detail = "timeout" if outcome == "timeout" else (tail.splitlines()[-1] if tail else "")
-    return status, seconds, detail
+        outcome, seconds, detail = run_tests(root, mutation.tests, python, timeout)
+    return ("survived" if outcome == "pass" else "killed"), seconds, detail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutation's tests (default 600)")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs pytest (default: this one)")
     parser.add_argument("--no-baseline", action="store_true", help="skip running the unmutated tests first")
-    parser.add_argument("--verbose", action="store_true", help="print the test output of survivors")
     args = parser.parse_args(argv)
 
     names = {m.name for m in MUTATIONS}
@@ -327,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the unmutated tests fail: fix them before checking mutations")
 
     def one(m: Mutation) -> tuple[Mutation, str, float, str]:
-        return (m, *check(m, args.python, args.timeout, args.verbose))
+        return (m, *check(m, args.python, args.timeout))
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = []
@@ -337,10 +356,10 @@ def main(argv: list[str] | None = None) -> int:
 
     width = max(len(m.name) for m in selected)
     print()
-    print(f"{'mutation':{width}s}  {'result':8s}  {'time':>6s}  tests  / what it changes")
-    for m, status, seconds, _ in results:
-        print(f"{m.name:{width}s}  {status:8s}  {seconds:5.0f}s  {', '.join(Path(t).name for t in m.tests)}")
-        print(f"{'':{width}s}  {'':8s}  {'':6s}  {m.function}: {m.description}")
+    print(f"{'mutation':{width}s}  {'result':8s}  {'time':>6s}  what it changes / killed by (first failing test)")
+    for m, status, seconds, detail in results:
+        print(f"{m.name:{width}s}  {status:8s}  {seconds:5.0f}s  {m.function}: {m.description}")
+        print(f"{'':{width}s}  {'':8s}  {'':6s}  {'killed by' if status == 'killed' else 'tests ran'}: {detail}")
     killed = sum(status == "killed" for _, status, _, _ in results)
     survived = len(results) - killed
     print(f"total time {time.perf_counter() - t_start:.0f} s")
