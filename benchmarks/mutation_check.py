@@ -230,6 +230,63 @@ MUTATIONS: list[Mutation] = [
           "index = probs.argmax(dim=-1) * num_classes + labels.long()"),),
         ("tests/test_evaluate.py", "tests/test_cli_commands.py"),
     ),
+    # -- found by a mutmut sweep of jepa.py and masks/ (docs/testing.md) ----------------------------
+    Mutation(
+        "loss_of_sum_not_difference", "the loss compares pred + target instead of pred - target",
+        "sample_losses",
+        (("(pred.float() - target.float())", "(pred.float() + target.float())"),),
+        ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "model_ignores_loss_exp", "the batched pass computes L1 whatever optim.loss_exp says",
+        "forward",  # JEPA.forward
+        (("losses.append(prediction_loss(p, gather_tokens(targets, idx), valid, self.loss_exp))",
+          "losses.append(prediction_loss(p, gather_tokens(targets, idx), valid))"),),
+        ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "regulariser_subtracted", "the variance regulariser is subtracted from the loss",
+        "forward",  # JEPA.forward
+        (("\"loss\": prediction + self.reg_coeff * reg,", "\"loss\": prediction - self.reg_coeff * reg,"),),
+        ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "batched_pass_for_truncated_masks", "the grid-ordered batched pass also runs on truncated masks",
+        "forward",  # JEPA.forward
+        (("if BATCH_GENERATORS and self.full_grid:", "if BATCH_GENERATORS or self.full_grid:"),),
+        ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "context_encoder_ignores_padding", "the context encoder attends to padding slots of its rows",
+        "contexts",
+        (("self.encoder.encode(tokens, m.context_idx, m.context_valid)", "self.encoder.encode(tokens, m.context_idx, None)"),),
+        ("tests/test_objective_invariants.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "per_generator_predictor_ignores_context_padding", "the per-generator predictor call drops context_valid",
+        "forward",  # JEPA.forward
+        (("pred = self.predictor(context, m.context_idx, m.target_idx, index, m.context_valid, m.target_valid, grid)",
+          "pred = self.predictor(context, m.context_idx, m.target_idx, index, None, m.target_valid, grid)"),),
+        ("tests/test_objective_invariants.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "tube_sampler_ignores_generator", "tube masks are drawn from the global RNG, not the seeded generator",
+        "sample_tube_mask",
+        (("torch.rand(batch_size, num_spatial, generator=generator)", "torch.rand(batch_size, num_spatial)"),),
+        ("tests/test_masks.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "mask_batch_to_drops_target_valid", "moving a MaskBatch to a device loses its target valid flags",
+        "to",  # MaskBatch.to
+        (("target_valid=move(self.target_valid),", "target_valid=None,"),),
+        ("tests/test_masks.py", "tests/test_sweep_gaps.py"),
+    ),
+    Mutation(
+        "pixel_targets_biased_variance", "pixel targets are normalised by the biased variance",
+        "pixel_targets",
+        (("unbiased=True", "unbiased=False"),),
+        ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
+    ),
 ]
 
 
