@@ -7,8 +7,18 @@ import pytest
 import torch
 
 import vjepa.jepa as jepa_module
-from vjepa.config import MaskConfig, preset
-from vjepa.jepa import JEPA, pixel_targets, prediction_loss, sample_losses, variance_penalty
+from vjepa.config import MaskConfig, OptimConfig, preset
+from vjepa.jepa import (
+    JEPA,
+    ema_momentum,
+    learning_rate,
+    pixel_targets,
+    prediction_loss,
+    sample_losses,
+    schedule_length,
+    variance_penalty,
+    weight_decay,
+)
 from vjepa.masks import MaskBatch, num_generators, target_masks
 from vjepa.masks.collate import mask_to_indices
 from vjepa.models.vit import gather_tokens
@@ -179,3 +189,18 @@ def test_tube_masks_are_a_pure_function_of_the_generator_and_work_for_one_clip()
     assert len(a) == 1 and torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
     one = target_masks(MaskConfig(), grid, 1, torch.Generator().manual_seed(0))  # multiblock, B = 1
     assert len(one) == 2 and all(m.shape == (1, 64) for m in one)
+
+
+def test_schedules_midway_and_past_their_end():
+    """Mutants: warmup arithmetic (sign, `*` for `/`, `lr + start_lr`), `step * length` for
+    `step / length`, schedules not clamped past their end, a 2-step minimum schedule length."""
+    o = OptimConfig(steps=1000, warmup_steps=100, schedule_scale=1.0, start_lr=1e-4, lr=5e-4, final_lr=1e-6,
+                    weight_decay=0.04, final_weight_decay=0.4, ema=(0.998, 1.0))
+    assert learning_rate(25, o) == pytest.approx(1e-4 + 0.25 * 4e-4)
+    assert learning_rate(50, o) == pytest.approx(1e-4 + 0.5 * 4e-4)
+    assert learning_rate(3000, o) == pytest.approx(o.final_lr)  # clamped past the end
+    assert weight_decay(500, o) == pytest.approx(0.22)  # cosine midpoint
+    assert weight_decay(3000, o) == pytest.approx(0.4)
+    assert ema_momentum(500, o) == pytest.approx(0.999)
+    assert ema_momentum(3000, o) == pytest.approx(1.0)
+    assert schedule_length(OptimConfig(steps=1, schedule_scale=1.0)) == 1
