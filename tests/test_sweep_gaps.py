@@ -204,3 +204,16 @@ def test_schedules_midway_and_past_their_end():
     assert ema_momentum(500, o) == pytest.approx(0.999)
     assert ema_momentum(3000, o) == pytest.approx(1.0)
     assert schedule_length(OptimConfig(steps=1, schedule_scale=1.0)) == 1
+
+
+def test_variance_penalty_with_padding_equals_each_sample_alone():
+    """Mutants in the padded branch of the variance regulariser: `* count` for `/ count`, `** 3`,
+    `count + 1`, `count - 2`, `pred + mean`. Padding slots hold huge values that must not count."""
+    torch.manual_seed(0)
+    pred = torch.randn(2, 6, 4) * 0.5 + 0.3
+    valid = torch.tensor([[True, True, True, True, False, False], [True] * 6])
+    pred[0, 4:] = 100.0
+    got = variance_penalty(pred, valid)
+    per_sample = [torch.relu(1 - (pred[i, valid[i]].var(dim=0) + 1e-4).sqrt()) for i in range(2)]  # [D] each
+    assert got.item() == pytest.approx(torch.stack(per_sample).mean().item(), rel=1e-5)
+    assert got.item() > 0.1  # the penalty is active here (std below 1)
