@@ -41,9 +41,17 @@ def losses(out_dir):
 
 
 def free_port():
+    """A port the OS reports free now. Another process may take it before rank 0 binds it: `spawn`
+    retries with a fresh port when that happens."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_taken(err: Exception) -> bool:
+    """The error of a rendezvous whose port another process took first (TCPStore: EADDRINUSE)."""
+    message = str(err).lower()
+    return "eaddrinuse" in message or "address already in use" in message
 
 
 def _worker(rank, world_size, port, cfg, capture_dir):
@@ -63,8 +71,22 @@ def _worker(rank, world_size, port, cfg, capture_dir):
     train_module.train(cfg)
 
 
-def spawn(cfg, tmp_path, world_size=2):
-    mp.spawn(_worker, args=(world_size, free_port(), cfg, str(tmp_path)), nprocs=world_size, join=True)
+def spawn(cfg, tmp_path, world_size=2, attempts=3):
+    """Run `train(cfg)` on `world_size` gloo ranks. The rendezvous fails before anything is written,
+    so a run whose port was taken is simply started again on another."""
+    for attempt in range(attempts):
+        try:
+            mp.spawn(_worker, args=(world_size, free_port(), cfg, str(tmp_path)), nprocs=world_size, join=True)
+            return
+        except Exception as err:  # mp.spawn wraps the rank's error in its own exception types
+            if attempt == attempts - 1 or not port_taken(err):
+                raise
+
+
+def test_port_taken_recognises_the_rendezvous_error():
+    taken = RuntimeError("The server socket has failed to listen on any local network address. port: 29500, "
+                         "useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+    assert port_taken(taken) and not port_taken(RuntimeError("loss diverged"))
 
 
 @pytest.fixture(scope="module")

@@ -71,9 +71,14 @@ def test_pytorch_flop_counter_agrees(objective):
     assert backward.get_total_flops() == f.context_backward + f.predictor_backward - patch
 
 
-def test_benchmark_reports_ours_and_official_structure():
+def test_benchmark_reports_ours_and_official_structure(monkeypatch):
+    from vjepa import bench
     from vjepa.bench import benchmark
 
+    # the default 2048^2 peak probe takes minutes in bf16 on one CPU thread (measured 270 s for this
+    # test); a small product still gives a positive peak, which is all the assertions need
+    real_peak = bench.matmul_peak
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype, size=None, repeats=5: real_peak(device, dtype, 256, 2))
     report = benchmark(preset("debug"), steps=1, warmup=1, compare_official=True, device="cpu")
     ours, official = report["results"]
     assert (ours["collate"], official["collate"], official["dtype"]) == ("pad", "truncate", "fp32")

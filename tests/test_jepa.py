@@ -202,6 +202,7 @@ def test_predictor_lr_scale_groups_and_schedule():
 
 
 def test_collapse_monitor():
+    torch.manual_seed(0)  # the bounds below hold for typical draws; seeded, the test cannot flake
     healthy = collapse_stats(torch.randn(512, 32))
     assert healthy.effective_rank > 25 and healthy.std > 0.9
     collapsed = collapse_stats(torch.randn(512, 1) @ torch.randn(1, 32) + 1e-4 * torch.randn(512, 32))
@@ -212,6 +213,7 @@ def test_collapse_monitor():
 
 
 def test_collapse_monitor_within_clip_share():
+    torch.manual_seed(0)
     varied = collapse_stats(torch.randn(4, 64, 16))
     assert 0.9 < varied.within_clip <= 1.0
     # every token of a clip is its clip's code (plus a whisper): healthy rank across clips, no token detail
@@ -228,6 +230,7 @@ def test_collapse_monitor_within_clip_share():
 
 def test_loss_is_finite_and_near_expected_scale():
     cfg = tiny_cfg()
+    torch.manual_seed(0)  # the bound holds for typical inits; a seeded one makes the test a fixed fact
     model = JEPA(cfg, 2)
     video, masks = batch(cfg, model)
     loss = model(video, masks)["loss"].item()

@@ -1,0 +1,102 @@
+"""`vjepa prepare` (two splits) feeding `vjepa pretrain`, and `vjepa eval`'s figures, checked on values."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from video_utils import decode_index, write_index_video
+from vjepa.checkpoint import load_checkpoint
+from vjepa.cli import main
+from vjepa.config import apply_overrides, preset
+from vjepa.data.prepare import CachedVideoDataset
+from vjepa.data.sampling import ClipSpec
+from vjepa.train import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def video_lists(tmp_path_factory) -> Path:
+    """train.csv (3 videos of 40, 30, 24 frames) and val.csv (2 videos) of index-frame videos."""
+    root = tmp_path_factory.mktemp("videos")
+    lengths = {"train": [40, 30, 24], "val": [36, 20]}
+    for split, frames in lengths.items():
+        lines = []
+        for i, n in enumerate(frames):
+            path = write_index_video(root / f"{split}{i}.mp4", num_frames=n)
+            lines.append(f"{path} {i % 2}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_cli_prepare_two_splits_then_pretrain_from_the_cache(video_lists, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["prepare", "--preset", "debug", "data.source=csv", f"data.path={video_lists}",
+                 "--out", str(cache), "--split", "train", "val"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{cache / 'train'}: 3 videos, 94 frames")
+    assert lines[1].startswith(f"{cache / 'val'}: 2 videos, 56 frames")
+    # the cache holds every frame of every video, in order: evaluation clips decode to their indices
+    spec = ClipSpec(frames_per_clip=4, frame_step=3, num_clips=2)
+    for split, expected in (("train", [[0, 3, 6, 9], [20, 23, 26, 29]]), ("val", [[0, 3, 6, 9], [18, 21, 24, 27]])):
+        item = CachedVideoDataset(cache / split, spec, None, train=False)[0]
+        frames = (item["video"].permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8).numpy()  # [clips, T, h, w, 3]
+        for clip, indices in zip(frames, expected):
+            np.testing.assert_array_equal(decode_index(clip), indices, err_msg=split)
+    # pretraining reads the cache's train split
+    run = tmp_path / "run"
+    assert main(["pretrain", "--preset", "debug", "data.source=cache", f"data.path={cache}", "data.frame_step=2",
+                 f"run.out_dir={run}", "optim.steps=2", "run.progress=false", "run.log_every=1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    state = load_checkpoint(run / "latest.pt")
+    assert state["step"] == 2 and state["config"]["data"]["source"] == "cache"
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(apply_overrides(preset("debug"), [f"run.out_dir={out}", "run.progress=false", "optim.steps=2",
+                                            "run.checkpoint_every=2"]))
+    return out
+
+
+def test_cli_eval_figures_match_their_confusion_and_vjepa_probe(tiny_run, tmp_path, capsys):
+    """Every row's top-1 is its confusion matrix's diagonal share, the printed table shows the JSON's
+    numbers, and `vjepa probe` with the same settings reproduces a row exactly."""
+    output = tmp_path / "eval.json"
+    assert main(["eval", str(tiny_run), "--epochs", "2", "--seed", "3", "--output", str(output)]) == 0
+    table = capsys.readouterr().out
+    results = json.loads(output.read_text())
+    assert sorted((r["task"], r["probe"]) for r in results) == [
+        ("appearance", "attentive"), ("appearance", "linear"), ("motion", "attentive"), ("motion", "linear")]
+    for r in results:
+        confusion = np.array(r["confusion"])
+        assert confusion.shape == (r["num_classes"], r["num_classes"])
+        assert confusion.sum() == r["num_test"] == 32 and r["num_train"] == 64  # debug: 64 train, 32 test clips
+        assert r["top1"] == pytest.approx(100 * np.trace(confusion) / confusion.sum())
+        rows = confusion.sum(axis=1)
+        expected = [100 * confusion[k, k] / n if n else None for k, n in enumerate(rows)]
+        assert r["per_class_top1"] == pytest.approx(expected)
+        assert 0 <= r["train_top1"] <= 100 and r["step"] == 2 and r["settings"]["seed"] == 3
+        row = f"| {r['task']} | {r['probe']} | 100% | {r['top1']:.1f} | {r['train_top1']:.1f} | 64 | 32 |"
+        assert row in table, row
+    probe_json = tmp_path / "probe.json"
+    assert main(["probe", str(tiny_run), "--task", "appearance", "--probe", "linear", "--epochs", "2",
+                 "--seed", "3", "--output", str(probe_json)]) == 0
+    probe = json.loads(probe_json.read_text())
+    same = next(r for r in results if (r["task"], r["probe"]) == ("appearance", "linear"))
+    assert probe["top1"] == same["top1"] and probe["confusion"] == same["confusion"]
