@@ -277,7 +277,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError("run.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+                raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install 'vjepa[tensorboard]'") from None
             self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
