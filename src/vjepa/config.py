@@ -554,7 +554,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
     },
     "optim": {
         "steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "schedule_scale": POSITIVE, "start_lr": AT_LEAST_0,
-        "lr": POSITIVE, "final_lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "final_weight_decay": AT_LEAST_0,
+        "lr": AT_LEAST_0, "final_lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "final_weight_decay": AT_LEAST_0,
         "ema": UNIT, "betas": (0, 1, True), "grad_clip": AT_LEAST_0, "predictor_lr_scale": POSITIVE,
         "loss_exp": POSITIVE, "reg_coeff": AT_LEAST_0,
     },

@@ -725,7 +725,7 @@ def check_weights_finite(model: JEPA, optimizer: torch.optim.Optimizer, step: in
     if env.distributed:
         bad = dist_utils.all_reduce_mean(torch.tensor(bad, device=env.device), env).item()
     if bad > 0:
-        where = f" ({describe_nonfinite(found)})" if found else " (on another rank)"
+        where = f": {describe_nonfinite(found)}" if found else " (on another rank)"
         raise TrainingDiverged(
             f"the weights became NaN or infinite in the update of step {step}{where}; stopped without "
             f"saving them. Last good checkpoint: {_last_good_text(out_dir, last_good)}." + divergence_advice(cfg)
