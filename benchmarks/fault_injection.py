@@ -36,11 +36,12 @@ DEBUG = ["--preset", "debug", "run.progress=false"]
 
 
 def cli(*args: str) -> tuple[int, str]:
-    """Run `vjepa ARGS` in this process: (exit status, last line of stderr, else of stdout)."""
+    """Run `vjepa ARGS` in this process: (exit status, last line of stdout on success, else of stderr)."""
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main(list(args))
-    lines = [line for line in (err.getvalue() or out.getvalue()).splitlines() if line.strip()]
+    text = out.getvalue() if code == 0 else err.getvalue()  # a summary on success, the error otherwise
+    lines = [line for line in text.splitlines() if line.strip()]
     return code, lines[-1] if lines else ""
 
 
