@@ -387,6 +387,28 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path):
     assert all(torch.equal(wa["encoder"][k], wb["encoder"][k]) for k in wa["encoder"])
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_saves(tmp_path):
+    # schedulers signal every process of the job: DataLoader workers must not die before the save
+    code = (
+        "import os, signal, sys\n"
+        "import vjepa.train as t\n"
+        "from vjepa.cli import main\n"
+        "real = t.masks_for_step\n"
+        "def masks(cfg, grid, batch, step, *rest):\n"
+        "    if step == 1:\n"
+        "        os.killpg(os.getpgid(0), signal.SIGTERM)\n"
+        "    return real(cfg, grid, batch, step, *rest)\n"
+        "t.masks_for_step = masks\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["pretrain", "--preset", "debug", f"run.out_dir={tmp_path}", "run.progress=false", "optim.steps=6",
+            "data.num_workers=1", "run.checkpoint_every=100"]
+    done = subprocess.run([sys.executable, "-c", code, *args], check=False, env=_subprocess_env(),
+                          capture_output=True, text=True, start_new_session=True)
+    assert done.returncode == 143, done.stderr
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 2
+
+
 def test_the_sigterm_handler_is_restored_after_training(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     train(debug_cfg(tmp_path, "optim.steps=1"))

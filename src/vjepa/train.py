@@ -187,16 +187,8 @@ def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int)
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.data.num_workers > 0,
-        worker_init_fn=_ignore_sigterm,
     )
     return loader, dataset
-
-
-def _ignore_sigterm(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM: a scheduler signals the whole process group, and a worker
-    dying of it would make the main process fail before it can save (the workers still exit with
-    it, as torch's workers watch their parent)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def masks_for_step(
