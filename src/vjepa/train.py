@@ -372,6 +372,15 @@ def write_config(cfg: Config, out_dir: Path) -> None:
     atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
 
 
+def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
+    """Create the run directory and write the resolved config there (for runs that never resume)."""
+    out_dir = Path(cfg.run.out_dir)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out_dir)
+    return out_dir
+
+
 def trim_metrics(out_dir: Path, step: int) -> int:
     """Drop metrics.jsonl records past `step` (a resumed run logs those steps again). Returns how many."""
     path = out_dir / "metrics.jsonl"
