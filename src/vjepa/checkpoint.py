@@ -169,7 +169,7 @@ def describe_nonfinite(found: list[tuple[str, int]], shown: int = 3) -> str:
     return f"{total:,} NaN/inf values in {len(found)} tensors (first: {first})"
 
 
-def check_finite(state: Any, what: str) -> None:
+def refuse_nonfinite(state: Any, what: str) -> None:
     """Raise CheckpointError naming the first few tensors of `state` that hold NaN or inf."""
     found = nonfinite_tensors(state)
     if found:
@@ -202,7 +202,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"{str(err).splitlines()[0]}") from None
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError ...
         raise CheckpointError(f"{path}: cannot be loaded as a weights-only checkpoint: {err}") from None
-    check_finite(state, str(path))
+    refuse_nonfinite(state, str(path))
     return state
 
 
@@ -260,7 +260,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open, not a dict
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one CheckpointError naming it
         raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from None
-    check_finite(tensors, str(path))
+    refuse_nonfinite(tensors, str(path))
     return tensors, json.loads(metadata.get("config", "{}"))
 
 
