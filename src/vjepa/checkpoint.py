@@ -10,9 +10,13 @@ stripping the wrapper prefixes and inferring the architecture from tensor shapes
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import pickle
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,35 +29,181 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not match the model; the message says how."""
 
 
+class StorageError(RuntimeError):
+    """A file could not be written (disk full, no permission); the message names the file."""
+
+
+# Disk-full errors as the OS reports them (EDQUOT: a quota, which users meet as "disk full" too)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Below this many free bytes, a failed write is reported as a full disk: torch's zip writer reports
+# ENOSPC as "[enforce fail at inline_container.cc] unexpected pos ..." without the errno
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _file_mode() -> int:
+    """The mode `open()` would give a new file: 0o666 less the process umask."""
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_path(path: str | Path, directory: bool = False) -> None:
+    """Flush a file (or a directory entry list) to stable storage, so a rename survives a crash."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some filesystems cannot fsync a directory; the file itself was synced
+        if not directory or err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_failure(err: BaseException, path: str | Path, free_dir: str | Path | None = None) -> StorageError | None:
+    """The one-line `StorageError` for a failed write of `path`, or None if `err` is not a write error.
+
+    Args:
+        err: what the writer raised: an OSError, or torch's RuntimeError from its zip writer.
+        path: the file being written (named in the message).
+        free_dir: a folder on the same filesystem to measure free space in (default: path's).
+    """
+    free_dir = Path(free_dir or Path(path).parent)
+    if isinstance(err, OSError):
+        if err.errno in _DISK_FULL:
+            return StorageError(f"no space left on device writing {path}")
+        return StorageError(f"cannot write {path}: {err.strerror or err}")
+    if isinstance(err, RuntimeError) and any(s in str(err) for s in ("inline_container", "PytorchStreamWriter")):
+        try:
+            full = shutil.disk_usage(free_dir).free < _NEARLY_FULL_BYTES
+        except OSError:
+            full = False
+        if full:
+            return StorageError(f"no space left on device writing {path}")
+        return StorageError(f"cannot write {path}: {str(err).splitlines()[0]}")
+    return None
+
+
+TEMP_GLOB = ".*.tmp"  # atomic_write's temporary files: .NAME.RANDOM.tmp next to the target
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)` then rename onto `path`, so a crash never leaves a half-written file."""
+    """Call `write(tmp_path)`, fsync, then rename onto `path`: a crash never leaves a half-written file.
+
+    The file gets the mode `open()` would give it (0o666 less the umask; mkstemp alone makes 0600),
+    and is flushed to disk before the rename and the directory after it, so a power loss leaves
+    either the old file or the complete new one.
+
+    Raises:
+        StorageError: "no space left on device writing PATH" (or another write failure, named);
+            the previous file at `path`, if any, is left intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_failure(err, path) from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
+        _fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_path(path.parent, directory=True)
+    except BaseException as err:
+        failure = write_failure(err, path)  # measured before the temp file is removed
         if os.path.exists(tmp):
             os.remove(tmp)
+        if failure is not None:
+            raise failure from None
         raise
 
 
+def remove_stale_temps(folder: str | Path, names: tuple[str, ...] = ("latest.pt",)) -> list[Path]:
+    """Delete temporary files a killed `atomic_write` left in `folder` for the files `names`.
+
+    Call it only while holding the folder's lock (`RunLock`): another live writer's temp file
+    would otherwise be removed under it. A `step_N.pt` keep file's temps count too.
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for tmp in Path(folder).glob(TEMP_GLOB):
+        target = tmp.name[1:].rsplit(".", 2)[0]  # .latest.pt.abc123.tmp -> latest.pt
+        if target in names or (target.startswith("step_") and target.endswith(".pt")):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically `torch.save` a checkpoint dict to `path`."""
+    """Atomically `torch.save` a checkpoint dict to `path` (StorageError when the disk is full)."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[tuple[str, int]]:
+    """(key, number of NaN/inf values) of every floating tensor in a nested dict/list that has any.
+
+    Keys are dotted paths (`encoder.blocks.0.attn.qkv.weight`, `opt.state.3.exp_avg`).
+    """
+    found = []
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            bad = int((~torch.isfinite(state)).sum())
+            if bad:
+                found.append((prefix.rstrip("."), bad))
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            found += nonfinite_tensors(value, f"{prefix}{key}.")
+    elif isinstance(state, (list, tuple)):
+        for number, value in enumerate(state):
+            found += nonfinite_tensors(value, f"{prefix}{number}.")
+    return found
+
+
+def describe_nonfinite(found: list[tuple[str, int]], shown: int = 3) -> str:
+    """"N non-finite values in K tensors (first: key (n), ...)" for `nonfinite_tensors`' output."""
+    total = sum(n for _, n in found)
+    first = ", ".join(f"{key} ({n})" for key, n in found[:shown])
+    return f"{total:,} NaN/inf values in {len(found)} tensors (first: {first})"
+
+
+def refuse_nonfinite(state: Any, what: str) -> None:
+    """Raise CheckpointError naming the first few tensors of `state` that hold NaN or inf."""
+    found = nonfinite_tensors(state)
+    if found:
+        raise CheckpointError(
+            f"{what} holds {describe_nonfinite(found)}: the run it comes from diverged, and its "
+            "features would be NaN; load an earlier checkpoint (a step_N.pt keep file) instead"
+        )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (`weights_only=True`: no pickled code is ever run)."""
+    """Load a checkpoint dict safely (`weights_only=True`: no pickled code is ever run).
+
+    Raises:
+        CheckpointError: a missing or unreadable file; a file that contains code (a pickle that
+            calls functions): it is not loaded; or one whose tensors hold NaN or inf.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # the weights-only unpickler met a pickled global
+        called = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if called:  # torch's own text would suggest weights_only=False, i.e. running the code
+            raise CheckpointError(
+                f"{path} contains code (a pickled call to {called.group(1)}), not only weights; it will not "
+                "be loaded: vjepa reads weights-only files, and loading this one would run that code"
+            ) from None
+        raise CheckpointError(f"{path}: cannot be loaded as a weights-only checkpoint: "
+                              f"{str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError ...
         raise CheckpointError(f"{path}: cannot be loaded as a weights-only checkpoint: {err}") from None
+    refuse_nonfinite(state, str(path))
+    return state
 
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -110,6 +260,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open, not a dict
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one CheckpointError naming it
         raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from None
+    refuse_nonfinite(tensors, str(path))
     return tensors, json.loads(metadata.get("config", "{}"))
 
 

@@ -19,7 +19,21 @@ import argparse
 import json
 import sys
 
-from vjepa.config import ENCODER_NETWORKS, PRESETS, ConfigError, apply_overrides, load_yaml, preset, to_yaml
+from vjepa.config import (
+    ENCODER_NETWORKS,
+    PRESETS,
+    ConfigError,
+    apply_overrides,
+    check_device,
+    load_yaml,
+    preset,
+    to_yaml,
+)
+
+# the devices an inference command takes (`vjepa.api.load` moves the encoder with torch's `.to`)
+INFERENCE_DEVICES = "auto, cpu, cuda, cuda:N or mps"
+# errors the user can act on, printed as one line (exit status 2) instead of a traceback
+USER_ERRORS = ("CheckpointError", "TrainingDiverged", "DecodeError", "StorageError", "RunDirLocked")
 
 
 def build_config(args: argparse.Namespace):
@@ -44,7 +58,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if cfg.run.probe_after:
         summary["probe"] = _probe_after(cfg)
     print(json.dumps(summary, indent=2))
-    if not final_effective_rank_ok(summary):
+    if "effective_rank_end" in summary and not final_effective_rank_ok(summary):  # none measured: no warning
         print("warning: effective rank fell below a quarter of its start: see metrics.jsonl", file=sys.stderr)
     return 0
 
@@ -114,6 +128,8 @@ def _bench(args: argparse.Namespace) -> int:
              f"run.activation_checkpointing={args.activation_checkpointing}"]
     flags += [f"data.batch_size={args.batch_size}"] if args.batch_size else []
     args.overrides = flags + args.overrides  # explicit overrides win
+    if args.device:
+        check_device(args.device, "--device")
     report = benchmark(build_config(args), steps=args.steps, warmup=args.warmup, official=args.official_structure,
                        compare_official=args.compare, ablation=args.ablation, device=args.device)
     print(json.dumps(report, indent=2))
@@ -158,6 +174,8 @@ def _probe_config(args: argparse.Namespace):
     """A ProbeConfig from the shared `probe` / `eval` flags."""
     from vjepa.evaluate import make_probe_config
 
+    if args.device:
+        check_device(args.device, "--device", INFERENCE_DEVICES)
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "num_segments": args.segments,
                 "num_crops": args.crops, "attend_across_segments": args.attend_across_segments,
                 "frames_per_segment": args.frames, "resize_ratio": args.resize_ratio, "encoder": args.which,
@@ -249,6 +267,7 @@ def _encoder_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) 
 def _load_encoder(args: argparse.Namespace):
     from vjepa.api import load
 
+    check_device(args.device, "--device", INFERENCE_DEVICES)
     return load(args.checkpoint, args.which, args.device, num_frames=args.num_frames, img_size=args.img_size,
                 num_heads=args.num_heads, with_predictor=False, precision=args.precision)
 
@@ -371,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vjepa {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        if type(err).__name__ in ("CheckpointError", "TrainingDiverged", "DecodeError"):
+        if type(err).__name__ == "TrainingInterrupted":  # SIGTERM: saved; non-zero so a scheduler requeues
+            return err.exit_code
+        if type(err).__name__ in USER_ERRORS:
             print(f"vjepa {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise

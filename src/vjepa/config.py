@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -479,10 +480,16 @@ def load_yaml(path: str | Path, base: Config | None = None) -> Config:
     A top-level `preset: NAME` key starts from that preset instead.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file (e.g. {path}/config.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); is it a YAML file?") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -512,9 +519,143 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------
+# validation
+
+# (lowest, highest, whether lowest itself is allowed) per numeric field; None: unbounded that side.
+# Every number a run reads is listed, so a value out of range fails here with a message naming the
+# key, not as a ZeroDivisionError (or a silent nonsense run) deep inside training.
+AT_LEAST_1 = (1, None, True)
+AT_LEAST_0 = (0, None, True)
+POSITIVE = (0, None, False)
+FRACTION = (0, 1, False)  # (0, 1]
+UNIT = (0, 1, True)  # [0, 1]
+RANGES: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
+    "model": {
+        "embed_dim": AT_LEAST_1, "depth": AT_LEAST_1, "num_heads": AT_LEAST_1, "mlp_ratio": POSITIVE,
+        "patch_size": AT_LEAST_1, "tubelet_size": AT_LEAST_1, "num_frames": AT_LEAST_1, "img_size": AT_LEAST_1,
+        "in_chans": AT_LEAST_1, "predictor_embed_dim": AT_LEAST_1, "predictor_depth": AT_LEAST_1,
+        "predictor_num_heads": AT_LEAST_0, "drop_path": (0, 1, True),
+    },
+    "mask": {"tube_ratio": (0, 1, True), "causal_context_frames": AT_LEAST_1},
+    "mask.generators": {"num_blocks": AT_LEAST_1, "spatial_scale": FRACTION, "temporal_scale": FRACTION,
+                        "aspect_ratio": POSITIVE},
+    "data": {
+        "num_frames": AT_LEAST_1, "frame_step": AT_LEAST_1, "fps": AT_LEAST_0, "num_clips": AT_LEAST_1,
+        "min_frames": AT_LEAST_0, "max_frames": AT_LEAST_0, "crop_size": AT_LEAST_1, "crop_scale": FRACTION,
+        "crop_aspect": POSITIVE, "std": POSITIVE, "batch_size": AT_LEAST_1, "num_workers": AT_LEAST_0,
+        "weights": AT_LEAST_0,
+    },
+    "data.synthetic": {
+        "num_train": AT_LEAST_1, "num_val": AT_LEAST_0, "num_test": AT_LEAST_0, "size": AT_LEAST_1,
+        "num_frames": AT_LEAST_1, "max_sprites": AT_LEAST_1, "sprite_size": FRACTION,
+        "translate_speed": AT_LEAST_0, "rotate_speed": AT_LEAST_0, "scale_speed": AT_LEAST_0,
+        "background_contrast": AT_LEAST_0,
+    },
+    "optim": {
+        "steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "schedule_scale": POSITIVE, "start_lr": AT_LEAST_0,
+        "lr": AT_LEAST_0, "final_lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "final_weight_decay": AT_LEAST_0,
+        "ema": UNIT, "betas": (0, 1, True), "grad_clip": AT_LEAST_0, "predictor_lr_scale": POSITIVE,
+        "loss_exp": POSITIVE, "reg_coeff": AT_LEAST_0,
+    },
+    "run": {
+        "threads": AT_LEAST_0, "log_every": AT_LEAST_1, "monitor_every": AT_LEAST_1,
+        "checkpoint_every": AT_LEAST_1, "keep_every": AT_LEAST_0, "probe_after_clips": AT_LEAST_0,
+    },
+}
+# pairs that are a (low, high) range: low must not exceed high
+ORDERED_PAIRS = ("crop_scale", "crop_aspect", "spatial_scale", "temporal_scale", "aspect_ratio", "sprite_size",
+                 "translate_speed", "rotate_speed", "scale_speed", "ema")
+RUN_DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def _describe_range(low: float | None, high: float | None, closed: bool) -> str:
+    if high is None:
+        return f"{'>=' if closed else '>'} {low}"
+    return f"in {'[' if closed else '('}{low}, {high}]"
+
+
+def _check_range(key: str, value: Any, bounds: tuple[float | None, float | None, bool]) -> None:
+    low, high, closed = bounds
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        bad = math.isnan(item)
+        bad = bad or (low is not None and (item < low or (item == low and not closed)))
+        bad = bad or (high is not None and item > high)
+        if bad:
+            each = " (each value)" if isinstance(value, (list, tuple)) else ""
+            raise ConfigError(f"{key}={_show(value)}: must be {_describe_range(low, high, closed)}{each}")
+    name = key.rsplit(".", 1)[-1]
+    if name in ORDERED_PAIRS and len(values) == 2 and values[0] > values[1]:
+        raise ConfigError(f"{key}={_show(value)}: the first value (start/low) must not exceed the second")
+
+
+def _show(value: Any) -> str:
+    return str(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def check_device(name: str, key: str = "run.device", allowed: str = RUN_DEVICES) -> str:
+    """Check that a device string is well formed and present on this machine; return it.
+
+    Args:
+        name: "auto", "cpu", "cuda" or "cuda:N" (and "mps" where `allowed` says so).
+        key: the config key or flag named in the error.
+        allowed: the choices listed in the error.
+
+    Raises:
+        ConfigError: a malformed name ("potato"), or CUDA (or device N) missing on this machine,
+            which would otherwise silently run on the CPU.
+    """
+    import torch  # here: reading a config needs no torch
+
+    if name == "auto":
+        return name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{key}={name!r} is not a device; choose {allowed}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"{key}={name!r}, but this machine has no usable CUDA device (torch "
+                              f"{torch.__version__}); use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{key}={name!r}, but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and "mps" in allowed:
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{key}={name!r}, but MPS is not available on this machine; use cpu or auto")
+    elif device.type != "cpu":
+        raise ConfigError(f"{key}={name!r} is not supported; choose {allowed}")
+    return name
+
+
+def _check_ranges(cfg: Config) -> None:
+    sections = {"model": cfg.model, "mask": cfg.mask, "data": cfg.data, "data.synthetic": cfg.data.synthetic,
+                "optim": cfg.optim, "run": cfg.run}
+    for section, fields in RANGES.items():
+        if section == "mask.generators":
+            for number, generator in enumerate(cfg.mask.generators):
+                for name, bounds in fields.items():
+                    _check_range(f"mask.generators[{number}].{name}", getattr(generator, name), bounds)
+            continue
+        for name, bounds in fields.items():
+            _check_range(f"{section}.{name}", getattr(sections[section], name), bounds)
+
+
 def validate(cfg: Config) -> Config:
-    """Check cross-field constraints; raise ConfigError naming the offending key."""
+    """Check every setting's range or choice and the cross-field constraints.
+
+    Raises:
+        ConfigError: one line naming the offending key and what it must be.
+    """
+    _check_ranges(cfg)
     m, d = cfg.model, cfg.data
+    if not cfg.mask.generators and cfg.mask.kind != "tube":
+        raise ConfigError(f"mask.generators is empty; mask.kind={cfg.mask.kind} needs at least one generator")
+    if d.source == "mixture" and d.weights and len(d.weights) != len([p for p in d.path.split(",") if p.strip()]):
+        raise ConfigError(f"data.weights has {len(d.weights)} values for {d.path!r}: give one per path")
+    if d.max_frames and d.max_frames < d.min_frames:
+        raise ConfigError(f"data.max_frames={d.max_frames} is below data.min_frames={d.min_frames}")
     if m.embed_dim % m.num_heads:
         raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by model.num_heads={m.num_heads}")
     heads = m.predictor_num_heads or m.num_heads
@@ -526,6 +667,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.num_frames={d.num_frames} is not a multiple of model.tubelet_size")
     if d.crop_size % m.patch_size:
         raise ConfigError(f"data.crop_size={d.crop_size} is not a multiple of model.patch_size={m.patch_size}")
+    if not cfg.run.out_dir.strip():
+        raise ConfigError("run.out_dir is empty; name the run directory")
     choices = {
         "mask.kind": (cfg.mask.kind, ("multiblock", "tube", "causal")),
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
@@ -534,16 +677,13 @@ def validate(cfg: Config) -> Config:
         "optim.target_norm": (cfg.optim.target_norm, ("layer", "layer_center", "layer_instance")),
         "run.distributed": (cfg.run.distributed, ("ddp", "fsdp")),
         "data.short_video_policy": (d.short_video_policy, ("skip", "loop", "pad")),
+        "data.source": (d.source, ("synthetic", "csv", "folder", "frames", "tiff", "mixture", "cache")),
+        "data.decoder": (d.decoder, ("pyav", "torchcodec")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
     if cfg.optim.target_norm != "layer" and cfg.run.objective != "jepa":
         raise ConfigError(f"optim.target_norm={cfg.optim.target_norm!r} needs run.objective=jepa (pixel targets are normalised per tubelet)")
-    if cfg.optim.predictor_lr_scale <= 0:
-        raise ConfigError("optim.predictor_lr_scale must be > 0")
-    if cfg.optim.steps < 1:
-        raise ConfigError("optim.steps must be >= 1")
-    if cfg.optim.warmup_steps < 0:
-        raise ConfigError("optim.warmup_steps must be >= 0")
+    check_device(cfg.run.device, "run.device")
     return cfg

@@ -8,8 +8,12 @@ Shapes: B batch, C channels, T frames, H/W pixels, N tokens.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
+import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +24,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vjepa import distributed as dist_utils
-from vjepa.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from vjepa.checkpoint import (
+    atomic_write,
+    describe_nonfinite,
+    load_checkpoint,
+    load_state_strict,
+    nonfinite_tensors,
+    remove_stale_temps,
+    save_checkpoint,
+    write_failure,
+)
 from vjepa.config import Config, ConfigError, to_dict, to_yaml, validate
 from vjepa.jepa import (
     JEPA,
@@ -37,7 +50,21 @@ from vjepa.models.vit import build_encoder
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+    """The loss or the weights became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM (a scheduler's pre-emption) arrived: a checkpoint was saved and the run stopped.
+
+    `exit_code` is 143 (128 + SIGTERM), what a process killed by SIGTERM reports, so schedulers
+    (SLURM `--requeue`, Kubernetes restart policies) treat the run as interrupted, not finished.
+    """
+
+    exit_code = 128 + signal.SIGTERM
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process is training in the same run directory; the message names its pid."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,15 +277,19 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError("run.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+                raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install 'vjepa[tensorboard]'") from None
             self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (must contain `step`)."""
         if not self.enabled:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.out_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise write_failure(err, path) from None
         if self._writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -336,13 +367,134 @@ def check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
         )
 
 
+def write_config(cfg: Config, out_dir: Path) -> None:
+    """Write the resolved config to `out_dir/config.yaml` atomically (a full disk leaves the old one)."""
+    atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+
+
 def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
-    """Create the run directory and write the resolved config there."""
+    """Create the run directory and write the resolved config there (for runs that never resume)."""
     out_dir = Path(cfg.run.out_dir)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_config(cfg, out_dir)
     return out_dir
+
+
+def trim_metrics(out_dir: Path, step: int) -> int:
+    """Drop metrics.jsonl records past `step` (a resumed run logs those steps again). Returns how many."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            keep = int(json.loads(line).get("step", 0)) <= step
+        except (ValueError, AttributeError):  # a line cut short by a kill: drop it
+            keep = False
+        if keep:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
+    return len(lines) - len(kept)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory: `out_dir/.lock`, holding the owner's pid.
+
+    On POSIX an `flock` on the file (the kernel drops it when the process dies, however it dies);
+    elsewhere the file's existence plus a liveness check of the pid in it. A lock file left by a
+    dead process is taken over.
+
+    Raises:
+        RunDirLocked: naming the directory and the live holder's pid.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / ".lock"
+        self._fd: int | None = None
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def _refuse(self) -> None:
+        holder = self._holder()
+        who = f"process {holder}" if holder else "another process"
+        raise RunDirLocked(
+            f"{self.path.parent} is in use by {who} (lock {self.path}): two runs in one run.out_dir would "
+            "overwrite each other's checkpoints and log every step twice. Wait for it, stop it, or pick "
+            "another run.out_dir"
+        )
+
+    def acquire(self) -> RunLock:
+        """Take the lock (RunDirLocked if a live process holds it)."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): trust a pid file whose process is alive
+            holder = self._holder()
+            if holder and holder != os.getpid() and _pid_alive(holder):
+                self._refuse()
+            self.path.write_text(f"{os.getpid()}\n")
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                self._refuse()
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (the file stays; its pid is stale and the next run takes it over)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+class StopRequest:
+    """Turns SIGTERM into a flag the loop checks at every step boundary (main thread only).
+
+    The previous handler is restored on exit, so library callers keep their own signal handling.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        """Catch SIGTERM from now on (signals can only be caught in the main thread)."""
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handler that was there before `install`."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,18 +502,48 @@ def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Pretrain per `cfg`, resuming from `<out_dir>/latest.pt` if present. Returns a summary dict."""
+    """Pretrain per `cfg`, resuming from `<out_dir>/latest.pt` if present. Returns a summary dict.
+
+    Raises:
+        ConfigError: a bad setting, a checkpoint of another run, or one already past `optim.steps`
+            (nothing in the run directory is changed then).
+        RunDirLocked: another live process trains in `run.out_dir`.
+        TrainingDiverged: the loss or the weights became NaN/inf (nothing non-finite is saved).
+        TrainingInterrupted: SIGTERM arrived; a checkpoint of the last whole step was saved first.
+        StorageError: a checkpoint, config or log write failed (e.g. the disk is full).
+    """
     validate(cfg)
     env = dist_utils.setup(cfg.run.device)
+    is_main = env.rank == 0
+    out_dir = Path(cfg.run.out_dir)
+    lock, stop = None, StopRequest()
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out_dir).acquire()  # before any file in it is read or cleaned
+    stop.install()
+    try:
+        summary = _train_locked(cfg, env, out_dir, stop)
+    finally:
+        stop.restore()
+        if lock is not None:
+            lock.release()
+    dist_utils.teardown(env)
+    return summary
+
+
+def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: StopRequest) -> dict[str, Any]:
+    """`train` once the run directory is locked: restore, check, set up, loop."""
     device, is_main = env.device, env.rank == 0
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(init_seed(cfg))  # model init: identical on every rank
-    latest = Path(cfg.run.out_dir) / "latest.pt"
+    latest = out_dir / "latest.pt"
+    if is_main:
+        remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
     state = load_checkpoint(latest) if latest.exists() else None  # any world size wrote it
-    if state is not None:  # checked before config.yaml is rewritten, so a refused resume changes nothing
+    if state is not None:  # checked before anything is written, so a refused resume changes nothing
         check_resume_config(state.get("config", {}), cfg, latest)
-    out_dir = prepare_run_dir(cfg, is_main)
+        check_resume_step(int(state["step"]), cfg, latest)
     model = JEPA(cfg, num_generators(cfg.mask)).to(device)
     if state is not None:
         restore_networks(model, state, latest)
@@ -376,24 +558,47 @@ def train(cfg: Config) -> dict[str, Any]:
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
     )
-    start = 0
+    start, saved_loss = 0, float("nan")
     if state is not None:
         dist_utils.load_optimizer_state(model, optimizer, state["opt"])
-        start = int(state["step"])
+        start, saved_loss = int(state["step"]), float(state.get("loss", float("nan")))
     del state
     loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size)
     grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    if is_main:  # the settings are accepted: only now is the run directory changed
+        write_config(cfg, out_dir)
+        trim_metrics(out_dir, start)
     log = RunLog(out_dir, enabled=is_main, tensorboard=cfg.run.tensorboard)
     if is_main:
         log.write({"step": start, "event": "start" if start == 0 else "resume", "world_size": env.world_size})
-    summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log)
-    log.close()
-    dist_utils.teardown(env)
+    try:
+        summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop)
+    finally:
+        log.close()
+    if start == cfg.optim.steps and math.isnan(summary["final_loss"]):
+        summary["final_loss"] = saved_loss  # a finished run started again: report what it ended with
     return {**summary, "rank": env.rank, "world_size": env.world_size}  # the CLI probes on rank 0 only
 
 
-def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log) -> dict[str, Any]:
-    """Iterate steps start..steps-1: train, log, monitor collapse, checkpoint; stop on NaN/inf."""
+def check_resume_step(step: int, cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint already past `optim.steps` (ConfigError; nothing is written).
+
+    `optim.steps` may grow on resume (a longer schedule) but not shrink below what was trained:
+    the run cannot be un-trained, and continuing would train nothing while claiming a result.
+    """
+    if step > cfg.optim.steps:
+        raise ConfigError(
+            f"{path} already finished at step {step}, past optim.steps={cfg.optim.steps}: nothing to train. "
+            f"Use optim.steps={step} or more to continue it, or another run.out_dir for a new run"
+        )
+
+
+def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop=None) -> dict[str, Any]:
+    """Iterate steps start..steps-1: train, log, monitor collapse, checkpoint; stop on NaN/inf.
+
+    A checkpoint is written only when every tensor in it is finite. When `stop.requested` turns
+    true (SIGTERM), the step in flight finishes, a checkpoint is saved and TrainingInterrupted raised.
+    """
     is_main, device = env.rank == 0, env.device
     out_dir = Path(cfg.run.out_dir)
     bar = make_progress(cfg, start, is_main)
@@ -410,11 +615,12 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
         first_bad = torch.where((~finite) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         loss_sum, loss_count, clips = loss_sum + result.loss.detach(), loss_count + 1, clips + video.shape[0]
         done = step + 1
+        stopping = stop_requested(stop, env)
         is_log = done % cfg.run.log_every == 0 or done == cfg.optim.steps
         is_keep = bool(cfg.run.keep_every) and done % cfg.run.keep_every == 0
-        is_ckpt = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps or is_keep
+        is_ckpt = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps or is_keep or stopping
         if is_log or is_ckpt:
-            check_finite(first_bad, out_dir, last_good)
+            check_finite(first_bad, out_dir, last_good, cfg)
         if is_log:
             mean_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1), env).item()
             rate = clips * env.world_size / max(time.perf_counter() - t0, 1e-9)
@@ -439,6 +645,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{result.lr:.2e}", clips_s=f"{rate:.1f}")
         bar.update(1)
         if is_ckpt:
+            check_weights_finite(model, optimizer, done, out_dir, last_good, cfg, env)
             state = checkpoint_state(model, optimizer, done, cfg, last_loss)  # a collective under FSDP
             path = out_dir / "latest.pt"
             if is_main:
@@ -448,6 +655,14 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
             last_good, state = (path, done), None
         if is_ckpt:
             dist_utils.barrier(env)
+        if stopping:
+            bar.close()
+            message = (f"received SIGTERM: saved {out_dir / 'latest.pt'} at step {done} of {cfg.optim.steps}; "
+                       f"stopping with exit status {TrainingInterrupted.exit_code}. Run the same command again "
+                       "to resume exactly from there")
+            if is_main:
+                print(message, file=sys.stderr, flush=True)
+            raise TrainingInterrupted(message)
     bar.close()
     summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir)}
     if initial_stats and last_stats:
@@ -459,18 +674,71 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
     return summary
 
 
-def check_finite(first_bad: torch.Tensor, out_dir: Path, last_good: tuple[Path, int] | None) -> None:
+def stop_requested(stop: StopRequest | None, env: dist_utils.DistEnv) -> bool:
+    """Whether any rank received SIGTERM (all ranks must stop at the same step to save together)."""
+    local = bool(stop is not None and stop.requested)
+    if not env.distributed:
+        return local
+    flag = torch.tensor(float(local), device=env.device)
+    return bool(dist_utils.all_reduce_mean(flag, env).item() > 0)
+
+
+def divergence_advice(cfg: Config) -> str:
+    """What to do after a divergence, limited to what `check_resume_config` accepts.
+
+    Resuming under the same settings replays the same steps (the run is deterministic) and diverges
+    again; run.* settings may change on resume, learning settings only in a new run directory.
+    """
+    resume = " Resume it with run.dtype=fp32 (a resume may change run.* settings), or start" \
+        if cfg.run.dtype != "fp32" else " Start"
+    return (f"{resume} a new run (another run.out_dir) with a lower optim.lr or a smaller optim.grad_clip; "
+            "resuming under the same settings replays the same steps and diverges again.")
+
+
+def _last_good_text(out_dir: Path, last_good: tuple[Path, int] | None) -> str:
+    if last_good:
+        return f"{last_good[0]} (step {last_good[1]})"
+    if (out_dir / "latest.pt").exists():
+        return f"{out_dir / 'latest.pt'} (from before this start)"
+    return "none written yet"
+
+
+def check_finite(first_bad: torch.Tensor, out_dir: Path, last_good: tuple[Path, int] | None,
+                 cfg: Config | None = None) -> None:
     """Raise TrainingDiverged (naming the step and the last good checkpoint) if a loss was NaN/inf."""
     bad_step = int(first_bad.item())
     if bad_step < 0:
         return
-    where = f"{last_good[0]} (step {last_good[1]})" if last_good else "none written yet in this process"
-    if last_good is None and (out_dir / "latest.pt").exists():
-        where = f"{out_dir / 'latest.pt'}"
     raise TrainingDiverged(
-        f"the loss became NaN or infinite at step {bad_step + 1}; stopped. Last good checkpoint: {where}. "
-        "Try a lower optim.lr, run.dtype=fp32, or a smaller optim.grad_clip."
+        f"the loss became NaN or infinite at step {bad_step + 1}; stopped. Last good checkpoint: "
+        f"{_last_good_text(out_dir, last_good)}." + (divergence_advice(cfg) if cfg is not None else "")
     )
+
+
+def check_weights_finite(model: JEPA, optimizer: torch.optim.Optimizer, step: int, out_dir: Path,
+                         last_good: tuple[Path, int] | None, cfg: Config, env: dist_utils.DistEnv) -> None:
+    """Raise TrainingDiverged if any weight or optimiser moment is NaN/inf, before it could be saved.
+
+    The loss is computed before the step's update, so an update that overflows leaves a finite loss
+    and poisoned weights; this check is what keeps a "last good" checkpoint good. Every rank checks
+    its own (possibly sharded) tensors, and all ranks agree before any of them raises.
+    """
+    def local(t: torch.Tensor) -> torch.Tensor:  # an FSDP shard (DTensor) is checked where it lives
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    tensors: dict[str, Any] = {f"model.{k}": local(v) for k, v in model.state_dict().items()}
+    tensors["opt"] = [local(t) for per_param in optimizer.state.values() for t in per_param.values()
+                      if isinstance(t, torch.Tensor)]
+    found = nonfinite_tensors(tensors)
+    bad = float(bool(found))
+    if env.distributed:
+        bad = dist_utils.all_reduce_mean(torch.tensor(bad, device=env.device), env).item()
+    if bad > 0:
+        where = f": {describe_nonfinite(found)}" if found else " (on another rank)"
+        raise TrainingDiverged(
+            f"the weights became NaN or infinite in the update of step {step}{where}; stopped without "
+            f"saving them. Last good checkpoint: {_last_good_text(out_dir, last_good)}." + divergence_advice(cfg)
+        )
 
 
 def make_progress(cfg: Config, start: int, is_main: bool):

@@ -3,7 +3,7 @@
 Image grids are composed with numpy and written with Pillow, so their size is exact: every cell
 is `cell` x `cell` pixels with `GAP` white pixels between cells. A `.png` output is one grid; a
 `.gif` output animates the clip frame by frame. Curves are drawn with matplotlib (PNG, PDF, SVG).
-Needs the `viz` extra: `pip install matplotlib pillow`.
+Uses matplotlib and Pillow (default dependencies of vjepa).
 
 Shape legend: T frames, S model input side, T'/H'/W' token grid, N = T'*H'*W' tokens, D width.
 """

@@ -76,13 +76,18 @@ def read_csv_list(csv_path: str | Path) -> list[VideoRecord]:
     lines starting with `#` are ignored.
 
     Raises:
-        DataError: naming the file (and line) when it is missing or a label is not an integer.
+        DataError: naming the file (and line) when it is missing, not UTF-8 text, or a label is not
+            an integer.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"video list not found: {csv_path}")
+    try:
+        text = csv_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"video list {csv_path} is not UTF-8 text (byte {err.start}); is it a CSV list?") from None
     records = []
-    for number, line in enumerate(csv_path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
             records.append(_csv_record(line, csv_path, number))
@@ -101,17 +106,32 @@ def _csv_record(line: str, csv_path: Path, number: int) -> VideoRecord:
     return VideoRecord(str(resolved), label)
 
 
-def scan_folder(root: str | Path, kind: str = "folder") -> tuple[list[VideoRecord], list[str], list[str]]:
+class EmptyClassWarning(UserWarning):
+    """A class folder holds no videos in this split (its label is kept, so other splits agree)."""
+
+
+# the splits whose class folders together define the class list (and so every label)
+SPLITS = ("train", "val", "test")
+
+
+def scan_folder(
+    root: str | Path, kind: str = "folder", classes: Sequence[str] | None = None
+) -> tuple[list[VideoRecord], list[str], list[str]]:
     """List the videos under `root`, labelled by the name of their sub-folder.
 
-    Layouts: `root/CLASS/clip.mp4` (label = index of CLASS among the sorted class names; deeper
-    nesting under CLASS is allowed) and `root/clip.mp4` (label -1). For kind "frames" a video is a
-    folder of images: `root/CLASS/VIDEO/0001.png` or `root/VIDEO/0001.png`. For kind "tiff" the
-    files are .tif/.tiff stacks; a single TIFF file as `root` is a dataset of one.
+    Layouts: `root/CLASS/clip.mp4` (label = index of CLASS among the class names; deeper nesting
+    under CLASS is allowed) and `root/clip.mp4` (label -1). For kind "frames" a video is a folder
+    of images: `root/CLASS/VIDEO/0001.png` or `root/VIDEO/0001.png`. For kind "tiff" the files are
+    .tif/.tiff stacks; a single TIFF file as `root` is a dataset of one.
+
+    A class folder without videos keeps its index (an `EmptyClassWarning` names it): numbering only
+    the non-empty ones would give a class another label in a split where some other class is empty.
 
     Args:
         root: the folder (or one TIFF file).
         kind: "folder" (video files), "frames" or "tiff".
+        classes: the class names that define the labels, e.g. the union over all splits
+            (`split_class_names`); default: this folder's class folders, sorted.
 
     Returns:
         (records, class names, ignored files with an unsupported extension).
@@ -126,17 +146,48 @@ def scan_folder(root: str | Path, kind: str = "folder") -> tuple[list[VideoRecor
         return [VideoRecord(str(root))], [], []
     records, ignored = _listing(root, kind, recursive=False)
     records = [VideoRecord(str(v)) for v in records]
-    class_dirs = [
-        d for d in sorted(root.iterdir()) if d.is_dir() and not (kind == "frames" and _is_frame_folder(d))
-    ]
-    classes = []
+    class_dirs = _class_dirs(root, kind)
+    names = list(classes) if classes is not None else [d.name for d in class_dirs]
+    index = {name: number for number, name in enumerate(names)}
+    found = set()
     for folder in class_dirs:
         videos, skipped = _listing(folder, kind, recursive=True)
-        if videos:
-            records += [VideoRecord(str(v), len(classes)) for v in videos]
-            classes.append(folder.name)
+        if folder.name not in index:
+            raise DataError(f"{folder}: class folder not among the classes {names}")
+        records += [VideoRecord(str(v), index[folder.name]) for v in videos]
+        found.update([folder.name] if videos else [])
         ignored += skipped
-    return records, classes, [str(f) for f in ignored]
+    for name in names:
+        if name not in found:
+            warnings.warn(f"class {name!r} has no videos in {root} (its label {index[name]} is kept)",
+                          EmptyClassWarning, stacklevel=2)
+    return records, names, [str(f) for f in ignored]
+
+
+def _class_dirs(root: Path, kind: str) -> list[Path]:
+    """The class sub-folders of `root`, sorted (hidden folders and, for frames, videos excluded)."""
+    return [
+        d for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and not (kind == "frames" and _is_frame_folder(d))
+    ]
+
+
+def split_class_names(path: str, kind: str, split: str = "train") -> list[str] | None:
+    """The sorted union of class folder names over every split of `path` (None: not class folders).
+
+    `path` as `data.path` holds it (with `{split}`, or a folder with split sub-folders; see
+    `resolve_split_path`), so train, val and test all number their classes the same way.
+    """
+    if kind not in ("folder", "frames", "tiff"):
+        return None
+    names: set[str] = set()
+    resolved = {resolve_split_path(path, s) for s in (split, *SPLITS)}
+    # a split-structured path: only its split folders (`path` itself holds them, not classes)
+    for root in {r for r in resolved if r != path} or {path}:
+        folder = Path(root)
+        if folder.is_dir() and not (kind == "frames" and _is_frame_folder(folder)):
+            names.update(d.name for d in _class_dirs(folder, kind))
+    return sorted(names)
 
 
 def _listing(folder: Path, kind: str, recursive: bool) -> tuple[list[Path], list[Path]]:
@@ -186,12 +237,17 @@ def resolve_split_path(path: str, split: str) -> str:
     return path
 
 
-def load_records(path: str, source: str) -> tuple[list[VideoRecord], list[str], list[str]]:
-    """Records of a csv/folder/frames/tiff source: (records, class names, ignored files)."""
+def load_records(
+    path: str, source: str, classes: Sequence[str] | None = None
+) -> tuple[list[VideoRecord], list[str], list[str]]:
+    """Records of a csv/folder/frames/tiff source: (records, class names, ignored files).
+
+    `classes` fixes the class list of folder sources (see `scan_folder`, `split_class_names`).
+    """
     if source == "csv":
         return read_csv_list(path), [], []
     if source in ("folder", "frames", "tiff"):
-        return scan_folder(path, source)
+        return scan_folder(path, source, classes)
     raise DataError(f"data.source={source!r} does not name files; choose csv, folder, frames or tiff")
 
 
@@ -500,5 +556,6 @@ def _files_dataset(
 ) -> VideoClipDataset:
     if not path:
         raise DataError(f"data.source={source} needs data.path")
-    records, classes, ignored = load_records(resolve_split_path(path, split), source)
+    names = split_class_names(path, source, split)  # the same labels in every split
+    records, classes, ignored = load_records(resolve_split_path(path, split), source, names)
     return VideoClipDataset(records, spec, transform, train, cfg.decoder, cfg.strict, classes, ignored)

@@ -502,7 +502,7 @@ class FrameFolderBackend:
         try:
             from PIL import Image
         except ImportError:
-            raise DecodeError(file, "unsupported", "frame folders need Pillow: pip install pillow") from None
+            raise DecodeError(file, "unsupported", "frame folders need Pillow (a vjepa dependency): pip install pillow") from None
         with Image.open(file) as image:
             if image.mode not in ("L", "RGB", "I;16", "I", "F", "1"):  # palette, alpha, CMYK, ...
                 image = image.convert("RGB")
@@ -556,7 +556,7 @@ def _open_tiff(path: str) -> Any:
     try:
         import tifffile
     except ImportError:
-        raise DecodeError(path, "unsupported", "TIFF stacks need tifffile: pip install tifffile") from None
+        raise DecodeError(path, "unsupported", "TIFF stacks need tifffile: pip install 'vjepa[tiff]'") from None
     return tifffile.TiffFile(path)
 
 

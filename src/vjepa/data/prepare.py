@@ -48,6 +48,7 @@ from vjepa.data.datasets import (
     detect_source,
     load_records,
     resolve_split_path,
+    split_class_names,
 )
 from vjepa.data.decode import DecodeError, iter_frames, probe_video
 from vjepa.data.sampling import ClipSpec, frame_step_for, sample_clip_indices
@@ -55,6 +56,10 @@ from vjepa.data.sampling import ClipSpec, frame_step_for, sample_clip_indices
 CACHE_VERSION = 1
 INDEX_NAME = "index.json"
 SHARD_BYTES = 2**30  # start a new shard after this many bytes (a video never straddles two)
+# A video decoding to fewer than this share of the frames its container declares is reported as a
+# short read (a truncated or damaged file; Debian's tree.avi stops at 68 of 444). Containers'
+# counts are estimates that are often a few frames off, hence the margin.
+SHORT_READ_FRACTION = 0.8
 
 
 def cache_short_side(crop_size: int) -> int:
@@ -142,7 +147,7 @@ class _WholeVideos(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """{"frames": uint8 [T, h, w, 3], "fps": float} or {"error": DecodeError}."""
+        """{"frames": uint8 [T, h, w, 3], "fps": float, "declared": container's frame count} or {"error": DecodeError}."""
         path = self.records[index].path
         try:
             info = probe_video(path, self.decoder)
@@ -153,7 +158,7 @@ class _WholeVideos(Dataset):
             chunks = [resize_short_side(c, self.short_side) for c in iter_frames(path, self.decoder)]
             if not chunks:
                 raise DecodeError(path, "zero_frames", "no frame decoded")
-            return {"frames": np.concatenate(chunks), "fps": info.fps}
+            return {"frames": np.concatenate(chunks), "fps": info.fps, "declared": info.num_frames}
         except DecodeError as error:
             return {"error": error}
 
@@ -186,7 +191,7 @@ def prepare_cache(
     folder.mkdir(parents=True, exist_ok=True)
     short_side = short_side or cache_short_side(cfg.crop_size)
     writer = _ShardWriter(folder)
-    videos, skipped = _write_videos(cfg, records, short_side, writer, progress, f"prepare {split}")
+    videos, skipped, short_reads = _write_videos(cfg, records, short_side, writer, progress, f"prepare {split}")
     index = {
         "version": CACHE_VERSION,
         "source": cfg.source,
@@ -197,9 +202,12 @@ def prepare_cache(
         "shards": writer.names,
         "skipped": dict(Counter(reason for _, reason in skipped)),
         "skipped_files": skipped,
+        "short_reads": short_reads,
         "videos": videos,
     }
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=1))
+    from vjepa.checkpoint import atomic_write
+
+    atomic_write(folder / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
     return folder
 
 
@@ -216,7 +224,7 @@ def _mixture_records(
     for number, path in enumerate(paths):
         resolved = resolve_split_path(path, split)
         kind = detect_source(resolved) if cfg.source == "mixture" else cfg.source
-        found, names, _ = load_records(resolved, kind)
+        found, names, _ = load_records(resolved, kind, split_class_names(path, kind, split))
         records += [(record, number) for record in found]
         classes = classes or names
     return paths, records, classes
@@ -229,13 +237,18 @@ def _write_videos(
     writer: _ShardWriter,
     progress: bool,
     desc: str,
-) -> tuple[list[dict], list[list[str]]]:
-    """Decode (in `cfg.num_workers` workers), resize and append every video; return index entries."""
+) -> tuple[list[dict], list[list[str]], list[list]]:
+    """Decode (in `cfg.num_workers` workers), resize and append every video.
+
+    Returns:
+        (index entries, [path, reason] of skipped files, [path, decoded, declared] of short reads:
+        videos that decoded to far fewer frames than their container declares, cached as decoded).
+    """
     from tqdm import tqdm
 
     decoded = _WholeVideos([r for r, _ in records], short_side, cfg.decoder, cfg.max_frames)
     loader = DataLoader(decoded, batch_size=None, num_workers=cfg.num_workers, collate_fn=_identity)
-    videos, skipped = [], []
+    videos, skipped, short_reads = [], [], []
     try:
         for (record, source), item in tqdm(
             zip(records, loader), total=len(records), desc=desc, disable=not progress
@@ -244,6 +257,8 @@ def _write_videos(
                 _skip_or_raise(cfg, item["error"], skipped)
                 continue
             frames = item["frames"]
+            if len(frames) < SHORT_READ_FRACTION * item["declared"]:
+                _note_short_read(record.path, len(frames), item["declared"], short_reads)
             shard, offset = writer.begin_video()
             writer.write(frames)
             num_frames, height, width = frames.shape[:3]
@@ -262,7 +277,17 @@ def _write_videos(
             )
     finally:
         writer.close()
-    return videos, skipped
+    return videos, skipped, short_reads
+
+
+def _note_short_read(path: str, decoded: int, declared: int, short_reads: list[list]) -> None:
+    import warnings
+
+    from vjepa.data.datasets import SkippedVideoWarning
+
+    warnings.warn(f"short read: {path} decoded to {decoded} of the {declared} frames its container declares "
+                  "(cached as decoded)", SkippedVideoWarning, stacklevel=3)
+    short_reads.append([path, decoded, declared])
 
 
 def _identity(item: Any) -> Any:
@@ -403,9 +428,16 @@ def cache_summary(cache_dir: str | Path) -> str:
     index = load_cache_index(cache_dir)
     frames = sum(v["num_frames"] for v in index["videos"])
     size = sum((Path(cache_dir) / name).stat().st_size for name in index["shards"])
+    short = index.get("short_reads", [])
+    shorts = (f"; short reads {len(short)} (far fewer frames decoded than declared, cached as decoded): "
+              + ", ".join(f"{path} ({decoded} of {declared})" for path, decoded, declared in short)) if short else ""
+    skipped = index.get("skipped_files", [])
+    named = (": " + ", ".join(f"{path} ({reason})" for path, reason in skipped[:10])
+             + (f", ... ({len(skipped)} in all)" if len(skipped) > 10 else "")) if skipped else ""
     return (
         f"{cache_dir}: {len(index['videos'])} videos, {frames} frames at short side {index['short_side']}, "
-        f"{size / 2**20:.1f} MiB in {len(index['shards'])} shards; skipped {index['skipped'] or 'none'}"
+        f"{size / 2**20:.1f} MiB in {len(index['shards'])} shards; skipped {index['skipped'] or 'none'}{named}"
+        f"{shorts}"
     )
 
 
