@@ -59,7 +59,7 @@ def _probe_after(cfg) -> dict:
     training that already finished.
     """
     try:
-        from vjepa.evaluate import default_tasks, describe, describe_classes, quick_probe
+        from vjepa.eval import default_tasks, describe, describe_classes, quick_probe
     except ImportError:
         return {"skipped": "evaluation module not available"}
     if "motion" not in default_tasks(cfg):
@@ -156,7 +156,7 @@ def _add_prepare(sub) -> None:
 
 def _probe_config(args: argparse.Namespace):
     """A ProbeConfig from the shared `probe` / `eval` flags."""
-    from vjepa.evaluate import make_probe_config
+    from vjepa.eval import make_probe_config
 
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "num_segments": args.segments,
                 "num_crops": args.crops, "attend_across_segments": args.attend_across_segments,
@@ -191,7 +191,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
 def _probe(args: argparse.Namespace) -> int:
     import torch
 
-    from vjepa.evaluate import describe, describe_classes, probe_checkpoint
+    from vjepa.eval import describe, describe_classes, probe_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,7 +217,7 @@ def _add_probe(sub) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from vjepa.evaluate import evaluate_checkpoint, format_table
+    from vjepa.eval import evaluate_checkpoint, format_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,7 +254,7 @@ def _load_encoder(args: argparse.Namespace):
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from vjepa.api import embed_files, list_videos, save_features
+    from vjepa.eval import embed_files, list_videos, save_features
 
     encoder = _load_encoder(args)
     videos = list_videos(args.input)
@@ -262,12 +262,12 @@ def _embed(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
-    if not result.paths:
+    if not result.videos:
         print(f"vjepa embed: error: none of the {len(videos)} videos could be embedded", file=sys.stderr)
         return 1
     written = save_features(args.output, result, args.dtype)
-    print(f"embedded {len(result.paths)} of {len(videos)} videos: {len(result.features)} windows, features "
-          f"{tuple(result.features.shape)} -> {', '.join(str(w) for w in written)}"
+    print(f"embedded {len(result.videos)} of {len(videos)} videos: {len(result)} windows, tokens "
+          f"{tuple(result.tokens.shape)} -> {', '.join(str(w) for w in written)}"
           + (f" ({len(result.failures)} skipped, listed above)" if result.failures else ""))
     return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from target_vs_online import encoders
 
-from vjepa.evaluate import probe_encoder
+from vjepa.eval import probe_encoder
 
 torch.set_num_threads(1)
 run = sys.argv[1]

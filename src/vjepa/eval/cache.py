@@ -1,0 +1,120 @@
+"""The token-feature cache of one frozen encoder: each split encoded once per view layout.
+
+Shape legend: M clips, V views per clip, N tokens per view, D width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from vjepa.api import checkpoint_path, load
+from vjepa.config import Config, ProbeConfig, to_dict
+from vjepa.distributed import resolve_device
+from vjepa.eval.features import Features, encoder_fingerprint, extract_features, load_features, save_features
+from vjepa.eval.views import frames_per_segment, view_dataset
+from vjepa.precision import freeze
+
+
+class FeatureCache:
+    """Token features of one frozen encoder, computed once per split and view layout.
+
+    Training splits are viewed through the centre crop only (C = 1), evaluation splits through
+    `probe_cfg.num_crops` crops; both through `probe_cfg.num_segments` segments. With
+    `probe_cfg.cache_dir` the features also go to disk, named by a hash of the encoder's weights and
+    of the data config, so a later process reuses them.
+
+    Args:
+        encoder: the frozen encoder.
+        cfg: the run's Config (data and model sections).
+        probe_cfg: view layout, batch size, dtype, max_train_clips, cache_dir, device.
+        progress: show tqdm bars while extracting.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig | None = None, progress: bool = False
+    ):
+        self.encoder, self.cfg = freeze(encoder), cfg
+        self.probe_cfg = probe_cfg or ProbeConfig()
+        self.progress = progress
+        self.seconds = 0.0  # time spent running the encoder
+        self._store: dict[tuple, Features] = {}
+        self._fingerprint: str | None = None
+
+    def _key(self, split: str, train: bool) -> tuple:
+        p = self.probe_cfg
+        crops = 1 if train else p.num_crops
+        limit = p.max_train_clips if train else 0
+        return split, p.num_segments, crops, frames_per_segment(self.cfg, p), p.resize_ratio, limit
+
+    def _path(self, key: tuple) -> Path | None:
+        if not self.probe_cfg.cache_dir:
+            return None
+        if self._fingerprint is None:  # this encoder's weights on this data
+            data = hashlib.sha1(json.dumps(to_dict(self.cfg.data), sort_keys=True).encode()).hexdigest()[:6]
+            self._fingerprint = f"{encoder_fingerprint(self.encoder)}-{data}"
+        split, segments, crops, frames, ratio, limit = key
+        name = f"{self._fingerprint}_{split}_s{segments}c{crops}f{frames}r{ratio:g}m{limit}.safetensors"
+        return Path(self.probe_cfg.cache_dir) / name
+
+    def get(self, split: str, train: bool) -> Features:
+        """Features of `split` (train=True: centre crop, at most max_train_clips clips)."""
+        key = self._key(split, train)
+        if key not in self._store:
+            path = self._path(key)
+            if path is not None and path.is_file():
+                self._store[key] = load_features(path)
+            else:
+                self._store[key] = self._extract(key)
+                if path is not None:
+                    save_features(path, self._store[key])
+        return self._store[key]
+
+    def _extract(self, key: tuple) -> Features:
+        split, segments, crops, _, _, limit = key
+        p = self.probe_cfg
+        dataset = view_dataset(self.cfg, p, split, crops)
+        if limit and limit < len(dataset):
+            dataset = Subset(dataset, range(limit))
+        start = time.perf_counter()
+        store = torch.bfloat16 if p.feature_dtype == "bf16" else torch.float32
+        features = extract_features(self.encoder, dataset, segments, crops, p.feature_batch_size,
+                                    resolve_device(p.device), self.cfg.run.dtype == "bf16", store,
+                                    self.cfg.data.num_workers, self.progress)
+        self.seconds += time.perf_counter() - start
+        return features
+
+
+
+_RECENT: dict[tuple, FeatureCache] = {}
+
+
+def recent_cache(path: str | Path, which: str = "target_encoder") -> FeatureCache:
+    """The feature cache of the checkpoint `quick_probe` saw last, kept while that file is unchanged.
+
+    So `quick_probe(run, "motion")` then `quick_probe(run, "appearance")` runs the encoder once.
+    Only the most recent checkpoint's features are kept in memory.
+    """
+    checkpoint = checkpoint_path(path)
+    key = (str(checkpoint.resolve()), checkpoint.stat().st_mtime_ns, which)
+    if key not in _RECENT:
+        _RECENT.clear()
+        encoder, cfg = load_frozen(checkpoint, which)
+        _RECENT[key] = FeatureCache(encoder, cfg)
+    return _RECENT[key]
+
+
+def load_frozen(path: str | Path, which: str = "target_encoder", device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+    """(frozen encoder model, its Config) of anything `vjepa.load` reads, as a probe wants it.
+
+    Checkpoints without a target encoder (pixel objective, supervised baseline) quietly give
+    their encoder: probing those runs is expected.
+    """
+    encoder = load(path, which, device, with_predictor=False, warn_fallback=False)
+    return freeze(encoder.model), encoder.config
