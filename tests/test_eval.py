@@ -7,6 +7,7 @@ import torch
 
 from vjepa.cli import main
 from vjepa.config import apply_overrides, preset
+from vjepa.data.images import image_clip
 from vjepa.eval import (
     FeatureCache,
     Features,
@@ -15,7 +16,6 @@ from vjepa.eval import (
     confusion_matrix,
     describe_classes,
     direction_given_type,
-    image_clip,
     load_features,
     load_frozen,
     make_probe_config,
@@ -93,7 +93,7 @@ def test_feature_cache_runs_the_encoder_once_per_split(tmp_path):
             probe_encoder(encoder, cfg, task, kind, probe_cfg=probe_cfg, cache=cache)
     batches = len(calls)
     assert batches == -(-64 // 32) + -(-32 // 32)  # train + test, once
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and len(list(tmp_path.glob("*.json"))) == 2
     fresh = FeatureCache(encoder, cfg, probe_cfg)  # a later process: loads from disk
     assert torch.equal(fresh.get("test", train=False).tokens, cache.get("test", train=False).tokens)
     assert len(calls) == batches
@@ -333,13 +333,13 @@ def test_real_video_folder_probe_with_segments_and_crops(tmp_path):
             (tmp_path / split / label).mkdir(parents=True)
             for i in range(2):
                 write_index_video(tmp_path / split / label / f"{i}.mp4", num_frames=40, width=48)
-    cfg = debug_cfg(None, "data.source=folder", f"data.path={tmp_path}", "data.frame_step=2")
+    cfg = debug_cfg(None, "data.source=folder", f"data.path={tmp_path}")
     result = probe_encoder(random_encoder(cfg), cfg, "label", "attentive", num_segments=2, num_crops=3,
-                           attend_across_segments=True, **FAST)
+                           attend_across_segments=True, frame_step=2, **FAST)
     assert (result["num_train"], result["num_test"], result["num_classes"]) == (4, 4, 2)
     assert result["class_names"] == ["cats", "dogs"]  # the class folders, in label order
     assert describe_classes(result).startswith("per class: cats ")
-    linear = probe_encoder(random_encoder(cfg), cfg, "label", "linear", **FAST)  # pools the tokens first
+    linear = probe_encoder(random_encoder(cfg), cfg, "label", "linear", frame_step=2, **FAST)  # pools the tokens
     assert linear["class_names"] == ["cats", "dogs"]
 
 

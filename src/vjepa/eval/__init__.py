@@ -5,6 +5,8 @@ Modules, in the order the data flows:
     features     the `Features` container and file format; `extract_features`, `embed_files`
     cache        `FeatureCache`: each split encoded once per encoder and view layout
     probe_train  probe training on features (low-shot subsets, AdamW, warmup-cosine) and `predict`
+    stream       streaming probes: the encoder runs on every batch (memory bounded by the batch)
+    presets      the paper's protocols (k400, ssv2, in1k) as probe settings
     metrics      multi-view aggregation, top-1, confusion, class names, summaries
     run          `probe_encoder`, `quick_probe`, `evaluate_encoder` and the CLI's entry points
 
@@ -34,15 +36,20 @@ from vjepa.eval.metrics import (
     per_class_top1,
     top1,
 )
+from vjepa.eval.presets import PROBE_PRESETS, probe_preset
 from vjepa.eval.probe_train import (
     PROBE_KINDS,
+    align_labels,
     balanced_subset,
+    check_labels,
     make_probe_config,
     predict,
+    predict_tokens,
     probe_features,
     probe_inputs,
     probe_lr,
     probe_optimizer,
+    probe_step,
     train_probe,
     validate_probe,
 )
@@ -58,10 +65,19 @@ from vjepa.eval.run import (
     quick_probe,
     write_json,
 )
-from vjepa.eval.views import SyntheticViews, frames_per_segment, image_clip, segment_starts, view_dataset
+from vjepa.eval.stream import predict_streaming, probe_streaming, train_probe_streaming
+from vjepa.eval.views import (
+    SyntheticViews,
+    dataset_labels,
+    frames_per_segment,
+    probe_data_config,
+    segment_starts,
+    view_dataset,
+)
 
 __all__ = [
     "PROBE_KINDS",
+    "PROBE_PRESETS",
     "QUICK_EVAL_SPLIT",
     "QUICK_TRAIN_CLIPS",
     "SYNTHETIC_TASKS",
@@ -69,10 +85,13 @@ __all__ = [
     "Features",
     "SyntheticViews",
     "aggregate_views",
+    "align_labels",
     "balanced_subset",
+    "check_labels",
     "checkpoint_step",
     "class_names",
     "confusion_matrix",
+    "dataset_labels",
     "default_tasks",
     "describe",
     "describe_classes",
@@ -84,7 +103,6 @@ __all__ = [
     "extract_features",
     "format_table",
     "frames_per_segment",
-    "image_clip",
     "list_videos",
     "load_features",
     "load_frozen",
@@ -92,18 +110,25 @@ __all__ = [
     "per_class_top1",
     "pool_tokens",
     "predict",
+    "predict_streaming",
+    "predict_tokens",
     "probe_checkpoint",
+    "probe_data_config",
     "probe_encoder",
     "probe_features",
     "probe_inputs",
     "probe_lr",
     "probe_optimizer",
+    "probe_preset",
+    "probe_step",
+    "probe_streaming",
     "quick_probe",
     "recent_cache",
     "save_features",
     "segment_starts",
     "top1",
     "train_probe",
+    "train_probe_streaming",
     "validate_probe",
     "view_dataset",
     "write_json",

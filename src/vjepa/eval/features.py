@@ -222,6 +222,7 @@ def extract_features(
     store_dtype: torch.dtype = torch.bfloat16,
     num_workers: int = 0,
     progress: bool = False,
+    out: str | Path | None = None,
 ) -> Features:
     """Run the frozen encoder once over a dataset of view stacks and keep every token.
 
@@ -235,23 +236,54 @@ def extract_features(
         store_dtype: dtype of the stored tokens (bf16 halves the memory).
         num_workers: DataLoader workers rendering / decoding clips.
         progress: show a tqdm bar.
+        out: a .npy path: the tokens are written there batch by batch (never all in memory) with
+            the rest beside it as .json, and returned memory-mapped; None keeps them in memory.
 
     Returns:
         `Features` with tokens [M, V, N, D]; class names and per-clip paths where the dataset has them.
     """
     device = torch.device(device)
-    tokens, labels = None, {}
-    for first, out, batch_labels in encode_batches(encoder, dataset, batch_size, device, bf16, num_workers, progress):
-        out = out.to("cpu", store_dtype)
+    tokens, labels, array = None, {}, None
+    for first, batch, batch_labels in encode_batches(encoder, dataset, batch_size, device, bf16, num_workers,
+                                                     progress):
+        batch = batch.to("cpu", store_dtype)
         if tokens is None:
-            tokens = torch.empty(len(dataset), *out.shape[1:], dtype=store_dtype)
-        tokens[first : first + len(out)] = out
+            tokens, array = _token_store((len(dataset), *batch.shape[1:]), store_dtype, out)
+        tokens[first : first + len(batch)] = batch
         for key, value in batch_labels.items():
             labels.setdefault(key, []).append(value)
     if tokens is None:
         raise ValueError("cannot extract features of an empty dataset")
     names, paths = _dataset_facts(dataset)
-    return Features(tokens, {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops, names, paths)
+    features = Features(tokens, {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops, names, paths)
+    if out is None:
+        return features
+    array.flush()
+    del array, tokens
+    _finish_npy(Path(out), features)
+    return load_features(out, mmap=True)
+
+
+def _token_store(shape: tuple[int, ...], dtype: torch.dtype, out: str | Path | None):
+    """(tokens tensor to fill, its .npy memmap or None): in memory, or a file-backed array at `out`."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype), None
+    partial = Path(out).with_suffix(".partial.npy")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.int16 if dtype == torch.bfloat16 else np.float32,
+                                      shape=shape)
+    tokens = torch.from_numpy(array)
+    return (tokens.view(torch.bfloat16) if dtype == torch.bfloat16 else tokens), array
+
+
+def _finish_npy(path: Path, features: Features) -> None:
+    """Move the filled .partial.npy into place and write its .json index (labels, layout, paths)."""
+    import os
+
+    index = {**_index(features), "dtype": str(features.tokens.dtype).removeprefix("torch."),
+             "labels": {k: v.tolist() for k, v in features.labels.items()}}
+    os.replace(path.with_suffix(".partial.npy"), path)
+    path.with_suffix(".json").write_text(json.dumps(index) + "\n")
 
 
 def encode_batches(
@@ -264,11 +296,13 @@ def encode_batches(
     progress: bool = False,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
+    keep: tuple[str, ...] = (),
 ):
     """Yield (first row, tokens [b, V, N, D] on `device`, labels) for each batch of a view dataset.
 
     The encoder runs frozen, without gradients, under bf16 autocast when `bf16`; only one batch of
-    clips and tokens is alive at a time, so memory does not grow with the dataset.
+    clips and tokens is alive at a time, so memory does not grow with the dataset. `keep` names
+    further item keys (e.g. "path") passed through with the labels.
     """
     from tqdm.auto import tqdm
 
@@ -284,7 +318,8 @@ def encode_batches(
         b, v = video.shape[:2]
         with torch.no_grad(), autocast(device, bf16):
             out = encoder(video.flatten(0, 1).to(device))  # [b*V, N, D]
-        yield first, out.view(b, v, *out.shape[1:]), _batch_labels(batch)
+        labels = {**_batch_labels(batch), **{k: batch[k] for k in keep if k in batch}}
+        yield first, out.view(b, v, *out.shape[1:]), labels
         first += b
 
 

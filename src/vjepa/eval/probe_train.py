@@ -91,29 +91,63 @@ def probe_optimizer(probe: nn.Module, probe_cfg: ProbeConfig) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=probe_cfg.lr)
 
 
-def _probe_batch(
-    features: Features, index: torch.Tensor, probe_cfg: ProbeConfig, device: torch.device
-) -> torch.Tensor:
-    """Clips `index` as probe inputs [b*G, L, D] on `device`, in the stored dtype (bf16 or fp32)."""
-    tokens = features.tokens[index].to(device)  # [b, V, N, D]
-    if tokens.dtype != torch.bfloat16:
-        tokens = tokens.float()
-    groups = probe_inputs(tokens, features.num_segments, features.num_crops, probe_cfg.attend_across_segments)
-    return groups.flatten(0, 1)
+def probe_weight_decay(step: int, total_steps: int, probe_cfg: ProbeConfig) -> float:
+    """Cosine from `weight_decay` to `final_weight_decay` over training (constant when it is < 0)."""
+    final = probe_cfg.final_weight_decay
+    if final < 0:
+        return probe_cfg.weight_decay
+    progress = min(step / max(1, total_steps), 1.0)
+    return final + (probe_cfg.weight_decay - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_lengths(probe_cfg: ProbeConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(total steps, warmup steps): warmup is at most a tenth of the epochs."""
+    warmup = min(probe_cfg.warmup_epochs, probe_cfg.epochs // 10) * steps_per_epoch
+    return probe_cfg.epochs * steps_per_epoch, warmup
+
+
+def probe_step(
+    probe: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, labels: torch.Tensor,
+    layout: tuple[int, int], probe_cfg: ProbeConfig, schedule: tuple[int, int, int],
+) -> float:
+    """One AdamW step on a batch of view tokens; returns the loss.
+
+    Every view group of a clip is a training sample with the clip's label (the official loss: the
+    mean over groups of the cross-entropy).
+
+    Args:
+        tokens: [b, V, N, D] on the probe's device (bf16 tokens train under bf16 autocast).
+        labels: int64 [b].
+        layout: (S segments, C crops) of the V views.
+        schedule: (step, total steps, warmup steps).
+    """
+    step, total, warmup = schedule
+    optimizer.param_groups[0]["weight_decay"] = probe_weight_decay(step, total, probe_cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = probe_lr(step, total, warmup, probe_cfg.lr, probe_cfg.final_lr)
+    tokens = tokens if tokens.dtype == torch.bfloat16 else tokens.float()
+    x = probe_inputs(tokens, *layout, probe_cfg.attend_across_segments).flatten(0, 1)  # [b*G, L, D]
+    y = labels.to(x.device).repeat_interleave(x.shape[0] // len(labels))
+    with autocast(x.device, x.dtype == torch.bfloat16):  # bf16 features: bf16 matmuls (2x on CPU)
+        loss = F.cross_entropy(probe(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if probe_cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(probe.parameters(), probe_cfg.grad_clip)
+    optimizer.step()
+    return loss.item()
 
 
 def train_probe(
     probe: nn.Module, features: Features, labels: torch.Tensor, probe_cfg: ProbeConfig, device: torch.device
 ) -> list[float]:
-    """Train `probe` on cached features: AdamW, warmup + cosine per step, cross-entropy.
-
-    Every view group of a clip is a training sample with the clip's label.
+    """Train `probe` on cached features: AdamW, warmup + cosine LR, cosine weight decay, cross-entropy.
 
     Args:
         probe: an `AttentiveClassifier` or `LinearProbe` (trained in place, on `device`).
         features: training features [M, V, N, D].
         labels: int64 [M].
-        probe_cfg: epochs, batch size, lr, final_lr, warmup_epochs, weight decay, seed.
+        probe_cfg: epochs, batch size, lr, final_lr, warmup_epochs, weight decay, grad_clip, seed.
         device: where the probe trains.
 
     Returns:
@@ -121,42 +155,38 @@ def train_probe(
     """
     probe.to(device).train()
     optimizer = probe_optimizer(probe, probe_cfg)
-    steps_per_epoch = math.ceil(len(features) / probe_cfg.batch_size)
-    total = probe_cfg.epochs * steps_per_epoch
-    warmup = min(probe_cfg.warmup_epochs, probe_cfg.epochs // 10) * steps_per_epoch  # at most a tenth
+    total, warmup = schedule_lengths(probe_cfg, math.ceil(len(features) / probe_cfg.batch_size))
+    layout = (features.num_segments, features.num_crops)
     generator = torch.Generator().manual_seed(probe_cfg.seed)
     history, step = [], 0
     for _ in range(probe_cfg.epochs):
-        order, losses = torch.randperm(len(features), generator=generator), []
-        for index in order.split(probe_cfg.batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = probe_lr(step, total, warmup, probe_cfg.lr, probe_cfg.final_lr)
-            x = _probe_batch(features, index, probe_cfg, device)  # [b*G, L, D]
-            y = labels[index].repeat_interleave(x.shape[0] // len(index)).to(device)
-            with autocast(device, x.dtype == torch.bfloat16):  # bf16 features: bf16 matmuls (2x on CPU)
-                loss = F.cross_entropy(probe(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = []
+        for index in torch.randperm(len(features), generator=generator).split(probe_cfg.batch_size):
+            tokens = features.tokens[index].to(device)  # [b, V, N, D]
+            losses.append(probe_step(probe, optimizer, tokens, labels[index], layout, probe_cfg, (step, total, warmup)))
             step += 1
         history.append(sum(losses) / len(losses))
     return history
 
 
 @torch.no_grad()
+def predict_tokens(probe: nn.Module, tokens: torch.Tensor, layout: tuple[int, int], probe_cfg: ProbeConfig) -> torch.Tensor:
+    """Multi-view prediction of one batch: tokens [b, V, N, D] -> softmax averaged over view groups [b, K]."""
+    tokens = tokens if tokens.dtype == torch.bfloat16 else tokens.float()
+    x = probe_inputs(tokens, *layout, probe_cfg.attend_across_segments).flatten(0, 1)  # [b*G, L, D]
+    with autocast(x.device, x.dtype == torch.bfloat16):
+        logits = probe(x).float()  # [b*G, K]
+    return aggregate_views(logits.view(len(tokens), -1, logits.shape[-1])).cpu()
+
+
 def predict(
     probe: nn.Module, features: Features, probe_cfg: ProbeConfig, device: torch.device, batch_size: int = 64
 ) -> torch.Tensor:
     """Multi-view prediction: every view group's logits, softmax-averaged per clip -> probs [M, K]."""
     probe.to(device).eval()
-    out = []
-    for index in torch.arange(len(features)).split(batch_size):
-        x = _probe_batch(features, index, probe_cfg, device)  # [b*G, L, D]
-        with autocast(device, x.dtype == torch.bfloat16):
-            logits = probe(x).float()  # [b*G, K]
-        out.append(aggregate_views(logits.view(len(index), -1, logits.shape[-1])).cpu())
-    return torch.cat(out)
+    layout = (features.num_segments, features.num_crops)
+    return torch.cat([predict_tokens(probe, features.tokens[index].to(device), layout, probe_cfg)
+                      for index in torch.arange(len(features)).split(batch_size)])
 
 
 def probe_features(
@@ -175,6 +205,9 @@ def probe_features(
         the test split has none), confusion ([K, K] counts, row = true class), class_names (K labels:
         class folder names, the built-in set's names, or indices), num_train, num_test, num_classes,
         final_loss, probe_seconds.
+
+    Raises:
+        DataError: for unlabelled training clips or test labels outside the training classes.
     """
     if task not in train.labels:
         raise ConfigError(f"task {task!r} not available; these features carry {', '.join(train.labels)}")
@@ -182,23 +215,99 @@ def probe_features(
     train = train.subset(balanced_subset(train.labels[task], probe_cfg.label_fraction, probe_cfg.seed))
     if probe_cfg.kind == "linear":  # the linear probe only sees token means: pool once
         train, test = pool_tokens(train), pool_tokens(test)
-    num_classes = int(max(train.labels[task].max(), test.labels[task].max())) + 1
-    torch.manual_seed(probe_cfg.seed)
-    heads = probe_cfg.num_heads or num_heads
-    probe = build_probe(probe_cfg.kind, embed_dim, heads, num_classes, probe_cfg.depth)
+    test_labels = align_labels(train.class_names, test.class_names, test.labels[task], task)
+    num_classes = check_labels(train.labels[task], test_labels, task, train.class_names, train.paths, test.paths)
+    probe = new_probe(probe_cfg, embed_dim, num_heads, num_classes)
     device = resolve_device(probe_cfg.device)
     history = train_probe(probe, train, train.labels[task], probe_cfg, device)
-    test_probs = predict(probe, test, probe_cfg, device)
-    confusion = confusion_matrix(test_probs, test.labels[task], num_classes)
-    return {
-        "top1": top1(test_probs, test.labels[task]),
-        "per_class_top1": per_class_top1(confusion), "confusion": confusion.tolist(),
-        "class_names": class_names(task, num_classes, train.class_names if task == "label" else ()),
-        "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
-        "num_train": len(train), "num_test": len(test), "num_classes": num_classes,
-        "final_loss": history[-1] if history else float("nan"),
-        "probe_seconds": time.perf_counter() - start,
-    }
+    result = score(predict(probe, test, probe_cfg, device), test_labels, num_classes, task, train.class_names)
+    return {**result, "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
+            "num_train": len(train), "num_test": len(test), "final_loss": history[-1] if history else float("nan"),
+            "probe_seconds": time.perf_counter() - start}
+
+
+def new_probe(probe_cfg: ProbeConfig, embed_dim: int, num_heads: int, num_classes: int) -> nn.Module:
+    """The probe `probe_cfg` names, initialised from its seed (heads default to the encoder's)."""
+    torch.manual_seed(probe_cfg.seed)
+    return build_probe(probe_cfg.kind, embed_dim, probe_cfg.num_heads or num_heads, num_classes, probe_cfg.depth)
+
+
+def score(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, task: str, names: list[str]) -> dict[str, Any]:
+    """top1, per_class_top1, confusion, class_names and num_classes of predictions [M, K] against labels [M]."""
+    confusion = confusion_matrix(probs, labels, num_classes)
+    return {"top1": top1(probs, labels), "per_class_top1": per_class_top1(confusion),
+            "confusion": confusion.tolist(), "num_classes": num_classes,
+            "class_names": class_names(task, num_classes, names if task == "label" else ())}
+
+
+def align_labels(train_names: list[str], test_names: list[str], labels: torch.Tensor, task: str = "label",
+                 split: str = "test") -> torch.Tensor:
+    """Test labels re-indexed to the training classes by name (class folders of two splits may
+    differ: a test split without `cats` numbers `dogs` 0).
+
+    Raises:
+        DataError: naming a test class that the training split does not have.
+    """
+    from vjepa.data.datasets import DataError
+
+    if task != "label" or not train_names or not test_names or train_names == test_names:
+        return labels
+    unknown = sorted(set(test_names) - set(train_names))
+    if unknown:
+        raise DataError(f"the {split} split has classes the train split lacks: {', '.join(unknown)} "
+                        f"(train classes: {', '.join(train_names)})")
+    mapping = torch.tensor([train_names.index(name) for name in test_names], dtype=torch.int64)
+    return mapping[labels]
+
+
+def check_labels(train: torch.Tensor, test: torch.Tensor, task: str, names: list[str] = (),
+                 train_paths: list[str] = (), test_paths: list[str] = ()) -> int:
+    """The number of classes K; raise a clear error for labels a probe cannot learn or score.
+
+    Real data (`task` "label"): every training clip needs a label in [0, K) and every test label
+    must be one of those K classes (K = the class names' count where known, else max train label + 1).
+
+    Raises:
+        DataError: for an empty split, an unlabelled (-1) clip, or a label outside the classes,
+            naming the first such clip.
+    """
+    from vjepa.data.datasets import DataError
+
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"the {'train' if len(train) == 0 else 'test'} split has no clips")
+    if task != "label":  # the built-in set: labels are its class indices by construction
+        return int(max(train.max(), test.max())) + 1
+    num_classes = len(names) or int(train.max()) + 1
+    for split, labels, paths in (("train", train, train_paths), ("test", test, test_paths)):
+        bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+        if len(bad):
+            first = int(bad[0])
+            where = f" ({paths[first]})" if len(paths) > first else ""
+            raise DataError(f"{len(bad)} {split} clips have labels outside the {num_classes} training classes "
+                            f"0..{num_classes - 1}, e.g. label {int(labels[first])}{where}; unlabelled clips are -1")
+    return num_classes
+
+
+def class_balance(train: Any, test: Any, probe_cfg: ProbeConfig) -> tuple[Any, int, list[str]]:
+    """Datasets for a streaming probe: the class-balanced low-shot train subset, test classes aligned
+    to train's by name, and the label checks of `check_labels`; returns (train, K, class names)."""
+    from torch.utils.data import Subset
+
+    from vjepa.eval.views import dataset_labels
+
+    task, names = probe_cfg.task, [str(c) for c in getattr(train, "classes", [])]
+    train_labels, test_labels = dataset_labels(train, task), dataset_labels(test, task)
+    test_names = [str(c) for c in getattr(test, "classes", [])]
+    aligned = align_labels(names, test_names, test_labels, task, probe_cfg.eval_split)
+    if not torch.equal(aligned, test_labels):
+        test.records = [dataclasses.replace(r, label=int(k)) for r, k in zip(test.records, aligned)]
+        test.classes = names
+    paths = [r.path for r in getattr(train, "records", [])]
+    num_classes = check_labels(train_labels, aligned, task, names, paths, [r.path for r in getattr(test, "records", [])])
+    index = balanced_subset(train_labels, probe_cfg.label_fraction, probe_cfg.seed)
+    if probe_cfg.max_train_clips:
+        index = index[: probe_cfg.max_train_clips]
+    return (train if len(index) == len(train) else Subset(train, index.tolist())), num_classes, names
 
 
 # ---------------------------------------------------------------------------------------------

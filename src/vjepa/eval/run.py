@@ -26,6 +26,8 @@ from vjepa.eval.cache import FeatureCache, load_frozen, recent_cache
 from vjepa.eval.features import SYNTHETIC_TASKS
 from vjepa.eval.metrics import describe
 from vjepa.eval.probe_train import PROBE_KINDS, make_probe_config, probe_features, validate_probe
+from vjepa.eval.stream import probe_streaming
+from vjepa.precision import freeze
 
 
 def probe_encoder(
@@ -56,6 +58,10 @@ def probe_encoder(
     """
     settings = {"kind": probe, "task": task, "label_fraction": label_fraction, **overrides}
     probe_cfg = make_probe_config(probe_cfg, **settings)
+    if probe_cfg.streaming:  # no cache: the encoder runs on every batch of every epoch
+        result = probe_streaming(freeze(encoder), cfg, probe_cfg, encoder.embed_dim, encoder.num_heads)
+        return {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
+                "eval_split": probe_cfg.eval_split, "feature_seconds": 0.0, "settings": to_dict(probe_cfg)}
     if cache is None:
         cache = FeatureCache(encoder, cfg, probe_cfg)
     cache.probe_cfg = dataclasses.replace(cache.probe_cfg, **_view_settings(probe_cfg))
@@ -70,7 +76,8 @@ def probe_encoder(
 def _view_settings(probe_cfg: ProbeConfig) -> dict[str, Any]:
     """The ProbeConfig fields that decide which features a cache holds."""
     keys = ("num_segments", "num_crops", "frames_per_segment", "resize_ratio", "max_train_clips",
-            "feature_batch_size", "feature_dtype", "cache_dir", "device")
+            "feature_batch_size", "feature_dtype", "cache_dir", "device", "frame_step", "fps", "source", "data",
+            "num_workers")
     return {k: getattr(probe_cfg, k) for k in keys}
 
 
