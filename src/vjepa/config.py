@@ -237,6 +237,7 @@ class ProbeConfig:
     final_weight_decay: float = -1.0  # >= 0: weight decay follows a cosine from weight_decay to this
     grad_clip: float = 0.0  # > 0: clip the probe's gradient norm (official: 1.0)
     folds: int = 0  # >= 2: K-fold cross-validation on the train split, video-wise
+    group_by: str = "file"  # cross-validation groups: file (each video) | folder (clips of one folder together)
     preset: str = ""  # the named protocol these settings came from (k400, ssv2, in1k), for the record
 
 

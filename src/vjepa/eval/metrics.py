@@ -79,9 +79,13 @@ def describe_classes(result: dict[str, Any]) -> str:
 def describe(result: dict[str, Any]) -> str:
     """One line: task, probe, label share, top-1 on the scored split, and the time taken."""
     seconds = result.get("feature_seconds", 0.0) + result.get("probe_seconds", 0.0)
+    train = "" if result.get("train_top1") is None else f"; train {result['train_top1']:.1f}%"
+    if result.get("folds"):
+        where = f"{result['folds']}-fold cross-validation (+-{result['top1_std']:.1f}) on {result['num_test']} clips"
+    else:
+        where = f"{result['eval_split']} ({result['num_test']} clips{train})"
     return (f"{result['task']:<10} {result['probe']:<9} labels {100 * result['label_fraction']:>5.1f}%  "
-            f"top-1 {result['top1']:5.1f}% on {result['eval_split']} ({result['num_test']} clips; "
-            f"train {result['train_top1']:.1f}%)  {seconds:.0f}s")
+            f"top-1 {result['top1']:5.1f}% on {where}  {seconds:.0f}s")
 
 
 

@@ -338,4 +338,10 @@ def validate_probe(probe_cfg: ProbeConfig) -> ProbeConfig:
         raise ConfigError(f"feature_dtype must be bf16 or fp32, got {probe_cfg.feature_dtype!r}")
     if probe_cfg.epochs < 1 or probe_cfg.batch_size < 1 or probe_cfg.num_segments < 1:
         raise ConfigError("epochs, batch_size and num_segments must be >= 1")
+    if probe_cfg.frame_step < 1 or probe_cfg.fps < 0:
+        raise ConfigError(f"probe frame_step must be >= 1 and fps >= 0, got {probe_cfg.frame_step}, {probe_cfg.fps}")
+    if probe_cfg.folds == 1 or probe_cfg.folds < 0:
+        raise ConfigError(f"folds must be 0 (no cross-validation) or >= 2, got {probe_cfg.folds}")
+    if probe_cfg.group_by not in ("file", "folder"):
+        raise ConfigError(f"group_by must be file or folder, got {probe_cfg.group_by!r}")
     return probe_cfg

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -195,6 +196,8 @@ def default_tasks(cfg: Config) -> tuple[str, ...]:
 
 def _result_dir(path: str | Path) -> Path:
     path = Path(path)
+    if not path.exists():  # a preset name: the working directory
+        return Path.cwd()
     return path if path.is_dir() else path.parent
 
 
@@ -207,32 +210,135 @@ def _file_suffix(probe_cfg: ProbeConfig) -> str:
 
 def _probed_step(path: str | Path, which: str) -> int | None:
     """The training step of the weights probed: 0 for a run's init, else the checkpoint's step."""
-    return 0 if which == "init" else checkpoint_step(path)
+    from vjepa.config import PRESETS
+
+    if which == "init":
+        return 0
+    return None if str(path) in PRESETS and not Path(path).exists() else checkpoint_step(path)
 
 
 def probe_checkpoint(
     path: str | Path, probe_cfg: ProbeConfig, overrides: list[str] = (), output: str | Path | None = None
 ) -> dict[str, Any]:
-    """Load a checkpoint's encoder, run one probe, write the JSON result; returns the result.
+    """Load a checkpoint's encoder, run one probe (or `probe_cfg.folds` of them), write the JSON result.
 
     Args:
-        path: run directory or checkpoint file.
-        probe_cfg: the probe (kind, task, label_fraction, epochs, views, eval_split, ...).
+        path: run directory, checkpoint file, export, official checkpoint, or a preset name (random init).
+        probe_cfg: the probe (kind, task, label_fraction, epochs, views, data, sampling, eval_split, ...);
+            task "" picks the data's default (label on real data, motion on the built-in set).
         overrides: `section.key=value` changes to the run's Config (e.g. data.source=csv data.path=...).
-        output: JSON path (default: <run dir>/probe_<task>_<kind>_<labels>.json, with `_<split>`
-            before `.json` when not scoring the test split and `_encoder` / `_init` when probing
-            that network; `step` is 0 for an init).
+        output: JSON path (default: beside the checkpoint, i.e. inside a run directory, or in the
+            working directory for a preset: probe_<task>_<kind>_<labels>[_<preset>][_<data>].json, with
+            `_<split>` when not scoring the test split, `_encoder` / `_init` when probing that network,
+            `_<K>fold` for cross-validation; `step` is 0 for an init).
+
+    Returns:
+        The result, with `output` the JSON file written.
     """
     from vjepa.config import apply_overrides
 
     validate_probe(probe_cfg)
     encoder, cfg = load_frozen(path, probe_cfg.encoder, resolve_device(probe_cfg.device))
     cfg = apply_overrides(cfg, list(overrides))
-    result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction, probe_cfg)
-    result.update(checkpoint=str(checkpoint_path(path)), step=_probed_step(path, probe_cfg.encoder))
-    name = f"probe_{probe_cfg.task}_{probe_cfg.kind}_{100 * probe_cfg.label_fraction:g}pct{_file_suffix(probe_cfg)}.json"
-    result["output"] = str(write_json(output or _result_dir(path) / name, result))
+    probe_cfg = dataclasses.replace(probe_cfg, task=probe_cfg.task or _default_task(cfg, probe_cfg))
+    with _sampling_hint(probe_cfg):
+        if probe_cfg.folds:
+            result = cross_validate(encoder, cfg, probe_cfg)
+        else:
+            result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction, probe_cfg)
+    result.update(checkpoint=_source_name(path), step=_probed_step(path, probe_cfg.encoder))
+    result["output"] = str(write_json(output or _result_dir(path) / _probe_file_name(probe_cfg), result))
     return result
+
+
+def _default_task(cfg: Config, probe_cfg: ProbeConfig) -> str:
+    return "label" if probe_cfg.data or probe_cfg.source else default_tasks(cfg)[0]
+
+
+def _probe_file_name(probe_cfg: ProbeConfig) -> str:
+    extra = "".join(f"_{part}" for part in (probe_cfg.preset, _data_name(probe_cfg.data)) if part)
+    folds = f"_{probe_cfg.folds}fold" if probe_cfg.folds else ""
+    return (f"probe_{probe_cfg.task}_{probe_cfg.kind}_{100 * probe_cfg.label_fraction:g}pct{extra}{folds}"
+            f"{_file_suffix(probe_cfg)}.json")
+
+
+def _data_name(data: str) -> str:
+    """A short file-name part for a data path (its last name, without {split} or extension)."""
+    if not data:
+        return ""
+    parts = [p for p in Path(data.replace("{split}", "")).parts if p not in ("", "/", ".")]
+    return Path(parts[-1]).stem.strip("_-") if parts else ""
+
+
+def _source_name(path: str | Path) -> str:
+    from vjepa.config import PRESETS
+
+    return str(path) if str(path) in PRESETS and not Path(path).exists() else str(checkpoint_path(path))
+
+
+@contextlib.contextmanager
+def _sampling_hint(probe_cfg: ProbeConfig):
+    """Re-raise 'every video was skipped ... too_short' naming the probe settings that decide clip length."""
+    from vjepa.data.datasets import DataError
+
+    try:
+        yield
+    except DataError as err:
+        if "too_short" not in str(err):
+            raise
+        frames = probe_cfg.frames_per_segment or "the encoder's num_frames"
+        raise DataError(f"{str(err).splitlines()[-1]}. The probe samples clips of {frames} frames "
+                        f"{probe_cfg.frame_step} apart (probe.frame_step; --frame-step): lower --frame-step "
+                        "or --frames, or pass --fps, to fit your clips") from None
+
+
+def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> dict[str, Any]:
+    """K-fold cross-validation on the train split, video-wise: each clip's group (its file, or its
+    folder with `--group-by folder`) falls in one fold. The clips are encoded once (through the
+    feature cache, so repeated calls on the same clips reuse it); every fold trains and scores a probe.
+
+    Returns:
+        top1 (mean over folds), top1_std, fold_top1 (each fold's), num_train / num_test (clips in
+        all folds), folds, and the settings.
+    """
+    from vjepa.eval.probe_train import probe_features
+
+    cache = FeatureCache(encoder, cfg, dataclasses.replace(probe_cfg, max_train_clips=0))
+    features = cache.get("train", train=False)  # every crop and segment: folds train and score on them
+    folds = fold_index(features.paths or [str(i) for i in range(len(features))], probe_cfg.folds, probe_cfg.seed,
+                       probe_cfg.group_by)
+    scores = []
+    for held in range(probe_cfg.folds):
+        test = (folds == held).nonzero().flatten()
+        train = (folds != held).nonzero().flatten()
+        result = probe_features(features.subset(train), features.subset(test), probe_cfg.task, probe_cfg,
+                                encoder.embed_dim, encoder.num_heads)
+        scores.append(result["top1"])
+    mean = sum(scores) / len(scores)
+    std = (sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5
+    return {"task": probe_cfg.task, "probe": probe_cfg.kind, "label_fraction": probe_cfg.label_fraction,
+            "top1": mean, "top1_std": std, "fold_top1": scores, "folds": probe_cfg.folds, "eval_split": "train",
+            "num_train": len(features), "num_test": len(features), "train_top1": None,
+            "feature_seconds": cache.seconds, "settings": to_dict(probe_cfg)}
+
+
+def fold_index(paths: list[str], folds: int, seed: int = 0, group_by: str = "file") -> torch.Tensor:
+    """int64 [M]: the fold of each clip, groups (files, or parent folders) dealt round-robin in a
+    seeded order, so clips of one group never sit on both sides of a split.
+
+    Raises:
+        ConfigError: when there are fewer groups than folds.
+    """
+    from vjepa.config import ConfigError
+
+    keys = [str(Path(p).parent) if group_by == "folder" else p for p in paths]
+    groups = sorted(set(keys))
+    if len(groups) < folds:
+        raise ConfigError(f"--folds {folds} needs at least {folds} groups ({group_by}s); the train split has "
+                          f"{len(groups)}")
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    fold_of = {groups[g]: k % folds for k, g in enumerate(order)}
+    return torch.tensor([fold_of[key] for key in keys], dtype=torch.int64)
 
 
 def evaluate_checkpoint(
