@@ -79,7 +79,7 @@ class ImageFolderDataset(Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = torch.from_numpy(_read_image(record.path))[None]  # [1, H, W, 3]
+        image = torch.from_numpy(_read_image(record.path).copy())[None]  # [1, H, W, 3] (PIL arrays are read-only)
         if self.train:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
             view = self.transform(image, generator=generator)[None]  # [1, 3, 1, h, w]

@@ -294,23 +294,24 @@ def encode_batches(
     bf16: bool = True,
     num_workers: int = 0,
     progress: bool = False,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
+    order: list[int] | None = None,
     keep: tuple[str, ...] = (),
 ):
     """Yield (first row, tokens [b, V, N, D] on `device`, labels) for each batch of a view dataset.
 
     The encoder runs frozen, without gradients, under bf16 autocast when `bf16`; only one batch of
-    clips and tokens is alive at a time, so memory does not grow with the dataset. `keep` names
-    further item keys (e.g. "path") passed through with the labels.
+    clips and tokens is alive at a time, so memory does not grow with the dataset. `order` lists
+    the items to visit (default: all, in order); `keep` names further item keys (e.g. "path")
+    passed through with the labels.
     """
     from tqdm.auto import tqdm
 
     from vjepa.data import collate
 
     encoder.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                        shuffle=shuffle, generator=generator)
+    # `order` (the item indices to visit) is a sampler: a shuffled epoch is exactly the permutation
+    # the caller drew, whatever the worker count
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, sampler=order)
     first = 0
     for batch in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
         video = batch["video"]

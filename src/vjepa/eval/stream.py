@@ -53,8 +53,9 @@ def train_probe_streaming(
     history, step = [], 0
     for _ in range(probe_cfg.epochs):
         losses = []
+        order = torch.randperm(len(dataset), generator=generator).tolist()  # as train_probe draws it
         for _, tokens, labels in encode_batches(encoder, dataset, probe_cfg.batch_size, device, bf16,
-                                                probe_cfg.num_workers, shuffle=True, generator=generator):
+                                                probe_cfg.num_workers, order=order):
             losses.append(probe_step(probe, optimizer, tokens.detach(), labels[task], layout, probe_cfg,
                                      (step, total, warmup)))
             step += 1
