@@ -240,3 +240,42 @@ def test_features_npy_roundtrip_bf16_memory_mapped(tmp_path):
         assert loaded.failures == [("z.mp4", "corrupt")] and loaded.metadata == {"k": "v"}
     assert load_features(tmp_path / "f.npy").videos == ["x.mp4", "y.mp4"]
     assert load_features(tmp_path / "f.npy").subset(torch.tensor([2])).paths == ["y.mp4"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, streaming):
+    """Interrupted after step 4 of 6 with checkpoints every 2 steps, a rerun ends where an
+    uninterrupted run does (augmented streaming clips included)."""
+    from vjepa.eval import progress
+
+    encoder, cfg = encoder_and_cfg()
+    settings = {**FAST, "epochs": 2, "data": str(videos), "streaming": streaming, "augment": streaming,
+                "feature_dtype": "fp32", "num_segments": 2}
+    states = []
+    real_record = progress.ProbeProgress.record
+    monkeypatch.setattr(progress.ProbeProgress, "record",
+                        lambda self, *a: real_record(self, *a) or states.append({k: v.clone() for k, v in
+                                                                                 self.probe.state_dict().items()}))
+    whole = probe_encoder(encoder, cfg, "label", **settings)
+    final = states[-1]
+    state_file = tmp_path / "probe.state.pt"
+
+    def interrupt(self, *args):
+        real_record(self, *args)
+        if self.step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.ProbeProgress, "record", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **settings)
+    assert torch.load(state_file, weights_only=True)["step"] == 4
+    states.clear()
+    monkeypatch.setattr(progress.ProbeProgress, "record",
+                        lambda self, *a: real_record(self, *a) or states.append({k: v.clone() for k, v in
+                                                                                 self.probe.state_dict().items()}))
+    resumed = probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **settings)
+    assert len(states) == 2  # only steps 5 and 6 ran again
+    assert all(torch.equal(final[k], states[-1][k]) for k in final)
+    assert resumed["final_loss"] == pytest.approx(whole["final_loss"], abs=1e-6)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **{**settings, "lr": 0.1})

@@ -164,7 +164,8 @@ def _probe_config(args: argparse.Namespace):
                 "max_train_clips": args.max_train_clips, "eval_split": args.eval_split,
                 "cache_dir": args.cache_dir, "device": args.device, "seed": args.seed, "data": args.data,
                 "source": args.source, "frame_step": args.frame_step, "fps": args.fps, "streaming": args.stream,
-                "num_workers": args.workers, "folds": args.folds, "group_by": args.group_by}
+                "num_workers": args.workers, "folds": args.folds, "group_by": args.group_by,
+                "checkpoint_every": args.checkpoint_every}
     chosen = {k: v for k, v in settings.items() if v is not None}
     return make_probe_config(**({**probe_preset(args.preset), **chosen} if args.preset else chosen))
 
@@ -190,6 +191,9 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
                                              "--eval-split (video-wise)")
     p.add_argument("--group-by", choices=["file", "folder"],
                    help="cross-validation groups: each file, or each folder's clips together")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="save the probe's training state every N steps beside the JSON (<output>.state.pt); "
+                        "rerunning the same command resumes from it exactly")
     p.add_argument("--epochs", type=int, help="probe epochs on cached features (default 100)")
     p.add_argument("--batch-size", type=int, help="probe batch size (default 16)")
     p.add_argument("--lr", type=float, help="probe peak learning rate (default 1e-3)")

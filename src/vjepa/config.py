@@ -239,6 +239,8 @@ class ProbeConfig:
     folds: int = 0  # >= 2: K-fold cross-validation on the train split, video-wise
     group_by: str = "file"  # cross-validation groups: file (each video) | folder (clips of one folder together)
     preset: str = ""  # the named protocol these settings came from (k400, ssv2, in1k), for the record
+    checkpoint_every: int = 0  # > 0: save the probe's training state every this many steps (exact resume)
+    state_file: str = ""  # where; "" with checkpoint_every: beside the result JSON (<output>.state.pt)
 
 
 @dataclass

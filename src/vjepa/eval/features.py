@@ -62,8 +62,11 @@ class Features:
         return self.tokens.shape[0]
 
     def subset(self, index: torch.Tensor) -> Features:
-        """The features, labels and paths of rows `index` [M'] only."""
+        """The features, labels and paths of rows `index` [M'] only (copied; all rows in order: self,
+        so a memory-mapped cache is not read into memory)."""
         index = torch.as_tensor(index, dtype=torch.int64)
+        if len(index) == len(self) and torch.equal(index, torch.arange(len(self))):
+            return self
         paths = [self.paths[i] for i in index.tolist()] if self.paths else []
         starts = None if self.window_start is None else self.window_start[index]
         return dataclasses.replace(self, tokens=self.tokens[index], labels={k: v[index] for k, v in self.labels.items()},

@@ -147,26 +147,25 @@ def train_probe(
         probe: an `AttentiveClassifier` or `LinearProbe` (trained in place, on `device`).
         features: training features [M, V, N, D].
         labels: int64 [M].
-        probe_cfg: epochs, batch size, lr, final_lr, warmup_epochs, weight decay, grad_clip, seed.
+        probe_cfg: epochs, batch size, lr, final_lr, warmup_epochs, weight decay, grad_clip, seed;
+            with `state_file` and `checkpoint_every` it checkpoints and resumes exactly.
         device: where the probe trains.
 
     Returns:
         The mean training loss of each epoch.
     """
+    from vjepa.eval.progress import ProbeProgress, epoch_batches
+
     probe.to(device).train()
     optimizer = probe_optimizer(probe, probe_cfg)
     total, warmup = schedule_lengths(probe_cfg, math.ceil(len(features) / probe_cfg.batch_size))
     layout = (features.num_segments, features.num_crops)
-    generator = torch.Generator().manual_seed(probe_cfg.seed)
-    history, step = [], 0
-    for _ in range(probe_cfg.epochs):
-        losses = []
-        for index in torch.randperm(len(features), generator=generator).split(probe_cfg.batch_size):
-            tokens = features.tokens[index].to(device)  # [b, V, N, D]
-            losses.append(probe_step(probe, optimizer, tokens, labels[index], layout, probe_cfg, (step, total, warmup)))
-            step += 1
-        history.append(sum(losses) / len(losses))
-    return history
+    progress = ProbeProgress(probe_cfg, probe, optimizer)  # resumes from probe_cfg.state_file if there
+    for epoch, step, index in epoch_batches(len(features), probe_cfg, progress.step):
+        tokens = features.tokens[index].to(device)  # [b, V, N, D]
+        progress.record(epoch, probe_step(probe, optimizer, tokens, labels[index], layout, probe_cfg,
+                                          (step, total, warmup)))
+    return progress.finish()
 
 
 @torch.no_grad()

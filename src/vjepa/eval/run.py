@@ -27,6 +27,7 @@ from vjepa.eval.cache import FeatureCache, load_frozen, recent_cache
 from vjepa.eval.features import SYNTHETIC_TASKS
 from vjepa.eval.metrics import describe
 from vjepa.eval.probe_train import PROBE_KINDS, make_probe_config, probe_features, validate_probe
+from vjepa.eval.progress import with_state_file
 from vjepa.eval.stream import probe_streaming
 from vjepa.precision import freeze
 
@@ -241,13 +242,15 @@ def probe_checkpoint(
     encoder, cfg = load_frozen(path, probe_cfg.encoder, resolve_device(probe_cfg.device))
     cfg = apply_overrides(cfg, list(overrides))
     probe_cfg = dataclasses.replace(probe_cfg, task=probe_cfg.task or _default_task(cfg, probe_cfg))
+    output = output or _result_dir(path) / _probe_file_name(probe_cfg)
+    probe_cfg = with_state_file(probe_cfg, output)
     with _sampling_hint(probe_cfg):
         if probe_cfg.folds:
             result = cross_validate(encoder, cfg, probe_cfg)
         else:
             result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction, probe_cfg)
     result.update(checkpoint=_source_name(path), step=_probed_step(path, probe_cfg.encoder))
-    result["output"] = str(write_json(output or _result_dir(path) / _probe_file_name(probe_cfg), result))
+    result["output"] = str(write_json(output, result))
     return result
 
 
@@ -303,6 +306,7 @@ def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> d
     """
     from vjepa.eval.probe_train import probe_features
 
+    probe_cfg = dataclasses.replace(probe_cfg, checkpoint_every=0, state_file="")  # K probes: no shared state file
     cache = FeatureCache(encoder, cfg, dataclasses.replace(probe_cfg, max_train_clips=0))
     features = cache.get("train", train=False)  # every crop and segment: folds train and score on them
     folds = fold_index(features.paths or [str(i) for i in range(len(features))], probe_cfg.folds, probe_cfg.seed,

@@ -10,6 +10,7 @@ Shape legend: b clips per batch, V = S*C views per clip, N tokens per view, D wi
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from vjepa.config import ProbeConfig
 from vjepa.eval.features import encode_batches
 from vjepa.eval.probe_train import predict_tokens, probe_optimizer, probe_step, schedule_lengths
+from vjepa.eval.progress import EpochSeeded, ProbeProgress, epoch_batches
 
 
 def train_probe_streaming(
@@ -49,18 +51,18 @@ def train_probe_streaming(
     optimizer = probe_optimizer(probe, probe_cfg)
     total, warmup = schedule_lengths(probe_cfg, math.ceil(len(dataset) / probe_cfg.batch_size))
     layout = (probe_cfg.num_segments, 1)  # training views: one crop of every segment
-    generator = torch.Generator().manual_seed(probe_cfg.seed)  # the clip order of every epoch
-    history, step = [], 0
-    for _ in range(probe_cfg.epochs):
-        losses = []
-        order = torch.randperm(len(dataset), generator=generator).tolist()  # as train_probe draws it
-        for _, tokens, labels in encode_batches(encoder, dataset, probe_cfg.batch_size, device, bf16,
-                                                probe_cfg.num_workers, order=order):
-            losses.append(probe_step(probe, optimizer, tokens.detach(), labels[task], layout, probe_cfg,
-                                     (step, total, warmup)))
-            step += 1
-        history.append(sum(losses) / max(len(losses), 1))
-    return history
+    progress = ProbeProgress(probe_cfg, probe, optimizer)  # resumes from probe_cfg.state_file if there
+    seeded = EpochSeeded(dataset, probe_cfg.seed)  # item i of epoch e: the same augmentation, resumed or not
+    steps = epoch_batches(len(dataset), probe_cfg, progress.step)
+    for epoch, batches in itertools.groupby(steps, key=lambda item: item[0]):
+        batches = list(batches)
+        seeded.epoch = epoch
+        order = torch.cat([index for _, _, index in batches]).tolist()  # the epoch's remaining clips, as train_probe
+        encoded = encode_batches(encoder, seeded, probe_cfg.batch_size, device, bf16, probe_cfg.num_workers, order=order)
+        for (_, step, _), (_, tokens, labels) in zip(batches, encoded):
+            progress.record(epoch, probe_step(probe, optimizer, tokens.detach(), labels[task], layout, probe_cfg,
+                                              (step, total, warmup)))
+    return progress.finish()
 
 
 @torch.no_grad()
