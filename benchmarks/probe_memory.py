@@ -14,12 +14,15 @@ training clips through encoder and probe (for the cached modes the one encoding 
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/probe_memory.py --sizes 1000 8000 \\
         --out docs/results/2026-12-04-probe-memory.json
+
+(`--out` appends to an existing file, so sizes can run one invocation each.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -101,11 +104,16 @@ def main() -> None:
             print(f"{r['mode']:<9} {r['clips']:>6} clips  peak RSS {r['peak_rss_mb']:7.1f} MB "
                   f"(anon {r['peak_anon_mb']:7.1f}, file {r['peak_file_mb']:6.1f})  {r['clips_per_s']:7.1f} clips/s",
                   flush=True)
-    payload = {"command": "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/probe_memory.py " + " ".join(sys.argv[1:]),
-               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "results": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    command = "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/probe_memory.py " + " ".join(sys.argv[1:])
+    if args.out:  # runs of other sizes append to the file, each with its command
+        path = Path(args.out)
+        payload = json.loads(path.read_text()) if path.is_file() else {
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)", "token_bytes_per_clip": 64 * 64 * 2,
+            "commands": [], "results": []}
+        payload["commands"].append(command)
+        payload["results"] += rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":
