@@ -362,7 +362,7 @@ def evaluate_checkpoint(
 
     encoder, cfg = load_frozen(path, probe_cfg.encoder, resolve_device(probe_cfg.device))
     cfg = apply_overrides(cfg, list(overrides))
-    tasks = default_tasks(cfg)
+    tasks = ("label",) if probe_cfg.data or probe_cfg.source else default_tasks(cfg)
     results = evaluate_encoder(encoder, cfg, probe_cfg, tasks, PROBE_KINDS, label_fractions, verbose)
     step = _probed_step(path, probe_cfg.encoder)
     for r in results:
