@@ -279,3 +279,53 @@ def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, streami
     assert resumed["final_loss"] == pytest.approx(whole["final_loss"], abs=1e-6)
     with pytest.raises(ValueError, match="other settings.*lr"):
         probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **{**settings, "lr": 0.1})
+
+
+def _probe_rank(rank, world_size, port, weights, data, out_dir):
+    """One torchrun-like rank: a streaming, augmented probe; keeps its final probe weights."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    _run_and_keep(weights, data, f"{out_dir}/rank{rank}.pt", f"{out_dir}/result.json")
+
+
+def _run_and_keep(weights, data, keep, output):
+    from vjepa.eval import progress
+    from vjepa.eval.run import probe_checkpoint
+
+    real = progress.ProbeProgress.finish
+
+    def finish(self):
+        torch.save({k: v.detach().clone() for k, v in self.probe.state_dict().items()}, keep)
+        return real(self)
+
+    progress.ProbeProgress.finish = finish
+    try:
+        probe_cfg = make_probe_config(data=data, task="label", streaming=True, augment=True, device="cpu",
+                                      **{**FAST, "batch_size": 3, "epochs": 2})
+        probe_checkpoint(weights, probe_cfg, output=output)
+    finally:
+        progress.ProbeProgress.finish = real
+
+
+def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from vjepa.config import to_dict
+
+    encoder, cfg = encoder_and_cfg()
+    weights = tmp_path / "enc.pt"
+    torch.save({"encoder": encoder.state_dict(), "config": to_dict(cfg)}, weights)
+    _run_and_keep(str(weights), str(videos), str(tmp_path / "single.pt"), str(tmp_path / "single.json"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_probe_rank, args=(2, port, str(weights), str(videos), str(tmp_path)), nprocs=2, join=True)
+    single = torch.load(tmp_path / "single.pt", weights_only=True)
+    for rank in range(2):
+        state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert max((state[k] - single[k]).abs().max().item() for k in single) < 1e-5
+    ran = json.loads((tmp_path / "result.json").read_text())  # written once, by rank 0
+    assert ran["num_train"] == 6 and ran["top1"] == json.loads((tmp_path / "single.json").read_text())["top1"]

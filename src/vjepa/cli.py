@@ -228,6 +228,8 @@ def _probe(args: argparse.Namespace) -> int:
     probe_cfg.kind = args.probe or probe_cfg.kind
     probe_cfg.label_fraction = args.label_fraction
     result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output)
+    if "output" not in result:  # under torchrun only rank 0 reports
+        return 0
     print(describe(result))
     if result.get("per_class_top1"):
         print(describe_classes(result))

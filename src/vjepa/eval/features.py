@@ -299,13 +299,14 @@ def encode_batches(
     progress: bool = False,
     order: list[int] | None = None,
     keep: tuple[str, ...] = (),
+    batches: list[list[int]] | None = None,
 ):
     """Yield (first row, tokens [b, V, N, D] on `device`, labels) for each batch of a view dataset.
 
     The encoder runs frozen, without gradients, under bf16 autocast when `bf16`; only one batch of
     clips and tokens is alive at a time, so memory does not grow with the dataset. `order` lists
-    the items to visit (default: all, in order); `keep` names further item keys (e.g. "path")
-    passed through with the labels.
+    the items to visit (default: all, in order), or `batches` the item indices of every batch;
+    `keep` names further item keys (e.g. "path") passed through with the labels.
     """
     from tqdm.auto import tqdm
 
@@ -314,7 +315,10 @@ def encode_batches(
     encoder.eval().to(device)
     # `order` (the item indices to visit) is a sampler: a shuffled epoch is exactly the permutation
     # the caller drew, whatever the worker count
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, sampler=order)
+    if batches is not None:  # explicit batches (a rank's shares of the global batches)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, sampler=order)
     first = 0
     for batch in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
         video = batch["video"]

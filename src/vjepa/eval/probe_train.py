@@ -107,8 +107,8 @@ def schedule_lengths(probe_cfg: ProbeConfig, steps_per_epoch: int) -> tuple[int,
 
 
 def probe_step(
-    probe: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, labels: torch.Tensor,
-    layout: tuple[int, int], probe_cfg: ProbeConfig, schedule: tuple[int, int, int],
+    probe: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor | None, labels: torch.Tensor | None,
+    layout: tuple[int, int], probe_cfg: ProbeConfig, schedule: tuple[int, int, int], shard: tuple[Any, int] = (None, 0),
 ) -> float:
     """One AdamW step on a batch of view tokens; returns the loss.
 
@@ -116,26 +116,59 @@ def probe_step(
     mean over groups of the cross-entropy).
 
     Args:
-        tokens: [b, V, N, D] on the probe's device (bf16 tokens train under bf16 autocast).
+        tokens: [b, V, N, D] on the probe's device (bf16 tokens train under bf16 autocast); None for
+            a rank whose share of the batch is empty.
         labels: int64 [b].
         layout: (S segments, C crops) of the V views.
         schedule: (step, total steps, warmup steps).
+        shard: (a `distributed.DistEnv`, clips in the whole batch) when each rank holds a share of
+            the batch: each rank's summed loss over the global count, gradients summed over ranks,
+            so the step is the whole batch's.
     """
     step, total, warmup = schedule
     optimizer.param_groups[0]["weight_decay"] = probe_weight_decay(step, total, probe_cfg)
     for group in optimizer.param_groups:
         group["lr"] = probe_lr(step, total, warmup, probe_cfg.lr, probe_cfg.final_lr)
-    tokens = tokens if tokens.dtype == torch.bfloat16 else tokens.float()
-    x = probe_inputs(tokens, *layout, probe_cfg.attend_across_segments).flatten(0, 1)  # [b*G, L, D]
-    y = labels.to(x.device).repeat_interleave(x.shape[0] // len(labels))
-    with autocast(x.device, x.dtype == torch.bfloat16):  # bf16 features: bf16 matmuls (2x on CPU)
-        loss = F.cross_entropy(probe(x).float(), y)
+    env, global_clips = shard
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = _probe_loss(probe, tokens, labels, layout, probe_cfg, global_clips if env is not None else 0)
+    if loss is not None:
+        loss.backward()
+    if env is not None:
+        loss = _sum_over_ranks(probe, loss, env)
     if probe_cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(probe.parameters(), probe_cfg.grad_clip)
     optimizer.step()
     return loss.item()
+
+
+def _probe_loss(probe: nn.Module, tokens: torch.Tensor | None, labels: torch.Tensor | None, layout: tuple[int, int],
+                probe_cfg: ProbeConfig, global_clips: int) -> torch.Tensor | None:
+    """Cross-entropy over view groups: the mean, or (global_clips > 0) the sum over global_clips * G."""
+    if tokens is None:
+        return None
+    tokens = tokens if tokens.dtype == torch.bfloat16 else tokens.float()
+    x = probe_inputs(tokens, *layout, probe_cfg.attend_across_segments).flatten(0, 1)  # [b*G, L, D]
+    groups = x.shape[0] // len(labels)
+    y = labels.to(x.device).repeat_interleave(groups)
+    with autocast(x.device, x.dtype == torch.bfloat16):  # bf16 features: bf16 matmuls (2x on CPU)
+        logits = probe(x).float()
+    if not global_clips:
+        return F.cross_entropy(logits, y)
+    return F.cross_entropy(logits, y, reduction="sum") / (global_clips * groups)
+
+
+def _sum_over_ranks(probe: nn.Module, loss: torch.Tensor | None, env: Any) -> torch.Tensor:
+    """All-reduce (sum) the probe's gradients and the loss over ranks; a rank without clips adds zeros."""
+    import torch.distributed as dist
+
+    for p in probe.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    total = (loss.detach() if loss is not None else torch.zeros((), device=next(probe.parameters()).device)).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
 
 
 def train_probe(

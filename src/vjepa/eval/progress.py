@@ -94,7 +94,7 @@ class ProbeProgress:
         self.current.append(loss)
         self.step += 1
         every = self.probe_cfg.checkpoint_every
-        if every and self.probe_cfg.state_file and self.step % every == 0:
+        if every and self.probe_cfg.state_file and self.step % every == 0 and _is_main():
             self.save()
 
     def _close_epoch(self) -> None:
@@ -114,6 +114,13 @@ class ProbeProgress:
         state = {"probe": self.probe.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                  "epoch": self.epoch, "history": self.history, "current": self.current, "settings": self._settings()}
         atomic_write(self.probe_cfg.state_file, lambda tmp: torch.save(state, tmp))
+
+
+def _is_main() -> bool:
+    """Rank 0 (or a single process): the rank that writes the state file (all ranks hold the same)."""
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def with_state_file(probe_cfg: ProbeConfig, output: str | Path) -> ProbeConfig:

@@ -21,7 +21,7 @@ from torch import nn
 
 from vjepa.api import checkpoint_path
 from vjepa.checkpoint import load_checkpoint
-from vjepa.config import Config, ProbeConfig, to_dict
+from vjepa.config import Config, ConfigError, ProbeConfig, to_dict
 from vjepa.distributed import resolve_device
 from vjepa.eval.cache import FeatureCache, load_frozen, recent_cache
 from vjepa.eval.features import SYNTHETIC_TASKS
@@ -40,6 +40,7 @@ def probe_encoder(
     label_fraction: float = 1.0,
     probe_cfg: ProbeConfig | None = None,
     cache: FeatureCache | None = None,
+    env: Any = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Probe a frozen encoder (trained or random-init) on the run's data; report held-out top-1.
@@ -52,6 +53,7 @@ def probe_encoder(
         label_fraction: share of training labels used, class-balanced (e.g. 0.05).
         probe_cfg: further settings (epochs, views, eval_split, ...); defaults `ProbeConfig()`.
         cache: a `FeatureCache` of this encoder to reuse across calls (made if None).
+        env: under torchrun, the `distributed.DistEnv` (streaming probes only: ranks share the clips).
         **overrides: any `ProbeConfig` field, e.g. epochs=50, num_crops=3.
 
     Returns:
@@ -60,8 +62,10 @@ def probe_encoder(
     """
     settings = {"kind": probe, "task": task, "label_fraction": label_fraction, **overrides}
     probe_cfg = make_probe_config(probe_cfg, **settings)
+    if env is not None and env.distributed and not probe_cfg.streaming:
+        raise ConfigError("under torchrun a probe streams (each rank encodes its share): pass --stream")
     if probe_cfg.streaming:  # no cache: the encoder runs on every batch of every epoch
-        result = probe_streaming(freeze(encoder), cfg, probe_cfg, encoder.embed_dim, encoder.num_heads)
+        result = probe_streaming(freeze(encoder), cfg, probe_cfg, encoder.embed_dim, encoder.num_heads, env)
         return {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
                 "eval_split": probe_cfg.eval_split, "feature_seconds": 0.0, "settings": to_dict(probe_cfg)}
     if cache is None:
@@ -236,21 +240,28 @@ def probe_checkpoint(
     Returns:
         The result, with `output` the JSON file written.
     """
+    from vjepa import distributed
     from vjepa.config import apply_overrides
 
     validate_probe(probe_cfg)
-    encoder, cfg = load_frozen(path, probe_cfg.encoder, resolve_device(probe_cfg.device))
+    env = distributed.setup(probe_cfg.device)  # one process unless launched by torchrun
+    encoder, cfg = load_frozen(path, probe_cfg.encoder, env.device)
     cfg = apply_overrides(cfg, list(overrides))
     probe_cfg = dataclasses.replace(probe_cfg, task=probe_cfg.task or _default_task(cfg, probe_cfg))
     output = output or _result_dir(path) / _probe_file_name(probe_cfg)
-    probe_cfg = with_state_file(probe_cfg, output)
-    with _sampling_hint(probe_cfg):
-        if probe_cfg.folds:
-            result = cross_validate(encoder, cfg, probe_cfg)
-        else:
-            result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction, probe_cfg)
+    probe_cfg = with_state_file(probe_cfg, output)  # every rank resumes from it; rank 0 writes it
+    try:
+        with _sampling_hint(probe_cfg):
+            if probe_cfg.folds:
+                result = cross_validate(encoder, cfg, probe_cfg)
+            else:
+                result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction,
+                                       probe_cfg, env=env)
+    finally:
+        distributed.teardown(env)
     result.update(checkpoint=_source_name(path), step=_probed_step(path, probe_cfg.encoder))
-    result["output"] = str(write_json(output, result))
+    if env.is_main:  # one JSON, one state file: rank 0 writes
+        result["output"] = str(write_json(output, result))
     return result
 
 

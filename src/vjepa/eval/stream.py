@@ -32,8 +32,13 @@ def train_probe_streaming(
     probe_cfg: ProbeConfig,
     device: torch.device,
     bf16: bool = True,
+    env: Any = None,
 ) -> list[float]:
     """Train `probe` on clips encoded on the fly: the same steps as `train_probe` on cached features.
+
+    Under torchrun (`env`, a `distributed.DistEnv` of several ranks) each rank encodes its share
+    of every batch (clips rank, rank + W, ...) and the probe's gradients are summed over ranks, so
+    every rank takes the single-process step.
 
     Args:
         probe: trained in place on `device`.
@@ -43,6 +48,7 @@ def train_probe_streaming(
         probe_cfg: optimisation (epochs, batch_size, lr, weight decay, grad_clip), seed, the view layout.
         device: where encoder and probe run.
         bf16: bf16 autocast for the encoder.
+        env: the process group's `DistEnv`, or None for one process.
 
     Returns:
         The mean training loss of each epoch.
@@ -51,17 +57,21 @@ def train_probe_streaming(
     optimizer = probe_optimizer(probe, probe_cfg)
     total, warmup = schedule_lengths(probe_cfg, math.ceil(len(dataset) / probe_cfg.batch_size))
     layout = (probe_cfg.num_segments, 1)  # training views: one crop of every segment
+    rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
     progress = ProbeProgress(probe_cfg, probe, optimizer)  # resumes from probe_cfg.state_file if there
     seeded = EpochSeeded(dataset, probe_cfg.seed)  # item i of epoch e: the same augmentation, resumed or not
     steps = epoch_batches(len(dataset), probe_cfg, progress.step)
     for epoch, batches in itertools.groupby(steps, key=lambda item: item[0]):
-        batches = list(batches)
+        batches = list(batches)  # this epoch's remaining steps, in train_probe's order
         seeded.epoch = epoch
-        order = torch.cat([index for _, _, index in batches]).tolist()  # the epoch's remaining clips, as train_probe
-        encoded = encode_batches(encoder, seeded, probe_cfg.batch_size, device, bf16, probe_cfg.num_workers, order=order)
-        for (_, step, _), (_, tokens, labels) in zip(batches, encoded):
-            progress.record(epoch, probe_step(probe, optimizer, tokens.detach(), labels[task], layout, probe_cfg,
-                                              (step, total, warmup)))
+        shares = [index[rank::world].tolist() for _, _, index in batches]  # this rank's clips of each batch
+        encoded = encode_batches(encoder, seeded, probe_cfg.batch_size, device, bf16, probe_cfg.num_workers,
+                                 batches=[share for share in shares if share])
+        for (_, step, index), share in zip(batches, shares):
+            tokens, labels = next(encoded)[1:] if share else (None, {task: None})
+            shard = (env, len(index)) if env is not None and env.distributed else (None, 0)
+            progress.record(epoch, probe_step(probe, optimizer, tokens, labels[task], layout, probe_cfg,
+                                              (step, total, warmup), shard))
     return progress.finish()
 
 
@@ -101,7 +111,7 @@ def streaming_summary(dataset: Dataset) -> dict[str, Any]:
 
 
 def probe_streaming(
-    encoder: nn.Module, cfg: Any, probe_cfg: ProbeConfig, embed_dim: int, num_heads: int
+    encoder: nn.Module, cfg: Any, probe_cfg: ProbeConfig, embed_dim: int, num_heads: int, env: Any = None
 ) -> dict[str, Any]:
     """Train a probe on clips encoded on the fly and score it on `probe_cfg.eval_split` with multi-view.
 
@@ -110,6 +120,7 @@ def probe_streaming(
         cfg: the encoder's run Config (pixels; its data unless `probe_cfg.data` names other data).
         probe_cfg: the probe, its data and sampling (see `views.probe_data_config`).
         embed_dim, num_heads: the encoder's width and heads.
+        env: under torchrun, the `DistEnv`: ranks share the training clips; every rank scores the test split.
 
     Returns:
         The dict of `probe_train.probe_features`, plus `skipped` / `skipped_files` of both splits.
@@ -126,7 +137,8 @@ def probe_streaming(
     train, num_classes, names = class_balance(train, test, probe_cfg)
     probe = new_probe(probe_cfg, embed_dim, num_heads, num_classes)
     bf16 = cfg.run.dtype == "bf16"  # the encoder's autocast, as for cached features
-    history = train_probe_streaming(probe, encoder, train, probe_cfg.task, probe_cfg, device, bf16)
+    device = env.device if env is not None else device
+    history = train_probe_streaming(probe, encoder, train, probe_cfg.task, probe_cfg, device, bf16, env)
     probs, labels, paths = predict_streaming(probe, encoder, test, probe_cfg.task, probe_cfg, device, bf16)
     result = score(probs, labels, num_classes, probe_cfg.task, names)
     skipped = {split: streaming_summary(d) for split, d in (("train", train), (probe_cfg.eval_split, test))}
