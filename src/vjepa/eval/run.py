@@ -246,6 +246,7 @@ def probe_checkpoint(
     validate_probe(probe_cfg)
     env = distributed.setup(probe_cfg.device)  # one process unless launched by torchrun
     encoder, cfg = load_frozen(path, probe_cfg.encoder, env.device)
+    _broadcast(encoder, env)
     cfg = apply_overrides(cfg, list(overrides))
     probe_cfg = dataclasses.replace(probe_cfg, task=probe_cfg.task or _default_task(cfg, probe_cfg))
     output = output or _result_dir(path) / _probe_file_name(probe_cfg)
@@ -263,6 +264,15 @@ def probe_checkpoint(
     if env.is_main:  # one JSON, one state file: rank 0 writes
         result["output"] = str(write_json(output, result))
     return result
+
+
+def _broadcast(encoder: nn.Module, env: Any) -> None:
+    """Rank 0's weights on every rank (a preset name draws a new random encoder in each process)."""
+    if env.distributed:
+        import torch.distributed as dist
+
+        for tensor in encoder.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 def _default_task(cfg: Config, probe_cfg: ProbeConfig) -> str:
