@@ -329,3 +329,12 @@ def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp
         assert max((state[k] - single[k]).abs().max().item() for k in single) < 1e-5
     ran = json.loads((tmp_path / "result.json").read_text())  # written once, by rank 0
     assert ran["num_train"] == 6 and ran["top1"] == json.loads((tmp_path / "single.json").read_text())["top1"]
+
+
+def test_eval_command_probes_the_label_task_of_given_data(videos, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "debug", "--data", str(videos), "--epochs", "1", "--frames", "8", "--frame-step", "1",
+                 "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [(r["task"], r["probe"]) for r in results] == [("label", "attentive"), ("label", "linear")]
+    assert all(r["checkpoint"] == "debug" and r["step"] is None for r in results)

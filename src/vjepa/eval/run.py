@@ -387,6 +387,6 @@ def evaluate_checkpoint(
     results = evaluate_encoder(encoder, cfg, probe_cfg, tasks, PROBE_KINDS, label_fractions, verbose)
     step = _probed_step(path, probe_cfg.encoder)
     for r in results:
-        r.update(checkpoint=str(checkpoint_path(path)), step=step)
+        r.update(checkpoint=_source_name(path), step=step)
     write_json(output or _result_dir(path) / f"eval{_file_suffix(probe_cfg)}.json", results)
     return results
