@@ -286,6 +286,14 @@ def _probe_rank(rank, world_size, port, weights, data, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    from vjepa import distributed
+    from vjepa.eval.run import _broadcast
+
+    env = distributed.setup("cpu")  # probe_checkpoint joins this group (and leaves it at the end)
+    torch.manual_seed(rank)  # a preset's random encoder differs per rank until rank 0's is broadcast
+    drawn = torch.nn.Linear(3, 2)
+    _broadcast(drawn, env)
+    torch.save(drawn.state_dict(), f"{out_dir}/drawn{rank}.pt")
     _run_and_keep(weights, data, f"{out_dir}/rank{rank}.pt", f"{out_dir}/result.json")
 
 
@@ -327,6 +335,8 @@ def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp
     for rank in range(2):
         state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert max((state[k] - single[k]).abs().max().item() for k in single) < 1e-5
+    drawn = [torch.load(tmp_path / f"drawn{rank}.pt", weights_only=True) for rank in range(2)]
+    assert all(torch.equal(drawn[0][k], drawn[1][k]) for k in drawn[0])
     ran = json.loads((tmp_path / "result.json").read_text())  # written once, by rank 0
     assert ran["num_train"] == 6 and ran["top1"] == json.loads((tmp_path / "single.json").read_text())["top1"]
 
