@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 
 from vjepa.config import apply_overrides, load_yaml, preset
-from vjepa.evaluate import (
+from vjepa.eval import (
     QUICK_EVAL_SPLIT,
     QUICK_TRAIN_CLIPS,
     FeatureCache,
     probe_encoder,
     quick_probe,
-    random_encoder,
 )
-from vjepa.train import train
+from vjepa.precision import freeze
+from vjepa.train import initial_encoder, train
 
 # The demo data before 2026-11-29: one sprite, 1-2 px per frame, slow turns and resizing.
 SLOW = ["data.synthetic.max_sprites=1", "data.synthetic.translate_speed=[1.0,2.0]",
@@ -74,7 +74,7 @@ def config(args: argparse.Namespace, variant: str):
 def probe_random(run_dir: str, epochs: int) -> dict[str, float]:
     """Top-1 of a random-init encoder of the run's shape, on the run's data (same probe settings)."""
     cfg = load_yaml(Path(run_dir) / "config.yaml")
-    encoder = random_encoder(cfg)
+    encoder = freeze(initial_encoder(cfg))
     cache = FeatureCache(encoder, cfg)
     return {task: probe_encoder(encoder, cfg, task, "attentive", cache=cache, epochs=epochs,
                                 max_train_clips=QUICK_TRAIN_CLIPS, eval_split=QUICK_EVAL_SPLIT)["top1"]

@@ -6,7 +6,7 @@ look; the motion itself comes from the pixels), with the flow field of the clip'
 a shift (vx, vy) for translations, a rigid turn omega x r for rotations and a radial field g r for
 grow / shrink. Each pair of consecutive frames gives one fit; the median over pairs (robust to the
 size sawtooth's wrap) gives the direction. Printed: direction accuracy per motion type, "given the
-type", the same number `vjepa.evaluate.direction_given_type` computes from a probe's confusion matrix.
+type", the same number `vjepa.eval.direction_given_type` computes from a probe's confusion matrix.
 
     python experiments/motion_from_pixels.py --preset demo32 --split test
     python experiments/motion_from_pixels.py --preset demo32 --split test --probe-json RUN/target_vs_online.json
@@ -33,7 +33,7 @@ from vjepa.data.synthetic import (
     split_size,
     sprite_states,
 )
-from vjepa.evaluate import direction_given_type
+from vjepa.eval import direction_given_type
 
 
 def _flow_basis(kind: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:

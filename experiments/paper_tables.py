@@ -38,14 +38,14 @@ import torch
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, apply_overrides, preset
 from vjepa.data.synthetic import MOTION_CLASSES, MOTION_TYPES
-from vjepa.evaluate import (
+from vjepa.eval import (
     FeatureCache,
     direction_given_type,
-    freeze,
-    load_encoder,
+    load_frozen,
     make_probe_config,
     probe_encoder,
 )
+from vjepa.precision import freeze
 from vjepa.train import initial_encoder, train
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -211,7 +211,7 @@ def probe_variant(args, variant: str, seed: int, probe_cfg, results: list[dict])
     else:
         points = checkpoints(Path(cfg.run.out_dir))
     for step, path in points:
-        encoder = freeze(initial_encoder(cfg)) if path is None else load_encoder(path)[0]
+        encoder = freeze(initial_encoder(cfg)) if path is None else load_frozen(path)[0]
         plan = probe_plan(final=step == points[-1][0], low_shot=args.low_shot)
         key = {"variant": variant, "seed": seed, "step": step}
         results.extend(probe_point(encoder, cfg, plan, probe_cfg, done, key))

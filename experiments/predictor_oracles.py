@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
+from vjepa.api import checkpoint_path
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
-from vjepa.evaluate import resolve_checkpoint
 from vjepa.jepa import JEPA, sample_losses
 from vjepa.masks import num_generators
 from vjepa.models.vit import gather_tokens
-from vjepa.train import autocast, build_train_loader, masks_for_step
+from vjepa.precision import autocast
+from vjepa.train import build_train_loader, masks_for_step
 
 ORACLES = ("clip_constant", "position_mean", "visible_plus_position", "zero")
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = resolve_checkpoint(Path(args.run))
+    path = checkpoint_path(Path(args.run))
     model, cfg, step = load_model(path)
     losses = oracle_losses(model, cfg, args.batches, args.start_step)
     print(f"{path} at step {step}: prediction loss on {args.batches} training batches of {cfg.data.batch_size}\n")

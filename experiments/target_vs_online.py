@@ -28,10 +28,12 @@ from typing import Any
 
 import torch
 
+from vjepa.api import checkpoint_path
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
-from vjepa.evaluate import class_names, freeze, probe_encoder, resolve_checkpoint
+from vjepa.eval import class_names, probe_encoder
 from vjepa.jepa import ema_init_share
+from vjepa.precision import freeze
 from vjepa.train import initial_encoder
 
 ENCODERS = ("init", "online", "target", "blend")
@@ -49,7 +51,7 @@ def blend(first: torch.nn.Module, second: torch.nn.Module, share: float) -> torc
 
 def encoders(run: Path) -> tuple[dict[str, torch.nn.Module], Any, float, int]:
     """The four encoders of a run, its config, the target's init share and the checkpoint step."""
-    path = resolve_checkpoint(run)
+    path = checkpoint_path(run)
     state = load_checkpoint(path)
     if "config" not in state:
         raise SystemExit(f"{path} has no stored config (not a vjepa training checkpoint): its init is unknown")

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import vjepa
-from vjepa.api import export, list_videos, load, read_features, window_indices
+from vjepa.api import export, load, window_indices
 from vjepa.checkpoint import CheckpointError, read_safetensors_metadata, save_checkpoint
 from vjepa.cli import main
 from vjepa.config import preset, to_dict, to_yaml
 from vjepa.data.decode import read_frames
 from vjepa.data.synthetic import render_clip, write_mp4
+from vjepa.eval import list_videos, load_features
 from vjepa.models.predictor import build_predictor
 from vjepa.models.vit import build_encoder
 
@@ -167,21 +168,24 @@ def test_embed_command_skips_bad_files_and_reports_them(tmp_path, run, capsys):
     assert code == 0, captured.err
     assert "skipped" in captured.err and "corrupt.mp4" in captured.err and "empty.mp4" in captured.err
     assert "embedded 2 of 4 videos" in captured.out
-    features = read_features(out)
-    assert features.features.shape == (3, 64, 64)  # a.mp4: windows at 0, 9; b.mp4 (short): one
+    features = load_features(out)
+    assert features.tokens.shape == (3, 1, 64, 64)  # a.mp4: windows at 0, 9; b.mp4 (short): one
     assert features.video_index.tolist() == [0, 0, 1] and features.window_start.tolist() == [0, 9, 0]
-    assert [p.split("/")[-1] for p in features.paths] == ["a.mp4", "b.mp4"] and features.labels == [0, 1]
+    assert [p.split("/")[-1] for p in features.videos] == ["a.mp4", "b.mp4"]
+    assert features.labels["label"].tolist() == [0, 0, 1]
+    assert features.metadata["frame_step"] == "2"
     direct = load(run_dir, device="cpu").embed(videos / "cats" / "a.mp4", frame_step=2)
-    assert torch.allclose(features.features[:2], direct, atol=1e-5)
+    assert torch.allclose(features.tokens[:2, 0], direct, atol=1e-5)
 
     npy = tmp_path / "pooled.npy"
     listing = tmp_path / "list.csv"
     listing.write_text(f"{videos / 'cats' / 'a.mp4'} 3\n{videos / 'dogs' / 'b.mp4'} 5\n")
     assert main(["embed", str(listing), "--checkpoint", str(run_dir), "-o", str(npy), "--pooled", "--no-progress",
                  "--frame-step", "2", "--dtype", "float16"]) == 0
-    pooled = read_features(npy)
-    assert pooled.features.shape == (3, 64) and pooled.features.dtype == torch.float16
-    assert pooled.labels == [3, 5] and json.loads(npy.with_suffix(".json").read_text())["pooled"] == "true"
+    pooled = load_features(npy)
+    assert pooled.tokens.shape == (3, 1, 1, 64) and pooled.tokens.dtype == torch.float16
+    assert pooled.labels["label"].tolist() == [3, 3, 5]
+    assert json.loads(npy.with_suffix(".json").read_text())["metadata"]["pooled"] == "true"
     assert list_videos(videos / "cats" / "a.mp4") == [(str(videos / "cats" / "a.mp4"), -1)]
 
     bad_only = tmp_path / "bad"

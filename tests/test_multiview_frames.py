@@ -12,7 +12,7 @@ import torch
 
 from video_utils import decode_index, write_index_video
 from vjepa.config import ProbeConfig, apply_overrides, preset
-from vjepa.evaluate import SyntheticViews, segment_starts, view_dataset
+from vjepa.eval.views import SyntheticViews, segment_starts, view_dataset
 
 
 def to_uint8(views: torch.Tensor, mean, std) -> np.ndarray:
@@ -52,9 +52,10 @@ def index_videos(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("num_crops", [1, 3])
 def test_real_video_views_hold_the_frames_of_their_segment(index_videos, num_crops):
     cfg = apply_overrides(preset("debug"), [
-        "data.source=csv", f"data.path={index_videos}", "data.frame_step=2", "data.crop_size=16",
+        "data.source=csv", f"data.path={index_videos}", "data.crop_size=16",
     ])
-    probe = ProbeConfig(num_segments=2, frames_per_segment=4, num_crops=num_crops)
+    # the probe samples with its own frame step (probe.frame_step), not the pretraining data's
+    probe = ProbeConfig(num_segments=2, frames_per_segment=4, num_crops=num_crops, frame_step=2)
     dataset = view_dataset(cfg, probe, "val", num_crops)
     # a.mp4: 40 frames in 2 segments of 20, each clip 4 frames 2 apart from its segment's start;
     # b.mp4: 24 frames, segments of 12

@@ -59,7 +59,7 @@ def test_motion_types_table_groups_classes_and_reads_directions(tables):
     import numpy as np
     import torch
 
-    from vjepa.evaluate import per_class_top1
+    from vjepa.eval import per_class_top1
 
     def with_confusion(seed, rotation_right):
         confusion = np.eye(8, dtype=int) * 10  # 10 test clips per class, all right ...

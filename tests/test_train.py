@@ -155,7 +155,7 @@ def test_probe_after_compares_the_target_encoder_with_its_random_init(monkeypatc
         return {"top1": top1, "num_train": max_train_clips, "num_test": 256, "eval_split": "val", "task": "motion",
                 "per_class_top1": [top1] * 8}
 
-    monkeypatch.setattr("vjepa.evaluate.quick_probe", fake)
+    monkeypatch.setattr("vjepa.eval.quick_probe", fake)
     cfg = apply_overrides(preset("demo"), ["run.probe_after_clips=4096", "run.out_dir=runs/x"])
     summary = _probe_after(cfg)
     assert calls == [("runs/x", "target_encoder", 4096), ("runs/x", "init", 4096)]
@@ -175,7 +175,7 @@ def test_probe_after_keeps_the_target_score_when_the_init_probe_fails(monkeypatc
         return {"top1": 80.5, "num_train": 64, "num_test": 16, "eval_split": "val", "task": "motion",
                 "probe": "attentive", "label_fraction": 1.0, "train_top1": 100.0}
 
-    monkeypatch.setattr("vjepa.evaluate.quick_probe", fake)
+    monkeypatch.setattr("vjepa.eval.quick_probe", fake)
     summary = _probe_after(apply_overrides(preset("demo"), ["run.out_dir=runs/x"]))
     assert summary == {"target_encoder": 80.5, "init_failed": "init unavailable"}
     captured = capsys.readouterr()
@@ -192,7 +192,7 @@ def test_probe_after_skips_other_data_and_reports_a_failed_probe(monkeypatch, ca
     def broken(run_dir, **_):
         raise DataError(f"{run_dir}: no val split")
 
-    monkeypatch.setattr("vjepa.evaluate.quick_probe", broken)
+    monkeypatch.setattr("vjepa.eval.quick_probe", broken)
     assert _probe_after(preset("demo")) == {"failed": "runs/demo: no val split"}
     assert "after-training probe failed: runs/demo: no val split" in capsys.readouterr().err
 

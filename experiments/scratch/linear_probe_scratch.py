@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: ta
 
 from target_vs_online import encoders
 
-from vjepa.evaluate import probe_encoder
+from vjepa.eval import probe_encoder
 
 torch.set_num_threads(1)
 run = sys.argv[1]

@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
 from vjepa.data import build_dataset
-from vjepa.evaluate import load_encoder
+from vjepa.eval import load_frozen
 from vjepa.jepa import collapse_stats, layer_norm_targets
 from vjepa.models.vit import gather_tokens
 from vjepa.train import initial_encoder
@@ -23,7 +23,7 @@ for spec in sys.argv[1:]:
     if which == "init":
         st = load_checkpoint(path); cfg = from_dict(Config, st["config"]); enc = initial_encoder(cfg).eval()
     else:
-        enc, cfg = load_encoder(path, which)
+        enc, cfg = load_frozen(path, which)
     ds = build_dataset(cfg.data, split="val", train=False)
     video = torch.stack([ds[i]["video"] for i in range(32)])
     video = video[:, 0]  # first (only) view

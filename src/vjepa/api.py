@@ -1,4 +1,4 @@
-"""Use an encoder as a library: load weights from anywhere, embed videos, export, embed many files.
+"""Use an encoder as a library: load weights from anywhere, embed videos, export.
 
     >>> import vjepa
     >>> encoder = vjepa.load("runs/demo")          # run dir, .pt, .safetensors, official .pth.tar, preset
@@ -14,10 +14,8 @@ N tokens per clip, D feature width, W windows of a video, R rows of a feature fi
 
 from __future__ import annotations
 
-import json
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from vjepa.config import ENCODER_NETWORKS, PRESETS, Config, from_dict, load_yaml
 from vjepa.distributed import resolve_device
 from vjepa.models.predictor import Predictor, build_predictor
 from vjepa.models.vit import VisionTransformer, build_encoder
+from vjepa.precision import autocast, freeze
 
 EXPORT_FORMAT = "vjepa-weights-1"  # metadata "format" of files written by `export`
 WHICH = ENCODER_NETWORKS  # which network `load` returns (see its docstring)
@@ -101,7 +100,7 @@ class Encoder:
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={precision!r}; choose fp32 or bf16")
-        self.model, self.config, self.predictor = _freeze(model), config, predictor and _freeze(predictor)
+        self.model, self.config, self.predictor = freeze(model), config, predictor and freeze(predictor)
         self.which, self.source, self.precision = which, source, precision
 
     def __repr__(self) -> str:
@@ -150,7 +149,7 @@ class Encoder:
     def __call__(self, clips: torch.Tensor) -> torch.Tensor:
         """Encode normalised clips: float [B, C, T, H, W] -> float32 [B, N, D] on the model's device."""
         clips = clips.to(self.device, torch.float32)
-        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+        with torch.no_grad(), autocast(self.device, self.precision):
             return self.model(clips).float()
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -244,12 +243,6 @@ class Encoder:
         return (features.mean(dim=1) if pooled else features).cpu()
 
 
-def _freeze(module: torch.nn.Module) -> torch.nn.Module:
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
 def _groups(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     group: list[Any] = []
     for item in items:
@@ -298,20 +291,30 @@ def read_weights(
     return cfg, networks, description
 
 
-def _read_weights(
-    source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None
-) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool]:
-    """`read_weights` plus whether the config is the run's own (stored, or a preset's) rather
-    than inferred from tensor shapes (official checkpoints, bare state dicts)."""
+def checkpoint_path(source: str | Path) -> Path:
+    """The file `load` reads for `source`: a run directory's latest.pt, or the file itself.
+
+    Raises:
+        CheckpointError: naming `source` when there is no such file (or the folder has no latest.pt).
+    """
     path = Path(source)
     if not path.exists():
-        if str(source) in PRESETS:
-            return preset(str(source)), {}, f"preset {source!r} (random init)", True
         raise CheckpointError(f"no checkpoint at {source} (and it is not a preset: {', '.join(PRESETS)})")
     if path.is_dir():
         path = path / "latest.pt"
         if not path.is_file():
             raise CheckpointError(f"{source} is a folder without latest.pt (pass a run directory or a file)")
+    return path
+
+
+def _read_weights(
+    source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None
+) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool]:
+    """`read_weights` plus whether the config is the run's own (stored, or a preset's) rather
+    than inferred from tensor shapes (official checkpoints, bare state dicts)."""
+    if not Path(source).exists() and str(source) in PRESETS:
+        return preset(str(source)), {}, f"preset {source!r} (random init)", True
+    path = checkpoint_path(source)
     if path.suffix == ".safetensors":
         tensors, config = load_safetensors(path)
         which = read_safetensors_metadata(path).get("which", "encoder")
@@ -452,196 +455,3 @@ def export(
         tensors.update({f"predictor.{k}": v for k, v in encoder.predictor.state_dict().items()})
     save_safetensors(output, tensors, to_dict(encoder.config), {"which": encoder.which, "format": EXPORT_FORMAT})
     return Path(output)
-
-
-# ---------------------------------------------------------------------------------------------
-# many files -> one feature file
-
-
-@dataclass
-class FeatureSet:
-    """Features of many videos, one row per window.
-
-    Attributes:
-        features: float [R, N, D] (tokens) or [R, D] (pooled).
-        video_index: int64 [R], the row's video in `paths`.
-        window_start: int64 [R], the window's first source frame.
-        paths: the videos that were embedded (failed ones are not listed).
-        labels: one int per path (-1: unlabelled).
-        failures: (path, error message) of every video that was skipped.
-        metadata: string facts (checkpoint, which, pooled, frames, frame_step, grid).
-    """
-
-    features: torch.Tensor
-    video_index: torch.Tensor
-    window_start: torch.Tensor
-    paths: list[str]
-    labels: list[int]
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def list_videos(source: str | Path) -> list[tuple[str, int]]:
-    """(path, label) of every video named by `source`.
-
-    `source` is a video file (or frame folder / TIFF stack), a list file (.csv/.txt, one `path
-    [label]` per line, as the official code reads), or a folder scanned for video files (labels
-    from sub-folder names, see `vjepa.data.datasets.scan_folder`).
-    """
-    from vjepa.data.datasets import DataError, read_csv_list, scan_folder
-    from vjepa.data.decode import IMAGE_EXTENSIONS
-
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {source}")
-    if path.is_file() and path.suffix.lower() in (".csv", ".txt"):
-        return [(r.path, r.label) for r in read_csv_list(path)]
-    if path.is_dir() and not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in path.iterdir() if f.is_file()):
-        records, _, _ = scan_folder(path, "folder")
-        if not records:
-            raise DataError(f"no video files found under {path}")
-        return [(r.path, r.label) for r in records]
-    return [(str(path), -1)]
-
-
-def embed_files(
-    encoder: Encoder,
-    videos: Sequence[tuple[str, int]] | Sequence[str],
-    pooled: bool = False,
-    batch_size: int = 8,
-    window: int | None = None,
-    frame_step: int | None = None,
-    stride: int | None = None,
-    progress: bool = True,
-) -> FeatureSet:
-    """Embed many videos, batching windows across files; a bad file is skipped, never fatal.
-
-    Args:
-        encoder: from `load`.
-        videos: paths, or (path, label) pairs (see `list_videos`).
-        pooled, batch_size, window, frame_step, stride: as in `Encoder.embed`.
-        progress: show a tqdm bar over the videos.
-
-    Returns:
-        A `FeatureSet`; `failures` names each skipped file and why.
-    """
-    from tqdm import tqdm
-
-    items = [(v, -1) if isinstance(v, (str, Path)) else v for v in videos]
-    pending: list[tuple[int, int, torch.Tensor]] = []  # (video, start, clip)
-    rows: dict[int, list[tuple[int, torch.Tensor]]] = {}  # video -> [(start, features)]
-    failures: dict[int, str] = {}
-
-    def flush() -> None:
-        if pending:
-            features = encoder._features(torch.stack([clip for _, _, clip in pending]), pooled)
-            for (video, start, _), row in zip(pending, features):
-                rows.setdefault(video, []).append((start, row))
-            pending.clear()
-
-    for number, (path, _) in enumerate(tqdm(items, desc="embed", unit="video", disable=not progress)):
-        clips = encoder.iter_clips(path, window, frame_step, stride, chunk=batch_size)
-        while True:
-            try:
-                item = next(clips, None)
-            except Exception as err:  # noqa: BLE001 (decoders raise many types; the file is skipped)
-                failures[number] = f"{type(err).__name__}: {err}"
-                pending[:] = [p for p in pending if p[0] != number]
-                rows.pop(number, None)
-                break
-            if item is None:
-                break
-            pending.append((number, *item))
-            if len(pending) == batch_size:
-                flush()
-    flush()
-    return _feature_set(encoder, items, rows, failures, pooled, window, frame_step)
-
-
-def _feature_set(
-    encoder: Encoder,
-    items: list[tuple[str, int]],
-    rows: dict[int, list[tuple[int, torch.Tensor]]],
-    failures: dict[int, str],
-    pooled: bool,
-    window: int | None,
-    frame_step: int | None,
-) -> FeatureSet:
-    """Gather the per-video rows of `embed_files` into one `FeatureSet` (videos in input order)."""
-    kept = [n for n in range(len(items)) if n in rows and n not in failures]
-    window, frame_step = window or encoder.num_frames, frame_step or encoder.frame_step
-    grid = encoder.grid(window)
-    shape = (encoder.embed_dim,) if pooled else (int(np.prod(grid)), encoder.embed_dim)
-    features = [row for n in kept for _, row in rows[n]]
-    metadata = {"checkpoint": encoder.source, "which": encoder.which, "pooled": str(pooled).lower(),
-                "num_frames": str(window), "frame_step": str(frame_step), "img_size": str(encoder.img_size),
-                "grid": json.dumps(grid)}
-    return FeatureSet(
-        features=torch.stack(features) if features else torch.zeros((0, *shape)),
-        video_index=torch.tensor([new for new, n in enumerate(kept) for _ in rows[n]], dtype=torch.int64),
-        window_start=torch.tensor([start for n in kept for start, _ in rows[n]], dtype=torch.int64),
-        paths=[str(items[n][0]) for n in kept],
-        labels=[int(items[n][1]) for n in kept],
-        failures=[(str(items[n][0]), failures[n]) for n in sorted(failures)],
-        metadata=metadata,
-    )
-
-
-def save_features(path: str | Path, features: FeatureSet, dtype: str = "float32") -> list[Path]:
-    """Write a `FeatureSet` as .safetensors (one file) or .npy (+ a .json index beside it).
-
-    .safetensors tensors: `features` [R, ..], `video_index` [R], `window_start` [R], `label` [V];
-    metadata: `paths` (JSON list) plus `FeatureSet.metadata`. For .npy the array holds `features`
-    and `<name>.json` the rest.
-
-    Args:
-        path: output file, ending in .safetensors or .npy.
-        features: what `embed_files` returned.
-        dtype: "float32" or "float16" for the stored features.
-
-    Returns:
-        The files written.
-    """
-    from vjepa.checkpoint import atomic_write
-
-    path = Path(path)
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype={dtype!r}; choose float32 or float16")
-    values = features.features.to(getattr(torch, dtype))
-    index = {"paths": features.paths, "labels": features.labels, "video_index": features.video_index.tolist(),
-             "window_start": features.window_start.tolist(), **features.metadata}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        tensors = {"features": values.contiguous(), "video_index": features.video_index,
-                   "window_start": features.window_start, "label": torch.tensor(features.labels, dtype=torch.int64)}
-        metadata = {"paths": json.dumps(features.paths), **features.metadata}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-        return [path]
-    if path.suffix == ".npy":
-        def write_npy(tmp: str) -> None:
-            with open(tmp, "wb") as handle:
-                np.save(handle, values.numpy())
-
-        atomic_write(path, write_npy)
-        side = path.with_suffix(".json")
-        atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1) + "\n"))
-        return [path, side]
-    raise ValueError(f"{path}: the output must end in .safetensors or .npy")
-
-
-def read_features(path: str | Path) -> FeatureSet:
-    """Read a file written by `save_features` (.safetensors, or .npy with its .json index)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors, meta = load_file(str(path)), read_safetensors_metadata(path)
-        paths = json.loads(meta.pop("paths"))
-        return FeatureSet(tensors["features"], tensors["video_index"], tensors["window_start"], paths,
-                          tensors["label"].tolist(), metadata=meta)
-    index = json.loads(path.with_suffix(".json").read_text())
-    meta = {k: v for k, v in index.items() if k not in ("paths", "labels", "video_index", "window_start")}
-    return FeatureSet(torch.from_numpy(np.load(path)), torch.tensor(index["video_index"], dtype=torch.int64),
-                      torch.tensor(index["window_start"], dtype=torch.int64), index["paths"], index["labels"],
-                      metadata=meta)

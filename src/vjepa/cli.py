@@ -73,7 +73,7 @@ def _probe_after(cfg) -> dict:
     training that already finished.
     """
     try:
-        from vjepa.evaluate import default_tasks, describe, describe_classes, quick_probe
+        from vjepa.eval import default_tasks, describe, describe_classes, quick_probe
     except ImportError:
         return {"skipped": "evaluation module not available"}
     if "motion" not in default_tasks(cfg):
@@ -172,7 +172,7 @@ def _add_prepare(sub) -> None:
 
 def _probe_config(args: argparse.Namespace):
     """A ProbeConfig from the shared `probe` / `eval` flags."""
-    from vjepa.evaluate import make_probe_config
+    from vjepa.eval import make_probe_config, probe_preset
 
     if args.device:
         check_device(args.device, "--device", INFERENCE_DEVICES)
@@ -180,12 +180,38 @@ def _probe_config(args: argparse.Namespace):
                 "num_crops": args.crops, "attend_across_segments": args.attend_across_segments,
                 "frames_per_segment": args.frames, "resize_ratio": args.resize_ratio, "encoder": args.which,
                 "max_train_clips": args.max_train_clips, "eval_split": args.eval_split,
-                "cache_dir": args.cache_dir, "device": args.device, "seed": args.seed}
-    return make_probe_config(**{k: v for k, v in settings.items() if v is not None})
+                "cache_dir": args.cache_dir, "device": args.device, "seed": args.seed, "data": args.data,
+                "source": args.source, "frame_step": args.frame_step, "fps": args.fps, "streaming": args.stream,
+                "num_workers": args.workers, "folds": args.folds, "group_by": args.group_by,
+                "checkpoint_every": args.checkpoint_every}
+    chosen = {k: v for k, v in settings.items() if v is not None}
+    return make_probe_config(**({**probe_preset(args.preset), **chosen} if args.preset else chosen))
 
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="run directory (uses latest.pt) or checkpoint file")
+    p.add_argument("path", help="run directory (uses latest.pt), checkpoint, export, official .pth.tar, or a "
+                                "preset name (random init)")
+    p.add_argument("--data", help="labelled data to probe on: a CSV (`path label` lines), class folders, ...; "
+                                  "a folder with train/ and test/ (or train.csv, test.csv), or {split} in the path "
+                                  "(default: the run's data)")
+    p.add_argument("--source", choices=["csv", "folder", "frames", "tiff", "cache", "images"],
+                   help="what --data holds (default: guessed; class folders of still images need `images`)")
+    p.add_argument("--preset", choices=["k400", "ssv2", "in1k"],
+                   help="the paper's protocol: k400 16x8x3, ssv2 16x2x3, in1k images (flags given override it)")
+    p.add_argument("--frame-step", type=int, help="the probe's source frames between clip frames (default 4; "
+                                                   "not the run's data.frame_step)")
+    p.add_argument("--fps", type=float, help="sample clips at this frame rate instead of --frame-step")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the encoder on every batch (memory bounded by the batch; augmented training clips) "
+                        "instead of caching tokens (presets stream)")
+    p.add_argument("--workers", type=int, help="DataLoader workers decoding clips (default 0)")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation on the train split instead of scoring "
+                                             "--eval-split (video-wise)")
+    p.add_argument("--group-by", choices=["file", "folder"],
+                   help="cross-validation groups: each file, or each folder's clips together")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="save the probe's training state every N steps beside the JSON (<output>.state.pt); "
+                        "rerunning the same command resumes from it exactly")
     p.add_argument("--epochs", type=int, help="probe epochs on cached features (default 100)")
     p.add_argument("--batch-size", type=int, help="probe batch size (default 16)")
     p.add_argument("--lr", type=float, help="probe peak learning rate (default 1e-3)")
@@ -198,35 +224,46 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--which", choices=ENCODER_NETWORKS, help="network to probe")
     p.add_argument("--max-train-clips", type=int, help="use at most this many training clips (0: all)")
     p.add_argument("--eval-split", help="split to score (default test)")
-    p.add_argument("--cache-dir", help="keep token features here (.safetensors) for later probes")
+    p.add_argument("--cache-dir", help="write token features here (.npy, memory-mapped; keyed by the clips' "
+                                       "content and sampling) and reuse them in later probes")
     p.add_argument("--device", help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=int, help="probe seed (default 0)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
-    p.add_argument("--output", help="JSON file to write (default: inside the run directory)")
+    p.add_argument("--output", help="JSON file to write (default: beside the checkpoint, i.e. inside a run "
+                                    "directory; the working directory for a preset name); the path is printed")
     p.add_argument("overrides", nargs="*", help="run-config changes, e.g. data.source=csv data.path=list.csv")
 
 
 def _probe(args: argparse.Namespace) -> int:
     import torch
 
-    from vjepa.evaluate import describe, describe_classes, probe_checkpoint
+    from vjepa.eval import describe, describe_classes, probe_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
     probe_cfg = _probe_config(args)
-    probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction = args.task, args.probe, args.label_fraction
+    probe_cfg.task = args.task or ("" if not args.preset else probe_cfg.task)  # "": the data's default task
+    probe_cfg.kind = args.probe or probe_cfg.kind
+    probe_cfg.label_fraction = args.label_fraction
     result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output)
+    if "output" not in result:  # under torchrun only rank 0 reports
+        return 0
     print(describe(result))
-    print(describe_classes(result))
+    if result.get("per_class_top1"):
+        print(describe_classes(result))
+    for split, skipped in result.get("skipped", {}).items():
+        for path in skipped["skipped_files"]:
+            print(f"skipped {path} ({split} split; unreadable or too short, see the warnings)", file=sys.stderr)
     print(f"wrote {result['output']}")
     return 0
 
 
 def _add_probe(sub) -> None:
     p = sub.add_parser("probe", help="train a probe on a frozen encoder; print top-1 on the test split")
-    p.add_argument("--task", default="motion", choices=["motion", "appearance", "label"],
-                   help="motion (SSv2 role) / appearance (K400 role) on built-in data; label on real video")
-    p.add_argument("--probe", default="attentive", choices=["attentive", "linear"])
+    p.add_argument("--task", choices=["motion", "appearance", "label"],
+                   help="motion (SSv2 role) / appearance (K400 role) on built-in data; label on real video "
+                        "(default: label with --data or on a run's real data, else motion)")
+    p.add_argument("--probe", choices=["attentive", "linear"], help="default attentive")
     p.add_argument("--label-fraction", type=float, default=1.0, help="class-balanced share of labels, e.g. 0.05")
     _probe_args(p)
     p.set_defaults(func=_probe)
@@ -235,7 +272,7 @@ def _add_probe(sub) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from vjepa.evaluate import evaluate_checkpoint, format_table
+    from vjepa.eval import evaluate_checkpoint, format_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -273,7 +310,7 @@ def _load_encoder(args: argparse.Namespace):
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from vjepa.api import embed_files, list_videos, save_features
+    from vjepa.eval import embed_files, list_videos, save_features
 
     encoder = _load_encoder(args)
     videos = list_videos(args.input)
@@ -281,12 +318,12 @@ def _embed(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
-    if not result.paths:
+    if not result.videos:
         print(f"vjepa embed: error: none of the {len(videos)} videos could be embedded", file=sys.stderr)
         return 1
     written = save_features(args.output, result, args.dtype)
-    print(f"embedded {len(result.paths)} of {len(videos)} videos: {len(result.features)} windows, features "
-          f"{tuple(result.features.shape)} -> {', '.join(str(w) for w in written)}"
+    print(f"embedded {len(result.videos)} of {len(videos)} videos: {len(result)} windows, tokens "
+          f"{tuple(result.tokens.shape)} -> {', '.join(str(w) for w in written)}"
           + (f" ({len(result.failures)} skipped, listed above)" if result.failures else ""))
     return 0
 

@@ -113,7 +113,7 @@ class SyntheticConfig:
 class DataConfig:
     """Where clips come from and how they are sampled and augmented."""
 
-    source: str = "synthetic"  # synthetic | csv | folder | frames | tiff | mixture | cache
+    source: str = "synthetic"  # synthetic | csv | folder | frames | tiff | mixture | cache | images
     path: str = ""  # csv file, folder, or cache folder; mixture: comma-separated list
     weights: list[float] = field(default_factory=list)  # mixture: one weight per path
     num_frames: int = 16
@@ -226,6 +226,22 @@ class ProbeConfig:
     cache_dir: str = ""  # if set, token features are saved/loaded there (.safetensors)
     device: str = "auto"
     seed: int = 0
+    # The probe's own clip sampling and data (never the pretraining run's: a run at frame_step=4 says
+    # nothing about how long the clips to classify are). See vjepa.eval.presets for the paper's protocols.
+    frame_step: int = 4  # source frames between clip frames (the official evaluation's 4)
+    fps: float = 0.0  # > 0: sample at this frame rate instead of frame_step
+    source: str = ""  # data source of `data` (csv, folder, frames, tiff, cache, images); "" guesses from the path
+    data: str = ""  # labelled data to probe on (a CSV, class folders, ...; {split} allowed); "" the run's data
+    streaming: bool = False  # run the frozen encoder on every batch (memory bounded by the batch) instead of caching
+    augment: bool = False  # streaming: train on augmented clips as the official evaluation does
+    num_workers: int = 0  # DataLoader workers decoding clips
+    final_weight_decay: float = -1.0  # >= 0: weight decay follows a cosine from weight_decay to this
+    grad_clip: float = 0.0  # > 0: clip the probe's gradient norm (official: 1.0)
+    folds: int = 0  # >= 2: K-fold cross-validation on the train split, video-wise
+    group_by: str = "file"  # cross-validation groups: file (each video) | folder (clips of one folder together)
+    preset: str = ""  # the named protocol these settings came from (k400, ssv2, in1k), for the record
+    checkpoint_every: int = 0  # > 0: save the probe's training state every this many steps (exact resume)
+    state_file: str = ""  # where; "" with checkpoint_every: beside the result JSON (<output>.state.pt)
 
 
 @dataclass

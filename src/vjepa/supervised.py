@@ -4,7 +4,7 @@ Same encoder, data pipeline, batch size, step count, optimiser groups and LR / w
 schedules as pretraining (`cfg.optim`), so it spends the same compute as a pretraining run of the
 same config; only the loss differs (cross-entropy on `task` instead of feature prediction). The
 run directory looks like a pretraining run's (config.yaml, metrics.jsonl, latest.pt, step_N.pt with
-`encoder`, `classifier`, `opt`, `step`, `config`), so `evaluate.load_encoder` and `vjepa probe` read it.
+`encoder`, `classifier`, `opt`, `step`, `config`), so `vjepa.load` and `vjepa probe` read it.
 No resume: a rerun starts over.
 
 Shapes: B batch, C channels, T frames, H/W pixels, N tokens, D width, K classes.
@@ -25,7 +25,8 @@ from vjepa.distributed import resolve_device
 from vjepa.jepa import param_groups, set_schedules
 from vjepa.models.probe import AttentiveClassifier
 from vjepa.models.vit import build_encoder
-from vjepa.train import RunLog, autocast, build_train_loader, init_seed, prepare_run_dir
+from vjepa.precision import autocast
+from vjepa.train import RunLog, build_train_loader, init_seed, prepare_run_dir
 
 
 def num_classes_for(cfg: Config, task: str, dataset: Any) -> int:

@@ -7,7 +7,6 @@ Shapes: B batch, C channels, T frames, H/W pixels, N tokens.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import math
@@ -47,6 +46,7 @@ from vjepa.jepa import (
 )
 from vjepa.masks import MaskBatch, collate_masks, num_generators, target_masks
 from vjepa.models.vit import build_encoder
+from vjepa.precision import autocast
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,13 +69,6 @@ class RunDirLocked(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # devices and precision
-
-
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or CUDA (matmuls in bf16, reductions and the loss in fp32), or nothing."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def compile_blocks(model: JEPA) -> None:

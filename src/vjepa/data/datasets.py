@@ -44,7 +44,7 @@ from vjepa.data.decode import (
 )
 from vjepa.data.sampling import ClipSpec, clip_span, filter_reason, frame_step_for, sample_clip_indices
 
-SOURCES = ("synthetic", "csv", "folder", "frames", "tiff", "mixture", "cache")
+SOURCES = ("synthetic", "csv", "folder", "frames", "tiff", "mixture", "cache", "images")
 FILTER_REASONS = frozenset({"too_short", "too_long"})  # expected filtering: counted, never strict
 
 
@@ -512,7 +512,8 @@ def build_dataset(
     """The dataset that `cfg.source` names, with `build_transform(cfg, train)` unless given.
 
     Sources: synthetic (built in), csv (`path label` list), folder (videos in class sub-folders),
-    frames (folders of images), tiff (TIFF stacks), mixture (comma-separated paths, one weight each
+    frames (folders of images), tiff (TIFF stacks), images (class folders of still images, each a
+    clip of one repeated frame; see `data.images`), mixture (comma-separated paths, one weight each
     in `cfg.weights`), cache (a folder written by `prepare_cache`). `cfg.path` may hold `{split}`,
     or be a folder with a `split` sub-folder or `split.csv` (see `resolve_split_path`).
 
@@ -527,6 +528,10 @@ def build_dataset(
         from vjepa.data.synthetic import SyntheticVideoDataset
 
         return SyntheticVideoDataset(cfg.synthetic, split, transform)
+    if cfg.source == "images":
+        from vjepa.data.images import ImageFolderDataset
+
+        return ImageFolderDataset(resolve_split_path(cfg.path, split), cfg.num_frames, transform, train, cfg.strict)
     spec = ClipSpec.from_config(cfg)
     if cfg.source == "cache":
         from vjepa.data.prepare import build_cached_dataset

@@ -114,6 +114,9 @@ class TrainTransform:
         horizontal_flip: flip the whole clip with probability 1/2. Flipping swaps the synthetic
             set's left/right and cw/ccw motion labels (see `synthetic.MOTION_HFLIP`).
         mean, std: per-channel normalisation, for values in [0, 1].
+        erase_prob: chance that each frame gets one random rectangle replaced by unit Gaussian
+            noise after normalisation (random erasing, as the official frozen evaluation trains
+            its probes with 0.25); 0 turns it off.
     """
 
     def __init__(
@@ -124,9 +127,10 @@ class TrainTransform:
         horizontal_flip: bool = False,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        erase_prob: float = 0.0,
     ) -> None:
         self.crop_size, self.scale, self.aspect = crop_size, tuple(scale), tuple(aspect)
-        self.horizontal_flip = horizontal_flip
+        self.horizontal_flip, self.erase_prob = horizontal_flip, erase_prob
         self.normalise = _Normalise(mean, std)
 
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -140,7 +144,30 @@ class TrainTransform:
         frames = _resize(frames, self.crop_size, self.crop_size)
         if self.horizontal_flip and torch.rand((), generator=generator).item() < 0.5:
             frames = frames.flip(-1)
-        return self.normalise(frames)
+        video = self.normalise(frames)  # [3, T, crop, crop]
+        if self.erase_prob > 0:
+            for t in range(video.shape[1]):
+                if torch.rand((), generator=generator).item() < self.erase_prob:
+                    _erase(video[:, t], generator)
+        return video
+
+
+def _erase(frame: torch.Tensor, generator: torch.Generator | None) -> None:
+    """Fill one random rectangle of a normalised frame [C, H, W] with N(0, 1) noise, in place.
+
+    The rectangle covers 2-33% of the frame with a log-uniform aspect ratio in [0.3, 3.3]; a draw
+    that does not fit is retried up to 10 times.
+    """
+    height, width = frame.shape[-2:]
+    for _ in range(10):
+        area = height * width * _uniform(0.02, 1 / 3, generator)
+        aspect = math.exp(_uniform(math.log(0.3), math.log(1 / 0.3), generator))
+        h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < h < height and 0 < w < width:
+            top, left = _randint(height - h + 1, generator), _randint(width - w + 1, generator)
+            frame[:, top : top + h, left : left + w] = torch.randn(
+                (frame.shape[0], h, w), generator=generator, dtype=frame.dtype)
+            return
 
 
 class EvalTransform:

@@ -1,4 +1,4 @@
-"""Frozen evaluation: encoder untouched, feature cache, multi-view arithmetic, low-shot, CLI, baselines."""
+"""vjepa.eval: encoder untouched, feature cache, multi-view arithmetic, low-shot, CLI, baselines."""
 
 import json
 
@@ -7,7 +7,8 @@ import torch
 
 from vjepa.cli import main
 from vjepa.config import apply_overrides, preset
-from vjepa.evaluate import (
+from vjepa.data.images import image_clip
+from vjepa.eval import (
     FeatureCache,
     Features,
     aggregate_views,
@@ -15,9 +16,8 @@ from vjepa.evaluate import (
     confusion_matrix,
     describe_classes,
     direction_given_type,
-    image_clip,
-    load_encoder,
     load_features,
+    load_frozen,
     make_probe_config,
     per_class_top1,
     predict,
@@ -26,13 +26,20 @@ from vjepa.evaluate import (
     probe_inputs,
     probe_lr,
     quick_probe,
-    random_encoder,
     save_features,
     segment_starts,
 )
+from vjepa.models.vit import build_encoder
+from vjepa.precision import freeze
 from vjepa.train import train
 
 FAST = {"epochs": 3, "batch_size": 16, "warmup_epochs": 1}
+
+
+def random_encoder(cfg, seed=0):
+    """A frozen, untrained encoder of `cfg`'s shape (the random-init baseline of these tests)."""
+    torch.manual_seed(seed)
+    return freeze(build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames))
 
 
 def debug_cfg(out_dir=None, *overrides):
@@ -86,7 +93,7 @@ def test_feature_cache_runs_the_encoder_once_per_split(tmp_path):
             probe_encoder(encoder, cfg, task, kind, probe_cfg=probe_cfg, cache=cache)
     batches = len(calls)
     assert batches == -(-64 // 32) + -(-32 // 32)  # train + test, once
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and len(list(tmp_path.glob("*.json"))) == 2
     fresh = FeatureCache(encoder, cfg, probe_cfg)  # a later process: loads from disk
     assert torch.equal(fresh.get("test", train=False).tokens, cache.get("test", train=False).tokens)
     assert len(calls) == batches
@@ -113,20 +120,20 @@ def test_features_roundtrip(tmp_path):
     assert loaded.subset(torch.tensor([2])).class_names == ["cats", "dogs", "emus"]  # names index labels
 
 
-def test_load_encoder_from_run_dir(tiny_run):
-    encoder, cfg = load_encoder(tiny_run)
+def test_load_frozen_from_run_dir(tiny_run):
+    encoder, cfg = load_frozen(tiny_run)
     state = torch.load(tiny_run / "latest.pt", weights_only=True)["target_encoder"]
     assert all(torch.equal(state[k], v) for k, v in encoder.state_dict().items())
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
     assert cfg.model.embed_dim == 64
 
 
-def test_load_encoder_reads_a_safetensors_export(tiny_run, tmp_path):
+def test_load_frozen_reads_a_safetensors_export(tiny_run, tmp_path):
     from vjepa.api import export
 
     path = export(tiny_run, tmp_path / "enc.safetensors", which="target_encoder")
-    encoder, cfg = load_encoder(path)
-    reference, _ = load_encoder(tiny_run)
+    encoder, cfg = load_frozen(path)
+    reference, _ = load_frozen(tiny_run)
     assert all(torch.equal(reference.state_dict()[k], v) for k, v in encoder.state_dict().items())
     assert cfg.model.embed_dim == 64 and not encoder.training
 
@@ -299,8 +306,8 @@ def test_quick_probe_returns_accuracy(tiny_run):
 
 def test_quick_probe_of_the_runs_init(tiny_run):
     init = quick_probe(tiny_run, task="motion", epochs=1, verbose=False, which="init")
-    encoder, _ = load_encoder(tiny_run, "init")
-    target, _ = load_encoder(tiny_run)
+    encoder, _ = load_frozen(tiny_run, "init")
+    target, _ = load_frozen(tiny_run)
     assert init["num_test"] == 16 and 0 <= init["top1"] <= 100
     assert any(not torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), target.state_dict().values()))
 
@@ -309,11 +316,11 @@ def test_pixel_and_supervised_runs_load_their_encoder(tmp_path):
     from vjepa.supervised import train_supervised
 
     train(debug_cfg(tmp_path / "pixel", "optim.steps=2", "run.objective=pixel"))
-    encoder, _ = load_encoder(tmp_path / "pixel")  # no target encoder: falls back to the encoder
+    encoder, _ = load_frozen(tmp_path / "pixel")  # no target encoder: falls back to the encoder
     cfg = debug_cfg(tmp_path / "sup", "optim.steps=3", "run.keep_every=3")
     summary = train_supervised(cfg, task="motion")
     assert summary["steps"] == 3 and (tmp_path / "sup" / "step_3.pt").exists()
-    encoder, _ = load_encoder(tmp_path / "sup")
+    encoder, _ = load_frozen(tmp_path / "sup")
     state = torch.load(tmp_path / "sup" / "latest.pt", weights_only=True)
     assert all(torch.equal(state["encoder"][k], v) for k, v in encoder.state_dict().items())
 
@@ -326,23 +333,23 @@ def test_real_video_folder_probe_with_segments_and_crops(tmp_path):
             (tmp_path / split / label).mkdir(parents=True)
             for i in range(2):
                 write_index_video(tmp_path / split / label / f"{i}.mp4", num_frames=40, width=48)
-    cfg = debug_cfg(None, "data.source=folder", f"data.path={tmp_path}", "data.frame_step=2")
+    cfg = debug_cfg(None, "data.source=folder", f"data.path={tmp_path}")
     result = probe_encoder(random_encoder(cfg), cfg, "label", "attentive", num_segments=2, num_crops=3,
-                           attend_across_segments=True, **FAST)
+                           attend_across_segments=True, frame_step=2, **FAST)
     assert (result["num_train"], result["num_test"], result["num_classes"]) == (4, 4, 2)
     assert result["class_names"] == ["cats", "dogs"]  # the class folders, in label order
     assert describe_classes(result).startswith("per class: cats ")
-    linear = probe_encoder(random_encoder(cfg), cfg, "label", "linear", **FAST)  # pools the tokens first
+    linear = probe_encoder(random_encoder(cfg), cfg, "label", "linear", frame_step=2, **FAST)  # pools the tokens
     assert linear["class_names"] == ["cats", "dogs"]
 
 
 def test_quick_probe_reuses_features_of_the_same_checkpoint(tiny_run, monkeypatch):
-    from vjepa import evaluate
+    from vjepa.eval import cache
 
-    evaluate._RECENT.clear()  # earlier tests probed this run too
+    cache._RECENT.clear()  # earlier tests probed this run too
     calls = []
-    real = evaluate.extract_features
-    monkeypatch.setattr(evaluate, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cache.extract_features
+    monkeypatch.setattr(cache, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     for task in ("motion", "appearance"):
         quick_probe(tiny_run, task=task, epochs=1, verbose=False)
     assert len(calls) == 2  # train + val, once

@@ -1,0 +1,147 @@
+"""Streaming probes: the frozen encoder runs on every batch, so memory is bounded by the batch.
+
+Nothing is cached: each epoch decodes (in DataLoader workers), augments and encodes its clips
+again, as the official frozen evaluation does. The cost is an encoder pass per clip and epoch;
+the gain is that a Kinetics-sized set needs no terabytes of token cache and training clips can
+be augmented.
+
+Shape legend: b clips per batch, V = S*C views per clip, N tokens per view, D width, K classes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vjepa.config import ProbeConfig
+from vjepa.eval.features import encode_batches
+from vjepa.eval.probe_train import predict_tokens, probe_optimizer, probe_step, schedule_lengths
+from vjepa.eval.progress import EpochSeeded, ProbeProgress, epoch_batches
+
+
+def train_probe_streaming(
+    probe: nn.Module,
+    encoder: nn.Module,
+    dataset: Dataset,
+    task: str,
+    probe_cfg: ProbeConfig,
+    device: torch.device,
+    bf16: bool = True,
+    env: Any = None,
+) -> list[float]:
+    """Train `probe` on clips encoded on the fly: the same steps as `train_probe` on cached features.
+
+    Under torchrun (`env`, a `distributed.DistEnv` of several ranks) each rank encodes its share
+    of every batch (clips rank, rank + W, ...) and the probe's gradients are summed over ranks, so
+    every rank takes the single-process step.
+
+    Args:
+        probe: trained in place on `device`.
+        encoder: the frozen encoder (no gradients, eval mode).
+        dataset: training views: items `video` [S, 3, F, h, w] (or [3, F, h, w]) and `task` labels.
+        task: the label key of the items.
+        probe_cfg: optimisation (epochs, batch_size, lr, weight decay, grad_clip), seed, the view layout.
+        device: where encoder and probe run.
+        bf16: bf16 autocast for the encoder.
+        env: the process group's `DistEnv`, or None for one process.
+
+    Returns:
+        The mean training loss of each epoch.
+    """
+    probe.to(device).train()
+    optimizer = probe_optimizer(probe, probe_cfg)
+    total, warmup = schedule_lengths(probe_cfg, math.ceil(len(dataset) / probe_cfg.batch_size))
+    layout = (probe_cfg.num_segments, 1)  # training views: one crop of every segment
+    rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
+    progress = ProbeProgress(probe_cfg, probe, optimizer)  # resumes from probe_cfg.state_file if there
+    seeded = EpochSeeded(dataset, probe_cfg.seed)  # item i of epoch e: the same augmentation, resumed or not
+    steps = epoch_batches(len(dataset), probe_cfg, progress.step)
+    for epoch, batches in itertools.groupby(steps, key=lambda item: item[0]):
+        batches = list(batches)  # this epoch's remaining steps, in train_probe's order
+        seeded.epoch = epoch
+        shares = [index[rank::world].tolist() for _, _, index in batches]  # this rank's clips of each batch
+        encoded = encode_batches(encoder, seeded, probe_cfg.batch_size, device, bf16, probe_cfg.num_workers,
+                                 batches=[share for share in shares if share])
+        for (_, step, index), share in zip(batches, shares):
+            tokens, labels = next(encoded)[1:] if share else (None, {task: None})
+            shard = (env, len(index)) if env is not None and env.distributed else (None, 0)
+            progress.record(epoch, probe_step(probe, optimizer, tokens, labels[task], layout, probe_cfg,
+                                              (step, total, warmup), shard))
+    return progress.finish()
+
+
+@torch.no_grad()
+def predict_streaming(
+    probe: nn.Module,
+    encoder: nn.Module,
+    dataset: Dataset,
+    task: str,
+    probe_cfg: ProbeConfig,
+    device: torch.device,
+    bf16: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Multi-view prediction of every clip of `dataset`, encoded on the fly.
+
+    Returns:
+        (probabilities [M, K], labels [M], the clips' paths where the items carry them).
+    """
+    probe.to(device).eval()
+    layout = (probe_cfg.num_segments, probe_cfg.num_crops)
+    probs, labels, paths = [], [], []
+    batches = encode_batches(encoder, dataset, probe_cfg.feature_batch_size, device, bf16, probe_cfg.num_workers,
+                             keep=("path",))
+    for _, tokens, batch_labels in batches:
+        probs.append(predict_tokens(probe, tokens, layout, probe_cfg))
+        labels.append(batch_labels[task])
+        paths += [str(p) for p in batch_labels.get("path", [])]
+    return torch.cat(probs), torch.cat(labels), paths
+
+
+def streaming_summary(dataset: Dataset) -> dict[str, Any]:
+    """What a streaming pass skipped: {reason: count} and the files (see `views.skipped_files`)."""
+    from vjepa.eval.views import skipped_files
+
+    counts = getattr(dataset, "skipped", None)
+    return {"skipped": dict(counts) if counts else {}, "skipped_files": skipped_files(dataset)}
+
+
+def probe_streaming(
+    encoder: nn.Module, cfg: Any, probe_cfg: ProbeConfig, embed_dim: int, num_heads: int, env: Any = None
+) -> dict[str, Any]:
+    """Train a probe on clips encoded on the fly and score it on `probe_cfg.eval_split` with multi-view.
+
+    Args:
+        encoder: the frozen encoder.
+        cfg: the encoder's run Config (pixels; its data unless `probe_cfg.data` names other data).
+        probe_cfg: the probe, its data and sampling (see `views.probe_data_config`).
+        embed_dim, num_heads: the encoder's width and heads.
+        env: under torchrun, the `DistEnv`: ranks share the training clips; every rank scores the test split.
+
+    Returns:
+        The dict of `probe_train.probe_features`, plus `skipped` / `skipped_files` of both splits.
+    """
+    import time
+
+    from vjepa.distributed import resolve_device
+    from vjepa.eval.probe_train import class_balance, new_probe, score
+    from vjepa.eval.views import view_dataset
+
+    start, device = time.perf_counter(), resolve_device(probe_cfg.device)
+    train = view_dataset(cfg, probe_cfg, "train", 1, augment=probe_cfg.augment)
+    test = view_dataset(cfg, probe_cfg, probe_cfg.eval_split, probe_cfg.num_crops)
+    train, num_classes, names = class_balance(train, test, probe_cfg)
+    probe = new_probe(probe_cfg, embed_dim, num_heads, num_classes)
+    bf16 = cfg.run.dtype == "bf16"  # the encoder's autocast, as for cached features
+    device = env.device if env is not None else device
+    history = train_probe_streaming(probe, encoder, train, probe_cfg.task, probe_cfg, device, bf16, env)
+    probs, labels, paths = predict_streaming(probe, encoder, test, probe_cfg.task, probe_cfg, device, bf16)
+    result = score(probs, labels, num_classes, probe_cfg.task, names)
+    skipped = {split: streaming_summary(d) for split, d in (("train", train), (probe_cfg.eval_split, test))}
+    return {**result, "num_train": len(train), "num_test": len(test), "train_top1": None,
+            "final_loss": history[-1] if history else float("nan"), "probe_seconds": time.perf_counter() - start,
+            "skipped": skipped, "test_paths": paths}
