@@ -133,7 +133,7 @@ class Encoder:
     @property
     def device(self) -> torch.device:
         """Where the model's weights are."""
-        return self.model.pos_embed.device
+        return self.model.patch_embed.proj.weight.device
 
     def grid(self, num_frames: int | None = None) -> tuple[int, int, int]:
         """Token grid (T', H', W') of a clip of `num_frames` frames (default: the model's)."""
