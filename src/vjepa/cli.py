@@ -288,9 +288,12 @@ def _add_embed(sub) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from vjepa.api import export
+    from vjepa.api import export, export_hf
 
-    print(f"wrote {export(args.source, args.output, args.which, args.predictor)}")
+    if args.format == "hf":
+        print(f"wrote {export_hf(args.source, args.output, args.which)}")
+    else:
+        print(f"wrote {export(args.source, args.output, args.which, args.predictor)}")
     return 0
 
 
@@ -300,6 +303,9 @@ def _add_export(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="file to write, e.g. encoder.safetensors")
     p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
     p.add_argument("--predictor", action="store_true", help="also store the predictor (keys predictor.*)")
+    p.add_argument("--format", default="vjepa", choices=["vjepa", "hf"],
+                   help="vjepa: one .safetensors with our config; hf: a transformers VJEPA2Model folder "
+                        "(RoPE models with a predictor)")
     p.set_defaults(func=_export)
 
 
