@@ -212,3 +212,14 @@ def test_export_hf_refuses_sincos(tmp_path):
     path = _save(tmp_path, state, "v1.pth.tar")
     with pytest.raises(ValueError, match="RoPE"):
         export_hf(path, tmp_path / "out")
+
+
+def test_bare_v2_encoder_needs_the_rope_hint(tmp_path):
+    """A bare encoder state dict with its unused table looks like V-JEPA 1: `pos_embed="rope"` says otherwise."""
+    state = official_v2_state()
+    path = _save(tmp_path, state["target_encoder"], "encoder_only.pt")
+    assert load(path, "encoder", "cpu", num_heads=HEADS).config.model.pos_embed == "sincos"
+    encoder = load(path, "encoder", "cpu", num_heads=HEADS, pos_embed="rope")
+    assert encoder.config.model.pos_embed == "rope"
+    clip = torch.randn(1, 3, 8, 32, 32)
+    assert torch.allclose(encoder(clip), ref_encoder(encoder.model, clip, None), atol=1e-5)
