@@ -408,7 +408,8 @@ def load(
             prefixes; architecture inferred from tensor shapes); an official facebookresearch/vjepa2
             checkpoint (same layout, RoPE: see `pos_embed`); a Hugging Face `VJEPA2Model` /
             `VJEPA2ForVideoClassification` folder (config.json + model.safetensors) or its
-            .safetensors (local only); a bare encoder state dict; or a preset name (`vjepa.config.PRESETS`) for a randomly initialised encoder.
+            .safetensors (local only); a bare encoder state dict; or a preset name
+            (`vjepa.config.PRESETS`) for a randomly initialised encoder.
         which: "target_encoder" (the EMA encoder, what the paper evaluates), "encoder", or
             "init": the encoder as training initialised it, rebuilt from the stored config's
             seed (the run's own random-init baseline; no weights are read, no predictor). A

@@ -244,13 +244,15 @@ def _encoder_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) 
     p.add_argument("--num-heads", type=int, help="official checkpoints of an unofficial width: attention heads")
     p.add_argument("--num-frames", type=int, help="official checkpoints: clip length trained at, if shapes can't tell")
     p.add_argument("--img-size", type=int, help="official checkpoints: frame side trained at, if shapes can't tell")
+    p.add_argument("--pos-embed", choices=["sincos", "rope"],
+                   help="official checkpoints: V-JEPA 1 (sincos) or 2 (rope), if the file can't tell (docs/vjepa2.md)")
 
 
 def _load_encoder(args: argparse.Namespace):
     from vjepa.api import load
 
     return load(args.checkpoint, args.which, args.device, num_frames=args.num_frames, img_size=args.img_size,
-                num_heads=args.num_heads, with_predictor=False, precision=args.precision)
+                num_heads=args.num_heads, with_predictor=False, precision=args.precision, pos_embed=args.pos_embed)
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -147,8 +147,10 @@ _HF_POOLER_CROSS = {  # official `cross_attention_block.` <- HF `cross_attention
 
 def is_hf(path: str | Path) -> bool:
     """A Hugging Face V-JEPA 2 folder (config.json with model_type vjepa2) or a .safetensors in one."""
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    config = folder / "config.json"
+    path = Path(path)
+    if not path.is_dir() and path.suffix != ".safetensors":
+        return False
+    config = (path if path.is_dir() else path.parent) / "config.json"
     if not config.is_file():
         return False
     try:
