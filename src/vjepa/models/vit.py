@@ -161,11 +161,12 @@ def run_blocks(
 
     `rope` (cos/sin for the sequence's tokens) is computed once by the caller and shared by all blocks.
     """
+    extra = () if rope is None else (rope,)  # blocks without RoPE keep the (x, attn_mask) signature
     for block in blocks:
         if ckpt and torch.is_grad_enabled():
-            x = checkpoint(block, x, attn_mask, rope, use_reentrant=False)
+            x = checkpoint(block, x, attn_mask, *extra, use_reentrant=False)
         else:
-            x = block(x, attn_mask, rope)
+            x = block(x, attn_mask, *extra)
     return x
 
 
