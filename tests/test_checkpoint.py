@@ -109,10 +109,10 @@ def test_unknown_width_needs_num_heads(tmp_path):
 
 def test_key_mismatch_error_lists_every_key(tmp_path):
     state, *_ = official_checkpoint(tiny_cfg())
-    weights = state["target_encoder"]
-    del weights["module.backbone.blocks.1.mlp.fc2.bias"]
-    weights["module.backbone.blocks.1.attn.q_norm.weight"] = torch.ones(64)
-    weights["module.backbone.norm.weight"] = torch.ones(7)
+    for weights in (state["target_encoder"], state["encoder"]):  # alike, so the networks agree
+        del weights["module.backbone.blocks.1.mlp.fc2.bias"]
+        weights["module.backbone.blocks.1.attn.q_norm.weight"] = torch.ones(64)
+        weights["module.backbone.norm.weight"] = torch.ones(7)
     path = tmp_path / "broken.pth.tar"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as error:

@@ -120,6 +120,10 @@ def test_a_missing_official_key_is_named(drop, meta_parameters):
     state = official_state("meta")
     del state["target_encoder"][drop]
     networks = split_networks(state)
+    # the shape inference already compares the two encoders; the strict load is the last line of defence
+    with pytest.raises(CheckpointError, match=drop.removeprefix("module.backbone.").replace(".", r"\.")):
+        infer_model_config(networks)
+    del networks["encoder"]
     model_cfg = infer_model_config(networks).model
     encoder = build_encoder(model_cfg, 224, 16)
     with pytest.raises(CheckpointError, match=drop.removeprefix("module.backbone.").replace(".", r"\.")):

@@ -14,6 +14,7 @@ N tokens per clip, D feature width, W windows of a video, R rows of a feature fi
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 
 from vjepa.checkpoint import (
     CheckpointError,
+    atomic_write,
     infer_model_config,
     load_checkpoint,
     load_safetensors,
@@ -34,6 +36,16 @@ from vjepa.checkpoint import (
 )
 from vjepa.config import ENCODER_NETWORKS, PRESETS, Config, from_dict, load_yaml, preset, to_dict
 from vjepa.distributed import resolve_device
+from vjepa.formats import (
+    drop_unused_tables,
+    hf_model_config,
+    hf_to_networks,
+    is_hf,
+    mask_token_count,
+    networks_to_hf,
+    read_hf,
+)
+from vjepa.masks.sample import num_generators
 from vjepa.models.predictor import Predictor, build_predictor
 from vjepa.models.vit import VisionTransformer, build_encoder
 from vjepa.precision import autocast, freeze
@@ -132,7 +144,7 @@ class Encoder:
     @property
     def device(self) -> torch.device:
         """Where the model's weights are."""
-        return self.model.pos_embed.device
+        return self.model.patch_embed.proj.weight.device
 
     def grid(self, num_frames: int | None = None) -> tuple[int, int, int]:
         """Token grid (T', H', W') of a clip of `num_frames` frames (default: the model's)."""
@@ -307,13 +319,28 @@ def checkpoint_path(source: str | Path) -> Path:
     return path
 
 
+def _read_hf(path: Path) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool] | None:
+    """A Hugging Face V-JEPA 2 folder or file as (config, networks incl. `probe` if any, file, False); else None."""
+    if is_hf(path):
+        hf_config, tensors, where = read_hf(path)
+        networks, probe = hf_to_networks(hf_config, tensors, where)
+        if probe:
+            networks["probe"] = probe
+        return hf_model_config(hf_config), networks, f"Hugging Face {where}", False
+    return None
+
+
 def _read_weights(
-    source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None
+    source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None,
+    pos_embed: str | None = None,
 ) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool]:
     """`read_weights` plus whether the config is the run's own (stored, or a preset's) rather
-    than inferred from tensor shapes (official checkpoints, bare state dicts)."""
+    than inferred from tensor shapes (official checkpoints, bare state dicts, Hugging Face)."""
     if not Path(source).exists() and str(source) in PRESETS:
         return preset(str(source)), {}, f"preset {source!r} (random init)", True
+    foreign = _read_hf(Path(source)) if Path(source).exists() else None
+    if foreign:
+        return foreign
     path = checkpoint_path(source)
     if path.suffix == ".safetensors":
         tensors, config = load_safetensors(path)
@@ -326,7 +353,10 @@ def _read_weights(
         networks = split_networks(state)
         config = state.get("config") if isinstance(state.get("config"), dict) else None
     if not config:
-        return infer_model_config(networks, num_frames, img_size, num_heads), networks, str(path), False
+        cfg = infer_model_config(networks, num_frames, img_size, num_heads, str(path), pos_embed)
+        if cfg.model.pos_embed == "rope":
+            drop_unused_tables(networks)  # released V-JEPA 2 files still carry a sin-cos table
+        return cfg, networks, str(path), False
     cfg = from_dict(Config, config)
     hints = {"num_frames": (num_frames, cfg.data.num_frames), "img_size": (img_size, cfg.data.crop_size),
              "num_heads": (num_heads, cfg.model.num_heads)}
@@ -350,8 +380,10 @@ def _choose_network(networks: dict[str, Any], which: str, description: str, warn
     raise CheckpointError(f"{description} has no {which!r} weights (it has: {', '.join(sorted(networks))})")
 
 
-def _load_predictor(cfg: Config, state: dict[str, torch.Tensor], grid: tuple[int, int, int], what: str) -> Predictor:
-    num_mask_tokens = sum(1 for k in state if k.startswith("mask_tokens."))
+def _load_predictor(
+    cfg: Config, state: dict[str, torch.Tensor], grid: tuple[int, int, int], what: str, expected: int | None = None
+) -> Predictor:
+    num_mask_tokens = mask_token_count(state, what, expected)
     out_dim = state["predictor_proj.weight"].shape[0] if "predictor_proj.weight" in state else None
     predictor = build_predictor(cfg.model, num_mask_tokens, grid, out_dim=out_dim)
     load_state_strict(predictor, state, what)
@@ -369,6 +401,7 @@ def load(
     with_predictor: bool = True,
     precision: str = "fp32",
     warn_fallback: bool = True,
+    pos_embed: str | None = None,
 ) -> Encoder:
     """Load an encoder for inference from a checkpoint of any supported kind, or a preset.
 
@@ -376,8 +409,11 @@ def load(
         source: a run directory (uses latest.pt); our .pt checkpoint; a .safetensors file written
             by `export` (config embedded); an official facebookresearch/jepa checkpoint
             (`.pth.tar` with `encoder`/`target_encoder`/`predictor` entries, `module.backbone.`
-            prefixes; architecture inferred from tensor shapes); a bare encoder state dict; or a
-            preset name (`vjepa.config.PRESETS`) for a randomly initialised encoder.
+            prefixes; architecture inferred from tensor shapes); an official facebookresearch/vjepa2
+            checkpoint (same layout, RoPE: see `pos_embed`); a Hugging Face `VJEPA2Model` /
+            `VJEPA2ForVideoClassification` folder (config.json + model.safetensors) or its
+            .safetensors (local only); a bare encoder state dict; or a preset name
+            (`vjepa.config.PRESETS`) for a randomly initialised encoder.
         which: "target_encoder" (the EMA encoder, what the paper evaluates), "encoder", or
             "init": the encoder as training initialised it, rebuilt from the stored config's
             seed (the run's own random-init baseline; no weights are read, no predictor). A
@@ -389,6 +425,8 @@ def load(
         precision: "fp32" or "bf16" (bfloat16 autocast for the forward pass).
         warn_fallback: warn when which="target_encoder" falls back to the encoder (callers that
             expect it, such as probes of pixel or supervised runs, pass False).
+        pos_embed: "sincos" (V-JEPA 1) or "rope" (V-JEPA 2) for files without a config, when the
+            detection (`vjepa.formats.detect_pos_embed`) cannot tell, e.g. a bare V-JEPA 2 encoder.
 
     Returns:
         An `Encoder` in eval mode with gradients off.
@@ -397,19 +435,22 @@ def load(
         CheckpointError: missing/unreadable file, or weights that do not match the architecture
             (the message lists every missing, unexpected and mis-shaped key).
     """
-    cfg, networks, description, stored = _read_weights(source, num_frames, img_size, num_heads)
+    cfg, networks, description, stored = _read_weights(source, num_frames, img_size, num_heads, pos_embed)
     if which == "init":
         if not stored:  # its seed is unknown: a seed-0 encoder would pose as the run's own init
             raise CheckpointError(f"{description} stores no config, so its run's initial weights are unknown; "
                                   "which='init' needs a vjepa checkpoint, run directory, export or preset")
         return Encoder(_initial_model(cfg), cfg, None, "init", description, precision).to(device)
-    name = _choose_network({k: v for k, v in networks.items() if k != "predictor"}, which, description, warn_fallback)
+    encoders = {k: v for k, v in networks.items() if k not in ("predictor", "probe")}
+    hf = description.startswith("Hugging Face")  # one encoder by design: no fallback warning
+    name = _choose_network(encoders, which, description, warn_fallback and not hf)
     model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
     if name is not None:
         load_state_strict(model, networks[name], f"{description} [{name}]")
     predictor = None
     if with_predictor and networks.get("predictor"):
-        predictor = _load_predictor(cfg, networks["predictor"], model.grid, f"{description} [predictor]")
+        expected = num_generators(cfg.mask) if stored else None  # a run's own: one token per generator
+        predictor = _load_predictor(cfg, networks["predictor"], model.grid, f"{description} [predictor]", expected)
     encoder = Encoder(model, cfg, predictor, name or "random", description, precision)
     return encoder.to(device)
 
@@ -455,3 +496,30 @@ def export(
         tensors.update({f"predictor.{k}": v for k, v in encoder.predictor.state_dict().items()})
     save_safetensors(output, tensors, to_dict(encoder.config), {"which": encoder.which, "format": EXPORT_FORMAT})
     return Path(output)
+
+
+def export_hf(source: str | Path, output: str | Path, which: str = "target_encoder") -> Path:
+    """Write a RoPE encoder and its predictor as a Hugging Face `VJEPA2Model` folder.
+
+    `transformers.VJEPA2Model.from_pretrained(output)` then loads it (local path, no network) and
+    gives the same features for clips at the model's crop size (`transformers` decomposes RoPE
+    positions on the crop grid; we use the input's grid, as the official encoder does).
+
+    Returns:
+        The folder written (config.json + model.safetensors).
+
+    Raises:
+        ValueError: for a sin-cos (V-JEPA 1) model, which `VJEPA2Model` cannot express.
+        CheckpointError: when the source has no predictor (`VJEPA2Model` always holds one).
+    """
+    from safetensors.torch import save_file
+
+    encoder = load(source, which, device="cpu", with_predictor=True)
+    if encoder.predictor is None:
+        raise CheckpointError(f"{source} has no predictor, and a Hugging Face VJEPA2Model always holds one")
+    tensors, config = networks_to_hf(encoder.config, encoder.model.state_dict(), encoder.predictor.state_dict())
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return folder

@@ -321,13 +321,6 @@ def split_networks(state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     )
 
 
-def _block_count(state: dict[str, torch.Tensor], prefix: str) -> int:
-    numbers = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix)}
-    if numbers != set(range(len(numbers))):
-        raise CheckpointError(f"{prefix}N blocks are not numbered 0..{len(numbers) - 1}: {sorted(numbers)}")
-    return len(numbers)
-
-
 def _grid_candidates(num_tokens: int, tubelet: int, patch: int) -> list[tuple[int, int]]:
     """Every (num_frames, img_size) whose square token grid has `num_tokens` tokens."""
     found = []
@@ -392,18 +385,22 @@ def infer_model_config(
     num_frames: int | None = None,
     img_size: int | None = None,
     num_heads: int | None = None,
+    source: str = "checkpoint",
+    pos_embed: str | None = None,
 ):
     """Build a `Config` whose model matches checkpoint tensors (official or ours), from shapes alone.
 
     Reads: embed_dim, in_chans, tubelet and patch from `patch_embed.proj.weight` [D, C, t, p, p];
     depth from the number of `blocks.N`; MLP ratio from `blocks.0.mlp.fc1.weight`; num_heads from
     the official size table by width (tiny 192/3, small 384/6, base 768/12, large 1024/16, huge
-    1280/16, giant 1408/16); num_frames and img_size from `pos_embed` (see `infer_clip_size`); the
+    1280/16, giant 1408/16, or 22 heads for a V-JEPA 2 ViT-g); RoPE or sin-cos (`vjepa.formats.detect_pos_embed`); num_frames and img_size from `pos_embed` (see `infer_clip_size`); the
     predictor's width and depth from `predictor_embed.weight` and `predictor_blocks.N`.
 
     Args:
         networks: from `split_networks`.
         num_frames, img_size, num_heads: overrides for what the shapes cannot tell.
+        source: the file, named in errors.
+        pos_embed: "sincos" or "rope" if known; else detected (`vjepa.formats.detect_pos_embed`).
 
     Returns:
         A `vjepa.config.Config` (data.num_frames / crop_size set to the clip size, the rest default).
@@ -412,8 +409,11 @@ def infer_model_config(
         CheckpointError: naming what is missing or ambiguous (e.g. an unknown width without num_heads).
     """
     from vjepa.config import ENCODER_SIZES, Config
+    from vjepa.formats import block_width, check_encoders_agree, detect_pos_embed, numbered
 
-    encoder = networks.get("target_encoder") or networks.get("encoder")
+    check_encoders_agree(networks, source)  # the architecture is read from one: the other must agree
+    name = "target_encoder" if networks.get("target_encoder") else "encoder"
+    encoder = networks.get(name)
     if not encoder or "patch_embed.proj.weight" not in encoder:
         raise CheckpointError("cannot infer the architecture: no encoder with a patch_embed.proj.weight")
     weight = encoder["patch_embed.proj.weight"]
@@ -425,24 +425,41 @@ def infer_model_config(
     cfg = Config()
     m = cfg.model
     m.embed_dim, m.in_chans, m.tubelet_size, m.patch_size = (int(s) for s in weight.shape[:4])
-    m.depth = _block_count(encoder, "blocks.")
-    if "blocks.0.mlp.fc1.weight" in encoder:
-        m.mlp_ratio = encoder["blocks.0.mlp.fc1.weight"].shape[0] / m.embed_dim
-    heads_by_width = {width: heads for width, _, heads in ENCODER_SIZES.values()}
+    where = f"{source} [{name}]"
+    m.depth = numbered(encoder, "blocks.", where)
+    m.mlp_ratio = block_width(encoder, "blocks.", where) / m.embed_dim
+    seen_size = img_size
+    if "pos_embed" in encoder and img_size is None:  # a table built for 256 px marks V-JEPA 2
+        seen_size = infer_clip_size(encoder["pos_embed"], m.tubelet_size, m.patch_size, num_frames, None)[1]
+    m.pos_embed = detect_pos_embed(networks, seen_size, pos_embed)
+    rope = m.pos_embed == "rope"
+    heads_by_width = {width: heads for size, (width, _, heads) in ENCODER_SIZES.items() if not size.endswith("_v2")}
+    if rope:
+        heads_by_width[ENCODER_SIZES["giant_v2"][0]] = ENCODER_SIZES["giant_v2"][2]  # released ViT-g: 22 heads
     m.num_heads = num_heads or heads_by_width.get(m.embed_dim, 0)
     if not m.num_heads:
         raise CheckpointError(
             f"embed_dim {m.embed_dim} is not an official ViT width ({sorted(heads_by_width)}): pass num_heads"
         )
     if "pos_embed" in encoder:
+        if rope and img_size is None:  # the unused table of a V-JEPA 2 file: try its release sizes first
+            for size in (256, 384):
+                try:
+                    num_frames, img_size, _ = infer_clip_size(encoder["pos_embed"], m.tubelet_size, m.patch_size,
+                                                              num_frames, size)
+                    break
+                except CheckpointError:
+                    continue
         num_frames, img_size, uniform = infer_clip_size(
             encoder["pos_embed"], m.tubelet_size, m.patch_size, num_frames, img_size
         )
         m.uniform_power = m.uniform_power if uniform is None else uniform
-    m.num_frames, m.img_size = num_frames or 16, img_size or 224
+    m.num_frames, m.img_size = num_frames or 16, img_size or (256 if rope else 224)
     cfg.data.num_frames, cfg.data.crop_size = m.num_frames, m.img_size
     predictor = networks.get("predictor")
     if predictor and "predictor_embed.weight" in predictor:
         m.predictor_embed_dim = int(predictor["predictor_embed.weight"].shape[0])
-        m.predictor_depth = _block_count(predictor, "predictor_blocks.")
+        m.predictor_depth = numbered(predictor, "predictor_blocks.", f"{source} [predictor]")
+        m.predictor_mlp_ratio = block_width(predictor, "predictor_blocks.", f"{source} [predictor]") / m.predictor_embed_dim
+        m.predictor_num_heads = 12 if rope else 0  # V-JEPA 2's predictor: 12 heads; V-JEPA 1: the encoder's
     return cfg

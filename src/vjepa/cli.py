@@ -299,6 +299,8 @@ def _encoder_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) 
     p.add_argument("--num-heads", type=int, help="official checkpoints of an unofficial width: attention heads")
     p.add_argument("--num-frames", type=int, help="official checkpoints: clip length trained at, if shapes can't tell")
     p.add_argument("--img-size", type=int, help="official checkpoints: frame side trained at, if shapes can't tell")
+    p.add_argument("--pos-embed", choices=["sincos", "rope"],
+                   help="official checkpoints: V-JEPA 1 (sincos) or 2 (rope), if the file can't tell (docs/vjepa2.md)")
 
 
 def _load_encoder(args: argparse.Namespace):
@@ -306,7 +308,7 @@ def _load_encoder(args: argparse.Namespace):
 
     check_device(args.device, "--device", INFERENCE_DEVICES)
     return load(args.checkpoint, args.which, args.device, num_frames=args.num_frames, img_size=args.img_size,
-                num_heads=args.num_heads, with_predictor=False, precision=args.precision)
+                num_heads=args.num_heads, with_predictor=False, precision=args.precision, pos_embed=args.pos_embed)
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -344,9 +346,12 @@ def _add_embed(sub) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from vjepa.api import export
+    from vjepa.api import export, export_hf
 
-    print(f"wrote {export(args.source, args.output, args.which, args.predictor)}")
+    if args.format == "hf":
+        print(f"wrote {export_hf(args.source, args.output, args.which)}")
+    else:
+        print(f"wrote {export(args.source, args.output, args.which, args.predictor)}")
     return 0
 
 
@@ -356,6 +361,9 @@ def _add_export(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="file to write, e.g. encoder.safetensors")
     p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
     p.add_argument("--predictor", action="store_true", help="also store the predictor (keys predictor.*)")
+    p.add_argument("--format", default="vjepa", choices=["vjepa", "hf"],
+                   help="vjepa: one .safetensors with our config; hf: a transformers VJEPA2Model folder "
+                        "(RoPE models with a predictor)")
     p.set_defaults(func=_export)
 
 

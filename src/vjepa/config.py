@@ -30,7 +30,13 @@ ENCODER_SIZES: dict[str, tuple[int, int, int]] = {
     "large": (1024, 24, 16),
     "huge": (1280, 32, 16),
     "giant": (1408, 40, 16),
+    # V-JEPA 2 (facebookresearch/vjepa2): the released ViT-g is `vit_giant_xformers`, 22 heads of 64
+    "giant_v2": (1408, 40, 22),
+    "gigantic": (1664, 48, 16),
 }
+# MLP hidden width / embed_dim where it is not 4. Giant: 48/11 (hidden 6144). The official
+# `vit_gigantic` passes `mpl_ratio=64/13` (a typo swallowed by **kwargs), so it builds ratio 4; we match.
+ENCODER_MLP_RATIOS: dict[str, float] = {"giant": 48 / 11, "giant_v2": 48 / 11}
 
 
 class ConfigError(ValueError):
@@ -51,9 +57,13 @@ class ModelConfig:
     img_size: int = 224
     in_chans: int = 3
     uniform_power: bool = True  # official 3D sin-cos table layout
+    # sincos: fixed 3D table added to the tokens (V-JEPA 1) | rope: 3D rotary positions in every
+    # attention layer, encoder and predictor (V-JEPA 2; docs/vjepa2.md says what we match)
+    pos_embed: str = "sincos"
     predictor_embed_dim: int = 384
     predictor_depth: int = 12
-    predictor_num_heads: int = 0  # 0: same as the encoder (official)
+    predictor_num_heads: int = 0  # 0: same as the encoder (V-JEPA 1; V-JEPA 2 uses 12)
+    predictor_mlp_ratio: float = 4.0  # its own (official: always 4, even behind a giant encoder)
     # Keep the 1/sqrt(2*layer) rescaling of residual projections. The official training script
     # re-initialises every Linear afterwards, undoing it; set False to reproduce that.
     rescale_residual: bool = True
@@ -261,6 +271,7 @@ class Config:
 
 def _encoder(cfg: Config, size: str) -> None:
     cfg.model.embed_dim, cfg.model.depth, cfg.model.num_heads = ENCODER_SIZES[size]
+    cfg.model.mlp_ratio = ENCODER_MLP_RATIOS.get(size, 4.0)
 
 
 def _debug() -> Config:
@@ -374,6 +385,20 @@ def _small() -> Config:
     return cfg
 
 
+def _vjepa2(size: str, img_size: int = 256) -> Config:
+    """A V-JEPA 2 encoder and predictor (facebookresearch/vjepa2 hub models): 3D RoPE, 256 px, 16
+    frames (the pretraining clip; the released files were cooled down at 64 frames), predictor 384
+    wide, 12 deep, 12 heads, MLP ratio 4 whatever the encoder's."""
+    cfg = _paper("large")
+    _encoder(cfg, size)
+    m = cfg.model
+    m.pos_embed, m.uniform_power, m.img_size = "rope", False, img_size
+    m.predictor_num_heads, m.predictor_mlp_ratio = 12, 4.0
+    cfg.data.crop_size = img_size
+    cfg.run.out_dir = f"runs/vit{size[0]}16_v2" + ("" if img_size == 256 else f"_{img_size}")
+    return cfg
+
+
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "debug": _debug,
     "demo": _demo,
@@ -382,6 +407,10 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
     "vits16": _small,
     "vitl16": lambda: _paper("large"),
     "vith16": lambda: _paper("huge"),
+    "vitl16_v2": lambda: _vjepa2("large"),
+    "vith16_v2": lambda: _vjepa2("huge"),
+    "vitg16_v2": lambda: _vjepa2("giant_v2"),
+    "vitg16_384_v2": lambda: _vjepa2("giant_v2", 384),
 }
 
 
@@ -679,6 +708,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"model.predictor_embed_dim={m.predictor_embed_dim} is not divisible by {heads} predictor heads"
         )
+    if m.pos_embed == "rope" and min(m.embed_dim // m.num_heads, m.predictor_embed_dim // heads) < 6:
+        raise ConfigError("model.pos_embed=rope needs heads at least 6 wide (2 channels per axis) in encoder and predictor")
     if d.num_frames % m.tubelet_size:
         raise ConfigError(f"data.num_frames={d.num_frames} is not a multiple of model.tubelet_size")
     if d.crop_size % m.patch_size:
@@ -686,6 +717,7 @@ def validate(cfg: Config) -> Config:
     if not cfg.run.out_dir.strip():
         raise ConfigError("run.out_dir is empty; name the run directory")
     choices = {
+        "model.pos_embed": (m.pos_embed, ("sincos", "rope")),
         "mask.kind": (cfg.mask.kind, ("multiblock", "tube", "causal")),
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
         "run.dtype": (cfg.run.dtype, ("bf16", "fp32")),

@@ -108,7 +108,7 @@ def step_flops(cfg: Config, masks: Sequence[MaskBatch], num_tokens: int) -> Step
     """
     m = cfg.model
     D, P = m.embed_dim, m.predictor_embed_dim
-    mlp, predictor_mlp = int(D * m.mlp_ratio), int(P * m.mlp_ratio)
+    mlp, predictor_mlp = int(D * m.mlp_ratio), int(P * m.predictor_mlp_ratio)
     patch_dim = m.in_chans * m.tubelet_size * m.patch_size**2
     out_dim = patch_dim if cfg.run.objective == "pixel" else D
     embed = 2 * num_tokens * patch_dim * D  # tubelet embedding of one clip

@@ -3,7 +3,14 @@
 Shapes: B batch, Kc context tokens, Kt target tokens, N tokens in the clip, D encoder width,
 P predictor width. State-dict keys match the official `VisionTransformerPredictor`:
 `predictor_embed`, `mask_tokens.i`, `predictor_pos_embed`, `predictor_blocks.j`, `predictor_norm`,
-`predictor_proj`.
+`predictor_proj`. With `pos_embed="rope"` (V-JEPA 2) there is no `predictor_pos_embed`: every
+attention layer rotates queries and keys by the tokens' grid positions instead (`vjepa.models.rope`).
+
+Mask tokens: the caller picks one by `mask_index`. Our training passes the mask generator's number
+(V-JEPA 1: one token per generator). The official V-JEPA 2 training passes the clip-length group's
+number instead (`PredictorMultiSeqWrapper`: mask_index = i over frames-per-clip groups, modulo the 10
+stored tokens), so with one clip length every generator uses token 0; `transformers`' predictor
+always uses token 1.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from torch import nn
 
 from vjepa.masks.collate import indices_to_mask
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
+from vjepa.models.rope import rope_table
 from vjepa.models.vit import (
     Block,
     gather_tokens,
@@ -54,6 +62,9 @@ class Predictor(nn.Module):
     """Project context features to width P, append one learned mask token per target position
     (token `mask_index`, one per mask generator, zero-initialised), add 3D positions to both, run
     the blocks, and project the target slots back to the encoder width D.
+
+    With RoPE the token positions are decomposed on the built (training) grid, as the official
+    predictor does (its `grid_size` is the training crop's), whatever grid `forward` is given.
     """
 
     def __init__(
@@ -68,16 +79,20 @@ class Predictor(nn.Module):
         uniform_power: bool = True,
         rescale_residual: bool = True,
         out_dim: int | None = None,
+        pos_embed: str = "sincos",
     ):
         super().__init__()
         self.grid = tuple(grid)
+        self.use_rope = pos_embed == "rope"
+        self.head_dim = predictor_embed_dim // num_heads
         self.activation_checkpointing = False
         self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
         self.mask_tokens = nn.ParameterList(
             nn.Parameter(torch.zeros(1, 1, predictor_embed_dim)) for _ in range(num_mask_tokens)
         )
-        table = sincos_3d(predictor_embed_dim, self.grid[1], self.grid[0], uniform_power)
-        self.register_buffer("predictor_pos_embed", table[None], persistent=True)  # [1, N, P]
+        if not self.use_rope:
+            table = sincos_3d(predictor_embed_dim, self.grid[1], self.grid[0], uniform_power)
+            self.register_buffer("predictor_pos_embed", table[None], persistent=True)  # [1, N, P]
         self.predictor_blocks = nn.ModuleList(
             Block(predictor_embed_dim, num_heads, mlp_ratio) for _ in range(depth)
         )
@@ -117,9 +132,9 @@ class Predictor(nn.Module):
             Predictions [B, Kt, D] (padding slots hold values the loss must ignore).
         """
         b, num_context = context_idx.shape
-        positions = interpolate_3d(self.predictor_pos_embed, self.grid, grid or self.grid)
-        positions = positions.expand(b, -1, -1).to(context.dtype)  # [B, N, P]
         embedded = self.predictor_embed(context)  # [B, Kc, P]
+        grid = grid or self.grid
+        positions = self.positions(grid, context.dtype).expand(b, -1, -1)  # [B, N, P]
         dtype = torch.promote_types(embedded.dtype, positions.dtype)
         if isinstance(mask_index, int):
             token = self.mask_tokens[mask_index].to(dtype)  # [1, 1, P]
@@ -127,7 +142,8 @@ class Predictor(nn.Module):
             token = torch.cat(list(self.mask_tokens))[mask_index].to(dtype)  # [B, 1, P]
         if full_grid:
             x = grid_sequence(positions, embedded, context_idx, context_valid, token, target_idx, target_valid)
-            x = run_blocks(self.predictor_blocks, x, None, self.activation_checkpointing)  # [B, N, P]
+            rope = self.rope(torch.arange(x.shape[1], device=x.device), x.dtype)
+            x = run_blocks(self.predictor_blocks, x, None, self.activation_checkpointing, rope)  # [B, N, P]
             return self.predictor_proj(self.predictor_norm(gather_tokens(x, target_idx)))  # [B, Kt, D]
         x = embedded + gather_tokens(positions, context_idx)  # [B, Kc, P]
         queries = token + gather_tokens(positions, target_idx)  # [B, Kt, P]
@@ -140,9 +156,21 @@ class Predictor(nn.Module):
                 [ones_c if context_valid is None else context_valid, ones_t if target_valid is None else target_valid],
                 dim=1,
             )
-        x = run_blocks(self.predictor_blocks, x, key_padding_mask(valid), self.activation_checkpointing)
+        rope = self.rope(torch.cat([context_idx, target_idx], dim=1), x.dtype)  # [B, Kc+Kt] positions
+        x = run_blocks(self.predictor_blocks, x, key_padding_mask(valid), self.activation_checkpointing, rope)
         x = self.predictor_norm(x[:, num_context:])  # [B, Kt, P]
         return self.predictor_proj(x)  # [B, Kt, D]
+
+    def positions(self, grid: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
+        """Additive position table [1, N, P] for a grid (zeros with RoPE, where positions rotate q/k)."""
+        if self.use_rope:
+            width = self.predictor_embed.out_features
+            return torch.zeros(1, grid[0] * grid[1] * grid[2], width, dtype=dtype, device=self.predictor_embed.weight.device)
+        return interpolate_3d(self.predictor_pos_embed, self.grid, grid).to(dtype)
+
+    def rope(self, idx: torch.Tensor, dtype: torch.dtype):
+        """cos/sin for grid indices idx ([N] or [B, K]) on the built grid, or None without RoPE."""
+        return rope_table(idx, self.grid, self.head_dim, dtype) if self.use_rope else None
 
 
 def build_predictor(model_cfg, num_mask_tokens: int, grid: tuple[int, int, int], out_dim: int | None = None) -> Predictor:
@@ -153,9 +181,10 @@ def build_predictor(model_cfg, num_mask_tokens: int, grid: tuple[int, int, int],
         predictor_embed_dim=model_cfg.predictor_embed_dim,
         depth=model_cfg.predictor_depth,
         num_heads=model_cfg.predictor_num_heads or model_cfg.num_heads,
-        mlp_ratio=model_cfg.mlp_ratio,
+        mlp_ratio=model_cfg.predictor_mlp_ratio,
         num_mask_tokens=num_mask_tokens,
         uniform_power=model_cfg.uniform_power,
         rescale_residual=model_cfg.rescale_residual,
         out_dim=out_dim,
+        pos_embed=model_cfg.pos_embed,
     )

@@ -1,4 +1,5 @@
-"""Video Vision Transformer encoder (no [CLS] token), state-dict compatible with facebookresearch/jepa.
+"""Video Vision Transformer encoder (no [CLS] token), state-dict compatible with facebookresearch/jepa
+(V-JEPA 1, fixed 3D sin-cos positions) and facebookresearch/vjepa2 (3D RoPE in every attention layer).
 
 Shapes: B batch, C channels, T frames, H/W pixels, N tokens in the full clip, K kept tokens,
 D width. Padding-aware: rows of `keep_idx` may be padded, with `keep_valid` marking real tokens;
@@ -17,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
+from vjepa.models.rope import RoPETable, apply_rope, rope_table
 
 # Implementation switches: they change speed, never results beyond float rounding. The benchmark
 # (vjepa.bench) flips them to time other choices, e.g. the official code's structure, in one process.
@@ -67,11 +69,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, K, D], attn_mask bool [B, 1, 1, K] (True = attend) -> [B, K, D]."""
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, rope: RoPETable | None = None
+    ) -> torch.Tensor:
+        """x [B, K, D], attn_mask bool [B, 1, 1, K] (True = attend), rope: cos/sin from `rope_table`
+        (queries and keys rotated, V-JEPA 2) or None -> [B, K, D]."""
         b, k, d = x.shape
         qkv = self.qkv(x).reshape(b, k, 3, self.num_heads, d // self.num_heads)
         q, key, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, K, D/heads]
+        if rope is not None:
+            q, key = apply_rope(q, rope), apply_rope(key, rope)
         cpu_bf16 = x.device.type == "cpu" and q.dtype == torch.bfloat16
         if MANUAL_ATTENTION:
             x = manual_attention(q, key, v, attn_mask)
@@ -116,9 +123,11 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, K, D] -> [B, K, D]."""
-        x = x + drop_path(self.attn(self.norm1(x), attn_mask), self.drop_path, self.training)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, rope: RoPETable | None = None
+    ) -> torch.Tensor:
+        """[B, K, D] -> [B, K, D] (`rope` as in `Attention.forward`)."""
+        x = x + drop_path(self.attn(self.norm1(x), attn_mask, rope), self.drop_path, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
@@ -141,14 +150,29 @@ def rescale_residuals(blocks: nn.ModuleList) -> None:
             block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None, ckpt: bool) -> torch.Tensor:
-    """Apply blocks in order, optionally with activation checkpointing (recompute in backward)."""
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    ckpt: bool,
+    rope: RoPETable | None = None,
+) -> torch.Tensor:
+    """Apply blocks in order, optionally with activation checkpointing (recompute in backward).
+
+    `rope` (cos/sin for the sequence's tokens) is computed once by the caller and shared by all blocks.
+    """
+    extra = () if rope is None else (rope,)  # blocks without RoPE keep the (x, attn_mask) signature
     for block in blocks:
         if ckpt and torch.is_grad_enabled():
-            x = checkpoint(block, x, attn_mask, use_reentrant=False)
+            x = checkpoint(block, x, attn_mask, *extra, use_reentrant=False)
         else:
-            x = block(x, attn_mask)
+            x = block(x, attn_mask, *extra)
     return x
+
+
+def stochastic_depth_rates(rate: float, depth: int) -> list[float]:
+    """Drop-path rate per block, linear from 0 to `rate` (plain floats: no tensor, so it runs on meta)."""
+    return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
 
 
 @dataclass
@@ -168,10 +192,18 @@ class EncoderSpec:
     drop_path: float = 0.0
     uniform_power: bool = True
     rescale_residual: bool = True
+    pos_embed: str = "sincos"  # sincos (V-JEPA 1: fixed table added to the tokens) | rope (V-JEPA 2)
+
+
+POS_EMBEDS = ("sincos", "rope")
 
 
 class VisionTransformer(nn.Module):
-    """The V-JEPA encoder: tubelet embedding + fixed 3D sin-cos positions + blocks + final norm.
+    """The V-JEPA encoder: tubelet embedding + positions + blocks + final norm.
+
+    Positions are a fixed 3D sin-cos table added to the tokens (`pos_embed="sincos"`, V-JEPA 1; key
+    `pos_embed`), or 3D RoPE inside every attention layer (`"rope"`, V-JEPA 2; no table, and the
+    input's own token grid gives the positions, so other clip sizes need no interpolation).
 
     `forward(x, keep_idx)` embeds the whole clip, keeps only the tokens in `keep_idx` and runs the
     blocks on those alone (the context encoder); with `keep_idx=None` it encodes every token (the
@@ -187,9 +219,13 @@ class VisionTransformer(nn.Module):
         self.activation_checkpointing = False
         self.patch_embed = PatchEmbed3D(spec.patch_size, spec.tubelet_size, spec.in_chans, spec.embed_dim)
         self.grid = self.patch_embed.grid(spec.num_frames, spec.img_size, spec.img_size)
-        table = sincos_3d(spec.embed_dim, self.grid[1], self.grid[0], spec.uniform_power)
-        self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
-        rates = torch.linspace(0, spec.drop_path, spec.depth).tolist()
+        if spec.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed={spec.pos_embed!r}; choose one of {', '.join(POS_EMBEDS)}")
+        self.use_rope = spec.pos_embed == "rope"
+        if not self.use_rope:
+            table = sincos_3d(spec.embed_dim, self.grid[1], self.grid[0], spec.uniform_power)
+            self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
+        rates = stochastic_depth_rates(spec.drop_path, spec.depth)
         self.blocks = nn.ModuleList(
             Block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, spec.qkv_bias, rate) for rate in rates
         )
@@ -203,24 +239,47 @@ class VisionTransformer(nn.Module):
         return interpolate_3d(self.pos_embed, self.grid, grid)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Tubelet embedding plus positions: clip [B, C, T, H, W] -> tokens [B, N, D]."""
-        grid = self.patch_embed.grid(*x.shape[2:])
+        """Tubelet embedding plus positions: clip [B, C, T, H, W] -> tokens [B, N, D].
+
+        With RoPE nothing is added here: positions enter every attention layer (see `encode`).
+        """
         if CONV3D_PATCH_EMBED:  # [B, D, T', H', W'] -> [B, N, D], tokens ordered (t, h, w)
-            return self.patch_embed.proj(x).flatten(2).transpose(1, 2) + self.positions(grid).to(x.dtype)
-        return self.patch_embed(x) + self.positions(grid).to(x.dtype)
+            tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        else:
+            tokens = self.patch_embed(x)
+        if self.use_rope:
+            return tokens
+        return tokens + self.positions(self.patch_embed.grid(*x.shape[2:])).to(x.dtype)
+
+    def rope(self, idx: torch.Tensor, grid: tuple[int, int, int], dtype: torch.dtype) -> RoPETable:
+        """cos/sin for tokens at indices idx ([N] or [B, K]) of the input's own grid (as the official
+        encoder does with `handle_nonsquare_inputs`)."""
+        return rope_table(idx, grid, self.embed_dim // self.num_heads, dtype)
 
     def encode(
         self,
         tokens: torch.Tensor,
         keep_idx: torch.Tensor | None = None,
         keep_valid: torch.Tensor | None = None,
+        grid: tuple[int, int, int] | None = None,
     ) -> torch.Tensor:
-        """Run the blocks and final norm on embedded tokens [B, N, D] (kept ones only if keep_idx)."""
+        """Run the blocks and final norm on embedded tokens [B, N, D] (kept ones only if keep_idx).
+
+        `grid` is the (T', H', W') token grid of the clip the tokens came from (RoPE needs it; default
+        the built grid, which must then hold N tokens).
+        """
+        grid = grid or self.grid
+        if self.use_rope and grid[0] * grid[1] * grid[2] != tokens.shape[1]:
+            raise ValueError(f"{tokens.shape[1]} tokens do not fill the token grid {grid}: pass the clip's grid")
         mask = None
         if keep_idx is not None:
             tokens = gather_tokens(tokens, keep_idx)  # [B, K, D]
             mask = key_padding_mask(keep_valid)
-        tokens = run_blocks(self.blocks, tokens, mask, self.activation_checkpointing)
+        rope = None
+        if self.use_rope:
+            idx = torch.arange(tokens.shape[1], device=tokens.device) if keep_idx is None else keep_idx
+            rope = self.rope(idx, grid, tokens.dtype)
+        tokens = run_blocks(self.blocks, tokens, mask, self.activation_checkpointing, rope)
         return self.norm(tokens)
 
     def forward(
@@ -239,7 +298,7 @@ class VisionTransformer(nn.Module):
         Returns:
             Features [B, K, D] (or [B, N, D]) after the final LayerNorm.
         """
-        return self.encode(self.embed(x), keep_idx, keep_valid)
+        return self.encode(self.embed(x), keep_idx, keep_valid, self.patch_embed.grid(*x.shape[2:]))
 
 
 def build_encoder(model_cfg, img_size: int | None = None, num_frames: int | None = None) -> VisionTransformer:
@@ -262,6 +321,7 @@ def build_encoder(model_cfg, img_size: int | None = None, num_frames: int | None
             drop_path=model_cfg.drop_path,
             uniform_power=model_cfg.uniform_power,
             rescale_residual=model_cfg.rescale_residual,
+            pos_embed=model_cfg.pos_embed,
         )
     )
     if model_cfg.freeze_patch_embed:

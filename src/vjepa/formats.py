@@ -1,0 +1,303 @@
+"""Foreign weight layouts: official V-JEPA 2 checkpoints and Hugging Face `transformers` V-JEPA 2 models.
+
+Our state-dict names are the official facebookresearch/jepa and vjepa2 names (below their `module.` /
+`module.backbone.` prefixes), so official files need only prefix stripping (`checkpoint.strip_prefixes`)
+plus the checks here: which position scheme a file uses, and that its networks agree with each other.
+Hugging Face files (`VJEPA2Model`, `VJEPA2ForVideoClassification`: config.json + model.safetensors)
+use other names and split q/k/v; `hf_to_networks` / `networks_to_hf` map both ways.
+
+Shapes: D encoder width, P predictor width, M mask tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vjepa.checkpoint import CheckpointError
+
+ENCODER_NETWORK_NAMES = ("encoder", "target_encoder")
+V2_IMG_SIZES = (256, 384)  # V-JEPA 2 releases; no V-JEPA 1 release used 256 px
+
+
+# ---------------------------------------------------------------------------------------------
+# structure checks (official and our checkpoints)
+
+
+def numbered(state: dict[str, torch.Tensor], prefix: str, where: str) -> int:
+    """Count `prefix{i}` entries (blocks, mask tokens) and require them numbered 0..n-1.
+
+    Raises:
+        CheckpointError: naming `where` (file and network) and the missing numbers.
+    """
+    numbers = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix)}
+    missing = sorted(set(range(max(numbers) + 1)) - numbers) if numbers else []
+    if missing:
+        raise CheckpointError(f"{where}: {prefix}N are numbered {sorted(numbers)}; missing "
+                              + ", ".join(f"{prefix}{i}" for i in missing))
+    return len(numbers)
+
+
+def block_width(state: dict[str, torch.Tensor], prefix: str, where: str) -> int:
+    """The MLP hidden width shared by every block's `{prefix}N.mlp.fc1.weight`.
+
+    Raises:
+        CheckpointError: when blocks disagree, naming the odd keys (not the majority's) and `where`.
+    """
+    shapes = {k: tuple(v.shape) for k, v in state.items() if k.startswith(prefix) and k.endswith(".mlp.fc1.weight")}
+    if not shapes:
+        raise CheckpointError(f"{where}: no {prefix}N.mlp.fc1.weight")
+    counts = Counter(shapes.values()).most_common()
+    if len(counts) > 1:
+        common, n = counts[0]
+        if n == counts[1][1]:  # no majority: name every block's shape
+            listed = ", ".join(f"{k} {s}" for k, s in sorted(shapes.items()))
+            raise CheckpointError(f"{where}: the blocks' MLP shapes disagree: {listed}")
+        odd = [f"{k} {s}" for k, s in sorted(shapes.items()) if s != common]
+        raise CheckpointError(f"{where}: {', '.join(odd)} differ from the other blocks' {common}")
+    return int(counts[0][0][0])
+
+
+def check_encoders_agree(networks: dict[str, dict[str, torch.Tensor]], source: str) -> None:
+    """The online and target encoders of one file must have the same keys and shapes.
+
+    The architecture is read from one of them; this catches a target encoder missing a block (which
+    would otherwise build a shallower model) or any other one-sided damage, naming the keys.
+    """
+    present = [n for n in ENCODER_NETWORK_NAMES if networks.get(n)]
+    if len(present) < 2:
+        return
+    (a, sa), (b, sb) = ((n, networks[n]) for n in present)
+    problems = []
+    for one, other, s1, s2 in ((a, b, sa, sb), (b, a, sb, sa)):
+        only = sorted(set(s1) - set(s2))
+        if only:
+            problems.append(f"{one} has keys {other} lacks: {', '.join(only[:8])}" + (" ..." if len(only) > 8 else ""))
+    shapes = [f"{k} {tuple(sa[k].shape)} vs {tuple(sb[k].shape)}" for k in sorted(set(sa) & set(sb))
+              if sa[k].shape != sb[k].shape]
+    if shapes:
+        problems.append(f"shapes differ ({a} vs {b}): {', '.join(shapes[:8])}")
+    if problems:
+        raise CheckpointError(f"{source}: [{a}] and [{b}] disagree: " + "; ".join(problems))
+
+
+def mask_token_count(state: dict[str, torch.Tensor], where: str, expected: int | None = None) -> int:
+    """Number of predictor mask tokens, numbered without gaps and as many as the run used.
+
+    Args:
+        expected: tokens the run trained (one per mask generator, from a stored config); None for
+            official files, where fewer than 2 is refused (V-JEPA 1 stores 2, V-JEPA 2 stores 10).
+    """
+    count = numbered(state, "mask_tokens.", where)
+    wrong = count != expected if expected is not None else count < 2
+    if wrong:
+        wanted = f"exactly {expected} (one per mask generator)" if expected is not None else "at least 2"
+        raise CheckpointError(f"{where}: {count} mask token(s) (mask_tokens.0..{count - 1}), expected {wanted}"
+                              + (f": missing mask_tokens.{count}?" if expected is None or count < expected else ""))
+    return count
+
+
+def detect_pos_embed(networks: dict[str, dict[str, torch.Tensor]], img_size: int | None, hint: str | None) -> str:
+    """Which position scheme a file without a config uses: "rope" (V-JEPA 2) or "sincos" (V-JEPA 1).
+
+    Shapes cannot tell: released V-JEPA 2 files still carry a (unused) `pos_embed`. The signs read:
+    an encoder without `pos_embed` (saved by the current official code), a predictor with more than 2
+    mask tokens (V-JEPA 2 stores 10), or a 256 px clip (`img_size`, only V-JEPA 2 released it).
+    """
+    if hint is not None:
+        return hint
+    encoder = next((networks[n] for n in ("target_encoder", "encoder") if networks.get(n)), {})
+    predictor = networks.get("predictor") or {}
+    tokens = sum(1 for k in predictor if k.startswith("mask_tokens."))
+    if "pos_embed" not in encoder or tokens > 2 or img_size == 256:
+        return "rope"
+    return "sincos"
+
+
+def drop_unused_tables(networks: dict[str, dict[str, torch.Tensor]]) -> list[str]:
+    """Remove the sin-cos tables RoPE files carry but never use; returns the removed 'network.key' names."""
+    dropped = []
+    for name, state in networks.items():
+        for key in ("pos_embed", "predictor_pos_embed"):
+            if key in state:
+                del state[key]
+                dropped.append(f"{name}.{key}")
+    return dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face transformers (VJEPA2Model / VJEPA2ForVideoClassification)
+
+_HF_BLOCK = {  # ours (below blocks.i.) <- HF (below layer.i.), except the split q/k/v
+    "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+}
+_HF_POOLER_SELF = {  # official AttentivePooler `blocks.i.` <- HF `self_attention_layers.i.`
+    "norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj", "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_HF_POOLER_CROSS = {  # official `cross_attention_block.` <- HF `cross_attention_layer.`
+    "norm1": "layer_norm1", "norm2": "layer_norm2", "xattn.q": "cross_attn.q_proj", "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+def is_hf(path: str | Path) -> bool:
+    """A Hugging Face V-JEPA 2 folder (config.json with model_type vjepa2) or a .safetensors in one."""
+    path = Path(path)
+    if not path.is_dir() and path.suffix != ".safetensors":
+        return False
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "vjepa2"
+    except (OSError, ValueError):
+        return False
+
+
+def read_hf(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """Read a local Hugging Face V-JEPA 2 model: (config.json dict, tensors, weights file)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: no model.safetensors (sharded or .bin Hugging Face files are not supported)")
+    config = json.loads((weights.parent / "config.json").read_text())
+    return config, load_file(str(weights)), str(weights)
+
+
+def _take(tensors: dict[str, torch.Tensor], key: str, used: set[str], where: str) -> torch.Tensor:
+    if key not in tensors:
+        raise CheckpointError(f"{where}: missing key {key}")
+    used.add(key)
+    return tensors[key]
+
+
+def _map_blocks(tensors, src: str, dst: str, names: dict[str, str], count: int, used, where, qkv: tuple[str, ...]):
+    """HF blocks `{src}{i}.` -> ours `{dst}{i}.` (weights and biases), q/k/v concatenated into one."""
+    out = {}
+    for i in range(count):
+        for ours, theirs in names.items():
+            for kind in ("weight", "bias"):
+                out[f"{dst}{i}.{ours}.{kind}"] = _take(tensors, f"{src}{i}.{theirs}.{kind}", used, where)
+        if qkv:
+            fused = qkv[0]
+            for kind in ("weight", "bias"):
+                parts = [_take(tensors, f"{src}{i}.{p}.{kind}", used, where) for p in qkv[1:]]
+                out[f"{dst}{i}.{fused}.{kind}"] = torch.cat(parts, dim=0)
+    return out
+
+
+def hf_to_networks(config: dict[str, Any], tensors: dict[str, torch.Tensor], where: str):
+    """Map a Hugging Face V-JEPA 2 state dict to our networks.
+
+    Returns:
+        ({"encoder": ..., "predictor": ...}, probe state or None). The classifier's pooler is given in
+        the official `AttentiveClassifier` layout (`pooler.query_tokens`, `pooler.blocks.i.*` for its
+        self-attention layers, `pooler.cross_attention_block.*`, `linear.*`).
+
+    Raises:
+        CheckpointError: naming any key the mapping did not use or could not find.
+    """
+    prefix = "vjepa2." if any(k.startswith("vjepa2.") for k in tensors) else ""
+    sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    used: set[str] = set()
+    enc = {
+        "patch_embed.proj.weight": _take(sub, "encoder.embeddings.patch_embeddings.proj.weight", used, where),
+        "patch_embed.proj.bias": _take(sub, "encoder.embeddings.patch_embeddings.proj.bias", used, where),
+        "norm.weight": _take(sub, "encoder.layernorm.weight", used, where),
+        "norm.bias": _take(sub, "encoder.layernorm.bias", used, where),
+    }
+    qkv = ("attn.qkv", "attention.query", "attention.key", "attention.value")
+    enc.update(_map_blocks(sub, "encoder.layer.", "blocks.", _HF_BLOCK, config["num_hidden_layers"], used, where, qkv))
+    networks = {"encoder": enc}
+    if any(k.startswith("predictor.") for k in sub):
+        tokens = _take(sub, "predictor.embeddings.mask_tokens", used, where)  # [M, 1, 1, P]
+        pred = {f"mask_tokens.{i}": t for i, t in enumerate(tokens.unbind(0))}
+        for ours, theirs in (("predictor_embed", "predictor.embeddings.predictor_embeddings"),
+                             ("predictor_norm", "predictor.layernorm"), ("predictor_proj", "predictor.proj")):
+            for kind in ("weight", "bias"):
+                pred[f"{ours}.{kind}"] = _take(sub, f"{theirs}.{kind}", used, where)
+        pred.update(_map_blocks(sub, "predictor.layer.", "predictor_blocks.", _HF_BLOCK,
+                                config["pred_num_hidden_layers"], used, where, qkv))
+        networks["predictor"] = pred
+    probe = None
+    if prefix:  # VJEPA2ForVideoClassification: pooler + classifier beside the model
+        used = {prefix + k for k in used}
+        probe = {"pooler.query_tokens": _take(tensors, "pooler.query_tokens", used, where)}
+        probe.update(_map_blocks(tensors, "pooler.self_attention_layers.", "pooler.blocks.", _HF_POOLER_SELF,
+                                 config.get("num_pooler_layers", 3), used, where,
+                                 ("attn.qkv", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")))
+        cross = {}
+        for ours, theirs in _HF_POOLER_CROSS.items():
+            for kind in ("weight", "bias"):
+                cross[f"pooler.cross_attention_block.{ours}.{kind}"] = _take(
+                    tensors, f"pooler.cross_attention_layer.{theirs}.{kind}", used, where)
+        for kind in ("weight", "bias"):
+            cross[f"pooler.cross_attention_block.xattn.kv.{kind}"] = torch.cat(
+                [_take(tensors, f"pooler.cross_attention_layer.cross_attn.{p}.{kind}", used, where)
+                 for p in ("k_proj", "v_proj")])
+            cross[f"linear.{kind}"] = _take(tensors, f"classifier.{kind}", used, where)
+        probe.update(cross)
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise CheckpointError(f"{where}: keys not understood as a V-JEPA 2 model: {', '.join(unused[:12])}")
+    return networks, probe
+
+
+def hf_model_config(config: dict[str, Any]):
+    """Our `Config` for a Hugging Face V-JEPA 2 config.json (RoPE, sizes, clip size)."""
+    from vjepa.config import Config
+
+    cfg = Config()
+    m = cfg.model
+    m.pos_embed, m.uniform_power = "rope", False
+    m.embed_dim, m.depth, m.num_heads = config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]
+    m.mlp_ratio, m.patch_size, m.tubelet_size = config["mlp_ratio"], config["patch_size"], config["tubelet_size"]
+    m.in_chans, m.img_size, m.num_frames = config.get("in_chans", 3), config["crop_size"], config["frames_per_clip"]
+    m.predictor_embed_dim, m.predictor_depth = config["pred_hidden_size"], config["pred_num_hidden_layers"]
+    m.predictor_num_heads, m.predictor_mlp_ratio = config["pred_num_attention_heads"], config["pred_mlp_ratio"]
+    cfg.data.num_frames, cfg.data.crop_size = m.num_frames, m.img_size
+    return cfg
+
+
+def networks_to_hf(cfg, encoder: dict[str, torch.Tensor], predictor: dict[str, torch.Tensor]):
+    """Our RoPE encoder + predictor state dicts -> (Hugging Face `VJEPA2Model` tensors, config.json dict)."""
+    m = cfg.model
+    if m.pos_embed != "rope":
+        raise ValueError("Hugging Face VJEPA2Model has RoPE attention only; this model uses sin-cos positions")
+    out = {
+        "encoder.embeddings.patch_embeddings.proj.weight": encoder["patch_embed.proj.weight"],
+        "encoder.embeddings.patch_embeddings.proj.bias": encoder["patch_embed.proj.bias"],
+        "encoder.layernorm.weight": encoder["norm.weight"], "encoder.layernorm.bias": encoder["norm.bias"],
+        "predictor.embeddings.mask_tokens": torch.stack(
+            [predictor[f"mask_tokens.{i}"] for i in range(sum(k.startswith("mask_tokens.") for k in predictor))]),
+    }
+    for ours, theirs in (("predictor_embed", "predictor.embeddings.predictor_embeddings"),
+                         ("predictor_norm", "predictor.layernorm"), ("predictor_proj", "predictor.proj")):
+        for kind in ("weight", "bias"):
+            out[f"{theirs}.{kind}"] = predictor[f"{ours}.{kind}"]
+    for state, src, dst in ((encoder, "blocks.", "encoder.layer."), (predictor, "predictor_blocks.", "predictor.layer.")):
+        for i in range(sum(k.startswith(src) and k.endswith(".norm1.weight") for k in state)):
+            for ours, theirs in _HF_BLOCK.items():
+                for kind in ("weight", "bias"):
+                    out[f"{dst}{i}.{theirs}.{kind}"] = state[f"{src}{i}.{ours}.{kind}"]
+            for kind in ("weight", "bias"):
+                q, k, v = state[f"{src}{i}.attn.qkv.{kind}"].chunk(3, dim=0)
+                out.update({f"{dst}{i}.attention.query.{kind}": q, f"{dst}{i}.attention.key.{kind}": k,
+                            f"{dst}{i}.attention.value.{kind}": v})
+    config = {
+        "model_type": "vjepa2", "architectures": ["VJEPA2Model"], "hidden_size": m.embed_dim,
+        "num_hidden_layers": m.depth, "num_attention_heads": m.num_heads, "mlp_ratio": m.mlp_ratio,
+        "patch_size": m.patch_size, "tubelet_size": m.tubelet_size, "in_chans": m.in_chans,
+        "crop_size": m.img_size, "frames_per_clip": m.num_frames, "pred_hidden_size": m.predictor_embed_dim,
+        "pred_num_hidden_layers": m.predictor_depth, "pred_num_attention_heads": m.predictor_num_heads or m.num_heads,
+        "pred_mlp_ratio": m.predictor_mlp_ratio, "pred_num_mask_tokens": int(out["predictor.embeddings.mask_tokens"].shape[0]),
+        "layer_norm_eps": 1e-6, "qkv_bias": True, "hidden_act": "gelu",
+    }
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}, config
