@@ -252,7 +252,7 @@ def test_saved_files_honour_the_umask_and_are_fsynced(tmp_path, monkeypatch):
         ("optim.betas=[0.9,1.5]", "optim.betas"),
         ("data.crop_scale=[0.9,0.3]", "data.crop_scale"),
         ("data.frame_step=0", "data.frame_step"),
-        ("data.num_workers=-1", "data.num_workers"),
+        ("data.num_workers=-2", "data.num_workers"),
         ("mask.tube_ratio=1.5", "mask.tube_ratio"),
         ("run.device=potato", "run.device"),
         ("run.device=cuda:99", "run.device"),

@@ -141,7 +141,7 @@ class DataConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     batch_size: int = 24
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader workers; -1: auto (0 on CPU, on CUDA from the CPUs per GPU)
     decoder: str = "pyav"  # pyav | torchcodec
     strict: bool = False  # stop at the first bad file instead of skipping it
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -196,6 +196,7 @@ class RunConfig:
     probe_after: bool = False  # when training ends, probe motion on the target encoder and its random init
     probe_after_clips: int = 1024  # training clips of that probe (0: the whole train split)
     distributed: str = "ddp"  # ddp | fsdp (only used under torchrun)
+    dist_timeout_s: float = 1800.0  # how long a collective waits (e.g. for rank 0's checkpoint write) before failing
 
 
 # The networks a checkpoint can be read as: the EMA target encoder (what the paper evaluates), the
@@ -588,7 +589,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
     "data": {
         "num_frames": AT_LEAST_1, "frame_step": AT_LEAST_1, "fps": AT_LEAST_0, "num_clips": AT_LEAST_1,
         "min_frames": AT_LEAST_0, "max_frames": AT_LEAST_0, "crop_size": AT_LEAST_1, "crop_scale": FRACTION,
-        "crop_aspect": POSITIVE, "std": POSITIVE, "batch_size": AT_LEAST_1, "num_workers": AT_LEAST_0,
+        "crop_aspect": POSITIVE, "std": POSITIVE, "batch_size": AT_LEAST_1, "num_workers": (-1, None, True),
         "weights": AT_LEAST_0,
     },
     "data.synthetic": {
@@ -606,6 +607,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
     "run": {
         "threads": AT_LEAST_0, "log_every": AT_LEAST_1, "monitor_every": AT_LEAST_1,
         "checkpoint_every": AT_LEAST_1, "keep_every": AT_LEAST_0, "probe_after_clips": AT_LEAST_0,
+        "dist_timeout_s": POSITIVE,
     },
 }
 # pairs that are a (low, high) range: low must not exceed high

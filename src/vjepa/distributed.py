@@ -13,7 +13,9 @@ to rank 0 (`full_state_dicts`) before it writes, so a run can resume on any numb
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,30 +54,65 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-def setup(device_name: str = "auto") -> DistEnv:
+DEFAULT_TIMEOUT_S = 1800  # run.dist_timeout_s: a ViT-g checkpoint (~15 GB) written by rank 0 fits in it
+
+
+def rank_device(device_name: str, local_rank: int, world_size: int) -> torch.device:
+    """This rank's device: under torchrun with CUDA, GPU `local_rank % device_count()`.
+
+    The modulo covers both layouts: one task per node seeing all 8 GPUs (LOCAL_RANK 0..7 -> cuda:0..7)
+    and schedulers that show each task only its own GPU (LOCAL_RANK 3 -> cuda:0, the one it sees).
+
+    Args:
+        device_name: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
+        local_rank: the rank within the node (torchrun's LOCAL_RANK).
+        world_size: the number of processes (WORLD_SIZE).
+
+    Raises:
+        ValueError: "cuda:N" with more than one process (every rank would share GPU N), or CUDA
+            asked for on a machine without it.
+    """
+    if device_name == "cpu" or (device_name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not device_name.startswith("cuda") and device_name != "auto":
+        return torch.device(device_name)
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device_name}, but this machine has no usable CUDA device; use cpu or auto")
+    if device_name.startswith("cuda:"):
+        if world_size > 1:
+            raise ValueError(
+                f"device {device_name} under torchrun ({world_size} processes) would put every rank on GPU "
+                f"{device_name[5:]}; use cuda (or auto): each rank takes GPU LOCAL_RANK % device_count()")
+        return torch.device(device_name)
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
     """Initialise the process group when launched by torchrun; pick this rank's device.
 
     Args:
-        device_name: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N". Under
-            torchrun with CUDA each rank takes device LOCAL_RANK.
+        device_name: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N" (one process
+            only). Under torchrun with CUDA each rank takes GPU LOCAL_RANK % device_count().
+        timeout_s: how long a collective may wait before the job fails (run.dist_timeout_s); set
+            explicitly because rank 0 writes checkpoints while the others wait in a barrier.
 
     Returns:
         This process's `DistEnv`. The process group (NCCL on CUDA, gloo on CPU) is initialised
         only when WORLD_SIZE > 1.
     """
+    from datetime import timedelta
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda:")
-    if use_cuda:
-        device = torch.device(device_name if device_name.startswith("cuda:") else f"cuda:{local_rank}")
+    device = rank_device(device_name, local_rank, world_size)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         # device_id binds NCCL communicators to this rank's GPU at init (no lazy, guessed binding)
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None,
+                                timeout=timedelta(seconds=timeout_s))
     return DistEnv(rank, world_size, local_rank, device)
 
 
@@ -83,7 +120,7 @@ def _block_lists(module: nn.Module) -> list[nn.Module]:
     return list(getattr(module, "blocks", getattr(module, "predictor_blocks", [])))
 
 
-def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp") -> nn.Module:
+def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp", param_dtype: torch.dtype | None = None) -> nn.Module:
     """Wrap a `JEPA` for data parallelism from outside the model (identity in a single process).
 
     Args:
@@ -93,6 +130,9 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp") -> nn.Module:
             transformer block, then each network, shards parameters, gradients and optimiser
             state over the ranks; the EMA target encoder is sharded like the encoder so the EMA
             update stays shard-local).
+        param_dtype: FSDP only: the dtype parameters are all-gathered and computed in (e.g.
+            torch.bfloat16 for run.dtype=bf16: half the all-gather bytes); gradients are still
+            reduced and kept in fp32. None: gather in the parameters' own dtype (fp32).
 
     Returns:
         The module to call in the training step: a DDP wrapper, or `model` itself (sharded in
@@ -104,18 +144,19 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp") -> nn.Module:
         return model
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
         mesh = init_device_mesh(env.device.type, (env.world_size,))
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for module in (model.encoder, model.predictor, getattr(model, "target_encoder", None)):
             if module is None:
                 continue
             for block in _block_lists(module):
-                fully_shard(block, mesh=mesh)
-            fully_shard(module, mesh=mesh)
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+            fully_shard(module, mesh=mesh, mp_policy=policy)
         # the JEPA is the one root: roots keep parameters gathered after forward, which would leave
         # the (never backpropagated) target encoder unsharded when the EMA update runs
-        fully_shard(model, mesh=mesh)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
         # JEPA calls encoder.embed / encoder.encode directly: make them gather parameters too
         register_fsdp_forward_method(model.encoder, "embed")
         register_fsdp_forward_method(model.encoder, "encode")
@@ -203,6 +244,155 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / env.world_size
+
+
+def all_reduce_min(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The smallest value over ranks (identity in a single process)."""
+    if not env.distributed:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
+
+
+def agreed_first_bad_step(first_bad: torch.Tensor, env: DistEnv) -> int:
+    """The earliest step at which any rank saw a non-finite loss, or -1 when none did.
+
+    A collective: every rank gets the same answer, so every rank raises the same error at the same
+    place instead of one raising while the others wait in the next all-reduce until it aborts.
+
+    Args:
+        first_bad: this rank's first non-finite step (a 0-d long tensor; -1 for none).
+        env: this process's `DistEnv`.
+    """
+    none = torch.iinfo(torch.long).max
+    value = torch.where(first_bad < 0, torch.full_like(first_bad, none), first_bad)
+    step = int(all_reduce_min(value, env).item())
+    return -1 if step == none else step
+
+
+def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # any dtype travels on any backend
+
+
+def broadcast_state(state: dict[str, Any] | None, env: DistEnv) -> dict[str, Any]:
+    """Rank 0's nested dict of tensors on every rank, sent one tensor at a time (a collective).
+
+    The structure (with tensors replaced by their shape and dtype) goes as one small object, then
+    each tensor's bytes through `env.device`, so no rank ever holds a second pickled copy.
+
+    Args:
+        state: the dict on rank 0 (ignored elsewhere).
+        env: this process's `DistEnv`.
+
+    Returns:
+        The dict, its tensors on the CPU.
+    """
+    if not env.distributed:
+        return state or {}
+    tensors: list[torch.Tensor] = []
+
+    def skeleton(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors.append(node)
+            return ("__tensor__", len(tensors) - 1, tuple(node.shape), node.dtype)
+        if isinstance(node, dict):
+            return {key: skeleton(value) for key, value in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(skeleton(value) for value in node)
+        return node
+
+    box = [skeleton(state) if env.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, tuple) and len(node) == 4 and node[0] == "__tensor__":
+            _, index, shape, dtype = node
+            empty = torch.empty(shape, dtype=dtype)
+            buffer = _as_bytes(tensors[index] if env.is_main else empty).to(env.device)
+            dist.broadcast(buffer, src=0)
+            return tensors[index] if env.is_main else buffer.cpu().view(dtype).reshape(shape)
+        if isinstance(node, dict):
+            return {key: fill(value) for key, value in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(fill(value) for value in node)
+        return node
+
+    return fill(box[0])  # depth-first, the same order on every rank
+
+
+def resume_state(path: Path, env: DistEnv, load: Callable[[Path], dict[str, Any]]) -> dict[str, Any] | None:
+    """The checkpoint every rank resumes from, as rank 0 sees it (a collective under torchrun).
+
+    Rank 0 decides: it loads `path` (or finds none) and tells the others the step. A rank whose
+    own `path` holds that step (a shared run.out_dir) loads it itself; if any rank cannot (a
+    node-local run.out_dir without it, or a stale one), rank 0 broadcasts its state to all. So all
+    ranks start at rank 0's step, whatever their own directories hold.
+
+    Args:
+        path: the checkpoint (e.g. `<run.out_dir>/latest.pt`) on each rank's filesystem.
+        env: this process's `DistEnv`.
+        load: reads a checkpoint file (`vjepa.checkpoint.load_checkpoint`).
+
+    Returns:
+        The state dict, or None when rank 0 has nothing to resume (then every rank starts afresh).
+
+    Raises:
+        CheckpointError: on every rank when rank 0 cannot read its checkpoint.
+    """
+    state, error = None, None
+    if env.is_main:
+        try:
+            state = load(path) if path.exists() else None
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks were told
+            error = err
+    if not env.distributed:
+        if error is not None:
+            raise error
+        return state
+    box = [{"step": None if state is None else int(state["step"]), "error": None if error is None else str(error)}]
+    dist.broadcast_object_list(box, src=0)
+    step, message = box[0]["step"], box[0]["error"]
+    if message is not None:
+        if error is not None:
+            raise error
+        from vjepa.checkpoint import CheckpointError
+
+        raise CheckpointError(f"rank 0 could not read its checkpoint, so no rank resumes: {message}")
+    if step is None:
+        return None
+    if not env.is_main:
+        try:
+            state = load(path) if path.exists() else None
+        except Exception:  # noqa: BLE001 - an unreadable local copy: take rank 0's instead
+            state = None
+        state = state if state is not None and int(state["step"]) == step else None
+    missing = torch.tensor(float(state is None), device=env.device)
+    dist.all_reduce(missing, op=dist.ReduceOp.MAX)
+    if missing.item() > 0:
+        received = broadcast_state(state if env.is_main else None, env)
+        state = state if state is not None else received
+    return state
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random generators training draws from (drop path): the CPU's, and `device`'s if a GPU.
+
+    Data order, augmentations and masks use their own generators seeded from (seed, step), so
+    these are all a resume must restore. Every rank draws the same numbers (same seed, same
+    shapes), so rank 0's states stand for all ranks'.
+    """
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore `rng_state`'s generators (the CUDA one only on a CUDA device; a CPU run ignores it)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def barrier(env: DistEnv) -> None:

@@ -25,3 +25,17 @@ def autocast(device: torch.device | str, dtype: str | bool) -> contextlib.Abstra
     if dtype not in ("bf16", True):
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def allow_tf32(device: torch.device | str) -> bool:
+    """On CUDA, let fp32 matmuls and convolutions use TF32 tensor cores; returns whether it did.
+
+    fp32 runs (and the fp32 parts of bf16 runs) then take the tensor-core path, ~8x an fp32 GEMM
+    on an A100/H100, keeping fp32's exponent range (so overflow behaves as in fp32) with a 10-bit
+    mantissa. Nothing changes on the CPU, where CPU results stay bit-exact.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True

@@ -36,17 +36,17 @@ from vjepa.checkpoint import (
 from vjepa.config import Config, ConfigError, to_dict, to_yaml, validate
 from vjepa.jepa import (
     JEPA,
+    build_optimizer,
     collapse_stats,
     collapse_warning,
     ema_init_share,
     ema_momentum,
     ema_update,
-    param_groups,
     set_schedules,
 )
 from vjepa.masks import MaskBatch, collate_masks, num_generators, target_masks
 from vjepa.models.vit import build_encoder
-from vjepa.precision import autocast
+from vjepa.precision import allow_tf32, autocast
 
 
 class TrainingDiverged(RuntimeError):
@@ -167,19 +167,28 @@ class SeededItems(Dataset):
             return self.dataset[index]
 
 
-def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int) -> tuple[DataLoader, Dataset]:
-    """The training DataLoader: deterministic step batches from the configured source."""
-    from vjepa.data import build_dataset, collate
+def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int,
+                       device: torch.device | str = "cpu") -> tuple[DataLoader, Dataset]:
+    """The training DataLoader: deterministic step batches from the configured source.
+
+    On CUDA (`device`) batches go to pinned memory and `data.num_workers=-1` picks the workers
+    from the machine (`vjepa.data.resolve_workers`).
+    """
+    from vjepa.data import build_dataset, collate, resolve_workers
 
     dataset = build_dataset(cfg.data, split="train", train=True)
     sampler = StepBatchSampler(len(dataset), cfg.data.batch_size, cfg.run.seed, start_step, rank, world_size)
+    workers = resolve_workers(cfg.data.num_workers, device)
     loader = DataLoader(
         SeededItems(dataset),
         batch_sampler=sampler,
-        num_workers=cfg.data.num_workers,
+        num_workers=workers,
         collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=workers > 0,
+        # its own generator: starting the iterator draws worker seeds from it, not from the global
+        # generator drop path uses, which a resume restores (items are seeded by SeededItems)
+        generator=torch.Generator().manual_seed(mix_seed(cfg.run.seed, 11)),
     )
     return loader, dataset
 
@@ -295,13 +304,16 @@ class RunLog:
             self._writer.close()
 
 
-def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, cfg: Config, loss: float) -> dict[str, Any]:
-    """Everything needed to resume at `step` (official top-level key names).
+def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, cfg: Config, loss: float,
+                     device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Everything needed to resume at `step` (official top-level key names, plus `rng`).
 
     Under FSDP every rank must call this (it gathers the shards); rank 0 gets the full state.
+    `rng` holds the generators drop path draws from (the CPU's, and `device`'s on CUDA).
     """
     networks, opt = dist_utils.full_state_dicts(model, optimizer)
-    return {**networks, "opt": opt, "step": step, "loss": loss, "config": to_dict(cfg)}
+    rng = dist_utils.rng_state(torch.device(device))
+    return {**networks, "opt": opt, "step": step, "loss": loss, "config": to_dict(cfg), "rng": rng}
 
 
 def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:
@@ -506,7 +518,7 @@ def train(cfg: Config) -> dict[str, Any]:
         StorageError: a checkpoint, config or log write failed (e.g. the disk is full).
     """
     validate(cfg)
-    env = dist_utils.setup(cfg.run.device)
+    env = dist_utils.setup(cfg.run.device, cfg.run.dist_timeout_s)
     is_main = env.rank == 0
     out_dir = Path(cfg.run.out_dir)
     lock, stop = None, StopRequest()
@@ -530,10 +542,12 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(init_seed(cfg))  # model init: identical on every rank
+    allow_tf32(device)
     latest = out_dir / "latest.pt"
     if is_main:
         remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
-    state = load_checkpoint(latest) if latest.exists() else None  # any world size wrote it
+    # rank 0 decides (a node-local run.out_dir may lack it elsewhere); any world size wrote it
+    state = dist_utils.resume_state(latest, env, lambda path: load_checkpoint(path, mmap=True))
     if state is not None:  # checked before anything is written, so a refused resume changes nothing
         check_resume_config(state.get("config", {}), cfg, latest)
         check_resume_step(int(state["step"]), cfg, latest)
@@ -544,19 +558,18 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
         model.encoder.activation_checkpointing = model.predictor.activation_checkpointing = True
     if cfg.run.compile:
         compile_blocks(model)
-    wrapped = dist_utils.wrap(model, env, cfg.run.distributed)
+    param_dtype = torch.bfloat16 if cfg.run.dtype == "bf16" else None  # FSDP gathers bf16 weights
+    wrapped = dist_utils.wrap(model, env, cfg.run.distributed, param_dtype)
     # built after wrapping: FSDP2 swaps the parameters for sharded ones
-    optimizer = torch.optim.AdamW(
-        param_groups(model.encoder, model.predictor, lr_scales=(1.0, cfg.optim.predictor_lr_scale)),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-    )
-    start, saved_loss = 0, float("nan")
+    optimizer = build_optimizer(model.encoder, model.predictor, cfg.optim, device)
+    start, saved_loss, rng = 0, float("nan"), None
     if state is not None:
         dist_utils.load_optimizer_state(model, optimizer, state["opt"])
-        start, saved_loss = int(state["step"]), float(state.get("loss", float("nan")))
+        start, saved_loss, rng = int(state["step"]), float(state.get("loss", float("nan"))), state.get("rng")
     del state
-    loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size)
+    loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size, device)
+    if rng is not None:  # drop path continues the interrupted run's random stream
+        dist_utils.set_rng_state(rng, device)
     grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
     if is_main:  # the settings are accepted: only now is the run directory changed
         write_config(cfg, out_dir)
@@ -613,7 +626,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
         is_keep = bool(cfg.run.keep_every) and done % cfg.run.keep_every == 0
         is_ckpt = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps or is_keep or stopping
         if is_log or is_ckpt:
-            check_finite(first_bad, out_dir, last_good, cfg)
+            check_finite(first_bad, out_dir, last_good, cfg, env)
         if is_log:
             mean_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1), env).item()
             rate = clips * env.world_size / max(time.perf_counter() - t0, 1e-9)
@@ -639,12 +652,10 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
         bar.update(1)
         if is_ckpt:
             check_weights_finite(model, optimizer, done, out_dir, last_good, cfg, env)
-            state = checkpoint_state(model, optimizer, done, cfg, last_loss)  # a collective under FSDP
+            state = checkpoint_state(model, optimizer, done, cfg, last_loss, device)  # a collective under FSDP
             path = out_dir / "latest.pt"
-            if is_main:
-                save_checkpoint(path, state)
-                if is_keep:
-                    save_checkpoint(out_dir / f"step_{done}.pt", state)
+            if is_main:  # one write per save: on keep steps latest.pt becomes a link to step_N.pt
+                save_checkpoint(path, state, keep=out_dir / f"step_{done}.pt" if is_keep else None)
             last_good, state = (path, done), None
         if is_ckpt:
             dist_utils.barrier(env)
@@ -697,9 +708,14 @@ def _last_good_text(out_dir: Path, last_good: tuple[Path, int] | None) -> str:
 
 
 def check_finite(first_bad: torch.Tensor, out_dir: Path, last_good: tuple[Path, int] | None,
-                 cfg: Config | None = None) -> None:
-    """Raise TrainingDiverged (naming the step and the last good checkpoint) if a loss was NaN/inf."""
-    bad_step = int(first_bad.item())
+                 cfg: Config | None = None, env: dist_utils.DistEnv | None = None) -> None:
+    """Raise TrainingDiverged (naming the step and the last good checkpoint) if a loss was NaN/inf.
+
+    Under torchrun (`env`) the ranks first agree on the earliest bad step of any rank (a
+    collective), so all of them raise this message together instead of the healthy ranks dying
+    in the next all-reduce when one rank stops.
+    """
+    bad_step = dist_utils.agreed_first_bad_step(first_bad, env or dist_utils.DistEnv())
     if bad_step < 0:
         return
     raise TrainingDiverged(

@@ -247,7 +247,10 @@ def _write_videos(
     from tqdm import tqdm
 
     decoded = _WholeVideos([r for r, _ in records], short_side, cfg.decoder, cfg.max_frames)
-    loader = DataLoader(decoded, batch_size=None, num_workers=cfg.num_workers, collate_fn=_identity)
+    from vjepa.data import resolve_workers
+
+    workers = resolve_workers(cfg.num_workers, "cpu")  # preparing decodes on the CPU: auto is 0
+    loader = DataLoader(decoded, batch_size=None, num_workers=workers, collate_fn=_identity)
     videos, skipped, short_reads = [], [], []
     try:
         for (record, source), item in tqdm(
