@@ -9,7 +9,6 @@
   gathering, mmap loads.
 """
 
-import json
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ from vjepa.data import resolve_workers
 from vjepa.distributed import DistEnv, broadcast_state, rank_device, resume_state, setup
 from vjepa.jepa import build_optimizer
 from vjepa.precision import allow_tf32
-from vjepa.train import TrainingDiverged, build_train_loader, train
+from vjepa.train import build_train_loader, train
 
 TIMEOUT_S = 150  # a hung collective fails the test instead of the suite
 
@@ -214,8 +213,7 @@ def test_train_passes_the_configured_timeout_and_bf16_gathering(tmp_path, monkey
 
 
 def test_fsdp_gathers_parameters_in_the_run_dtype(monkeypatch):
-    import torch.distributed.device_mesh as device_mesh
-    import torch.distributed.fsdp as fsdp
+    from torch.distributed import device_mesh, fsdp
 
     from vjepa.config import preset
     from vjepa.jepa import JEPA

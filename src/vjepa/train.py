@@ -71,16 +71,17 @@ class RunDirLocked(RuntimeError):
 # devices and precision
 
 
-def compile_blocks(model: JEPA) -> None:
+def compile_blocks(model: JEPA, backend: str = "inductor") -> None:
     """`torch.compile` every transformer block in place, with dynamic shapes (K changes every step).
 
     Block by block, as torchtitan does: a few small graphs (grad or not, padding mask or not, per
     width) and the mask bookkeeping stays eager. Compiling the whole JEPA instead returned a loss
-    without a gradient in torch 2.13. Apply before wrapping for DDP/FSDP.
+    without a gradient in torch 2.13. Apply before wrapping for DDP/FSDP. `backend` "aot_eager"
+    traces the same graphs without generating code (checks on machines without a C++ toolchain).
     """
     for network in (model.encoder, model.target_encoder, model.predictor):
         for block in getattr(network, "blocks", getattr(network, "predictor_blocks", [])):
-            block.compile(dynamic=True)
+            block.compile(dynamic=True, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------
