@@ -212,21 +212,25 @@ def test_train_passes_the_configured_timeout_and_bf16_gathering(tmp_path, monkey
         validate(cfg_for(tmp_path, 2, 1, "run.dist_timeout_s=0"))
 
 
-def test_fsdp_gathers_parameters_in_the_run_dtype(monkeypatch):
+def test_fsdp_gathers_in_the_run_dtype_and_keeps_the_encoder_gathered(monkeypatch):
     from torch.distributed import device_mesh, fsdp
 
     from vjepa.config import preset
     from vjepa.jepa import JEPA
     from vjepa.masks import num_generators
 
-    policies = []
+    calls = []
     monkeypatch.setattr(device_mesh, "init_device_mesh", lambda *args, **kwargs: "mesh")
-    monkeypatch.setattr(fsdp, "fully_shard", lambda module, mesh, mp_policy: policies.append(mp_policy))
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, mesh, **kwargs: calls.append((module, kwargs)))
     monkeypatch.setattr(fsdp, "register_fsdp_forward_method", lambda *args: None)
     cfg = preset("debug")
     model = JEPA(cfg, num_generators(cfg.mask))
     dist_utils.wrap(model, DistEnv(0, 2), "fsdp", torch.bfloat16)
+    policies = [kwargs["mp_policy"] for _, kwargs in calls]
     assert policies and all(p.param_dtype == torch.bfloat16 and p.reduce_dtype == torch.float32 for p in policies)
+    # the encoder (run once per mask generator, then backward) stays gathered; the others reshard
+    kept = [module for module, kwargs in calls if kwargs.get("reshard_after_forward") is False]
+    assert kept == [*model.encoder.blocks, model.encoder]
 
 
 # ---------------------------------------------------------------------------------------------
