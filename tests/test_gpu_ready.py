@@ -351,3 +351,30 @@ def test_tf32_is_allowed_on_cuda_only():
 def test_config_keys_of_this_issue_validate(tmp_path):
     cfg = apply_overrides(cfg_for(tmp_path, 1, 1), ["data.num_workers=-1", "run.dist_timeout_s=5"])
     assert validate(cfg).data.num_workers == -1
+
+
+# ---------------------------------------------------------------------------------------------
+# HSDP: a 2-D mesh
+
+
+def test_hsdp_mesh_is_nodes_by_ranks_per_node(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert dist_utils.mesh_shape(DistEnv(0, 32), "hsdp") == (4, 8)
+    assert dist_utils.mesh_shape(DistEnv(0, 32), "fsdp") == (32,)
+    with pytest.raises(ValueError, match="multiple of the ranks per node"):
+        dist_utils.mesh_shape(DistEnv(0, 12), "hsdp")
+
+
+@pytest.mark.slow
+def test_hsdp_replicated_over_two_nodes_trains_like_one_process(tmp_path, monkeypatch):
+    """Two "nodes" of one rank each (LOCAL_WORLD_SIZE=1): mesh (2, 1), gradients all-reduced across
+    the replicate dimension; the losses and the full checkpoint match one process with batch 4."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # inherited by the spawned ranks
+    single, run = tmp_path / "single", tmp_path / "run"
+    train(cfg_for(single, 4, 3))
+    cfgs = [cfg_for(run, 2, 3, "run.distributed=hsdp", "run.dist_timeout_s=60")] * 2
+    run_ranks(_train_rank, (cfgs, tmp_path, -1, -1))
+    assert not list(tmp_path.glob("error*.txt")), [p.read_text() for p in tmp_path.glob("error*.txt")]
+    assert [losses(run)[s] for s in (1, 2, 3)] == pytest.approx([losses(single)[s] for s in (1, 2, 3)], rel=1e-4)
+    a, b = load_checkpoint(single / "latest.pt"), load_checkpoint(run / "latest.pt")
+    assert all(torch.allclose(a["encoder"][k], b["encoder"][k], atol=1e-4) for k in a["encoder"])

@@ -195,7 +195,7 @@ class RunConfig:
     progress: bool = True
     probe_after: bool = False  # when training ends, probe motion on the target encoder and its random init
     probe_after_clips: int = 1024  # training clips of that probe (0: the whole train split)
-    distributed: str = "ddp"  # ddp | fsdp (only used under torchrun)
+    distributed: str = "ddp"  # ddp | fsdp | hsdp (sharded per node, replicated across nodes); torchrun only
     dist_timeout_s: float = 1800.0  # how long a collective waits (e.g. for rank 0's checkpoint write) before failing
 
 
@@ -725,7 +725,7 @@ def validate(cfg: Config) -> Config:
         "run.dtype": (cfg.run.dtype, ("bf16", "fp32")),
         "run.objective": (cfg.run.objective, ("jepa", "pixel")),
         "optim.target_norm": (cfg.optim.target_norm, ("layer", "layer_center", "layer_instance")),
-        "run.distributed": (cfg.run.distributed, ("ddp", "fsdp")),
+        "run.distributed": (cfg.run.distributed, ("ddp", "fsdp", "hsdp")),
         "data.short_video_policy": (d.short_video_policy, ("skip", "loop", "pad")),
         "data.source": (d.source, ("synthetic", "csv", "folder", "frames", "tiff", "mixture", "cache")),
         "data.decoder": (d.decoder, ("pyav", "torchcodec")),

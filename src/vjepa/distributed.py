@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = ("ddp", "fsdp", "hsdp")
 
 
 @dataclass
@@ -120,6 +120,24 @@ def _block_lists(module: nn.Module) -> list[nn.Module]:
     return list(getattr(module, "blocks", getattr(module, "predictor_blocks", [])))
 
 
+MESH_DIMS = {"fsdp": ("shard",), "hsdp": ("replicate", "shard")}
+
+
+def mesh_shape(env: DistEnv, strategy: str) -> tuple[int, ...]:
+    """The FSDP2 device mesh: (world,) for "fsdp"; (nodes, ranks per node) for "hsdp".
+
+    Raises:
+        ValueError: "hsdp" when the world size is not a multiple of torchrun's LOCAL_WORLD_SIZE.
+    """
+    if strategy != "hsdp":
+        return (env.world_size,)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(env.world_size)))
+    if local < 1 or env.world_size % local:
+        raise ValueError(f"run.distributed=hsdp needs the world size ({env.world_size}) to be a multiple of the "
+                         f"ranks per node (LOCAL_WORLD_SIZE={local})")
+    return (env.world_size // local, local)
+
+
 def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp", param_dtype: torch.dtype | None = None) -> nn.Module:
     """Wrap a `JEPA` for data parallelism from outside the model (identity in a single process).
 
@@ -129,7 +147,9 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp", param_dtype: tor
         strategy: "ddp" (replicate, all-reduce gradients) or "fsdp" (FSDP2 `fully_shard`: every
             transformer block, then each network, shards parameters, gradients and optimiser
             state over the ranks; the EMA target encoder is sharded like the encoder so the EMA
-            update stays shard-local).
+            update stays shard-local), or "hsdp": FSDP2 on a 2-D mesh, sharded within each node
+            (LOCAL_WORLD_SIZE ranks) and replicated across nodes, so the per-block all-gathers
+            stay on the node's fast links and only gradients cross the network.
         param_dtype: FSDP only: the dtype parameters are all-gathered and computed in (e.g.
             torch.bfloat16 for run.dtype=bf16: half the all-gather bytes); gradients are still
             reduced and kept in fp32. None: gather in the parameters' own dtype (fp32).
@@ -142,11 +162,11 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp", param_dtype: tor
         raise ValueError(f"run.distributed={strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if not env.distributed:
         return model
-    if strategy == "fsdp":
+    if strategy in ("fsdp", "hsdp"):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-        mesh = init_device_mesh(env.device.type, (env.world_size,))
+        mesh = init_device_mesh(env.device.type, mesh_shape(env, strategy), mesh_dim_names=MESH_DIMS[strategy])
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for module in (model.encoder, model.predictor, getattr(model, "target_encoder", None)):
             if module is None:
