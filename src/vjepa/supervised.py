@@ -91,7 +91,7 @@ def train_supervised(cfg: Config, task: str = "motion") -> dict[str, Any]:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(init_seed(cfg))
     out_dir = prepare_run_dir(cfg, is_main=True)
-    loader, dataset = build_train_loader(cfg, 0, 0, 1)
+    loader, dataset = build_train_loader(cfg, 0, 0, 1, device)
     encoder = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames).to(device)
     num_classes = num_classes_for(cfg, task, dataset)
     classifier = AttentiveClassifier(encoder.embed_dim, encoder.num_heads, num_classes).to(device)
