@@ -4,7 +4,7 @@
     bash benchmarks/gpu_check.sh --dry-run       # the same code on the CPU with the debug preset, ~15 s
 
 Checks (each reports its figures, or {"error": ...} without stopping the others):
-1. `sdpa_kernels`: one training forward+backward with SDPA restricted to the flash / memory-efficient
+1. `sdpa_kernels`: one training forward+backward (batch 8) with SDPA restricted to the flash / memory-efficient
    / cuDNN kernels (a mask shape none of them takes raises instead of silently falling back to the
    math kernel), and its loss against the math kernel's on the same weights, clips and masks.
 2. `host_syncs`: three `train_step`s under `torch.cuda.set_sync_debug_mode("warn")`, counting the
@@ -58,10 +58,11 @@ def settings(dry_run: bool, preset_name: str) -> dict[str, Any]:
     if dry_run:
         return {"preset": "debug", "device": torch.device("cpu"), "bench_steps": 1, "warmup": 1, "compile_steps": 2,
                 "resume_steps": (2, 3), "workers": (0, 1), "loader_batches": 2, "videos": 2, "backend": "eager",
-                "overrides": ("run.dtype=fp32",)}  # CPUs without bf16 units take ~1 min per bf16 matmul peak
+                "overrides": ("run.dtype=fp32",), "small_batch": ()}  # CPUs without bf16 units take ~1 min per bf16 matmul peak
     return {"preset": preset_name, "device": torch.device("cuda"), "bench_steps": 10, "warmup": 3, "compile_steps": 3,
             "resume_steps": (10, 12), "workers": (0, 8, 16), "loader_batches": 10, "videos": 24, "backend": "inductor",
-                "overrides": ()}
+                "overrides": (),
+                "small_batch": ("data.batch_size=8",)}  # the math kernel materialises attention: ~45 GB at 24
 
 
 def base_config(opts: dict[str, Any], *overrides: str) -> Config:
@@ -99,7 +100,7 @@ def check_sdpa_kernels(opts: dict[str, Any]) -> dict[str, Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     device = opts["device"]
-    cfg = base_config(opts)
+    cfg = base_config(opts, *opts["small_batch"])
     model, video, masks = model_and_batch(cfg, device)
     fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
     if device.type == "cpu":
