@@ -182,6 +182,19 @@ def test_cuda_n_under_torchrun_is_refused_and_allowed_alone(fake_cuda):
     assert rank_device("cpu", 3, 8) == torch.device("cpu")
 
 
+def test_pretrain_on_cuda_n_under_torchrun_is_a_one_line_error(fake_cuda, monkeypatch, tmp_path, capsys):
+    from vjepa.cli import main
+
+    fake_cuda["count"] = 8
+    for key, value in {"WORLD_SIZE": "8", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    code = main(["pretrain", "--preset", "debug", f"run.out_dir={tmp_path}", "run.device=cuda:1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "device cuda:1 under torchrun (8 processes) would put every rank on GPU 1; use cuda" in err
+    assert fake_cuda["init"] == []  # refused before any rendezvous
+
+
 def test_cuda_without_a_gpu_is_an_error_not_a_silent_cpu_run(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no usable CUDA device"):

@@ -8,6 +8,9 @@ NCCL on CUDA and gloo on CPU. Multi-node runs are the same command with a rendez
 
 Checkpoints are always ordinary single-process files: under FSDP the full state dicts are gathered
 to rank 0 (`full_state_dicts`) before it writes, so a run can resume on any number of processes.
+Rank 0 also decides the resume (`resume_state`): ranks whose run directory lacks its checkpoint
+(node-local disks) receive rank 0's state, so every rank starts at the same step. Ranks agree
+before stopping on a NaN (`agreed_first_bad_step`), so no rank is left waiting in a collective.
 """
 
 from __future__ import annotations
