@@ -11,6 +11,7 @@
 
 import os
 import shutil
+import threading
 import time
 from datetime import timedelta
 
@@ -391,3 +392,52 @@ def test_hsdp_replicated_over_two_nodes_trains_like_one_process(tmp_path, monkey
     assert [losses(run)[s] for s in (1, 2, 3)] == pytest.approx([losses(single)[s] for s in (1, 2, 3)], rel=1e-4)
     a, b = load_checkpoint(single / "latest.pt"), load_checkpoint(run / "latest.pt")
     assert all(torch.allclose(a["encoder"][k], b["encoder"][k], atol=1e-4) for k in a["encoder"])
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints written in the background (run.async_checkpoint)
+
+
+def test_async_checkpoint_writes_the_saved_step_while_training_goes_on(tmp_path, monkeypatch):
+    """The step-2 write is held until step 3 has updated the weights in place: the file must still
+    hold step 2's state (a CPU copy was taken), equal to what an in-line save writes."""
+    import vjepa.checkpoint as checkpoint_module
+    import vjepa.train as train_module
+
+    extra = ("run.checkpoint_every=2", "run.keep_every=2")
+    train(cfg_for(tmp_path / "inline", 2, 4, *extra))
+    stepped, waited = threading.Event(), []
+    real_save, real_step = checkpoint_module.save_checkpoint, train_module.train_step
+
+    def held_save(path, state, keep=None):
+        if keep is not None and keep.name == "step_2.pt":
+            waited.append(stepped.wait(timeout=60))  # False if the training thread were blocked here
+        real_save(path, state, keep)
+
+    def step(model, optimizer, video, masks, index, *rest):
+        result = real_step(model, optimizer, video, masks, index, *rest)
+        if index == 2:
+            stepped.set()
+        return result
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", held_save)
+    monkeypatch.setattr(train_module, "train_step", step)
+    train(cfg_for(tmp_path / "async", 2, 4, *extra, "run.async_checkpoint=true"))
+    assert waited == [True]
+    for name in ("step_2.pt", "step_4.pt"):
+        a, b = load_checkpoint(tmp_path / "inline" / name), load_checkpoint(tmp_path / "async" / name)
+        assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+        assert all(torch.equal(a["opt"]["state"][i]["exp_avg"], b["opt"]["state"][i]["exp_avg"]) for i in a["opt"]["state"])
+
+
+def test_a_failed_background_write_stops_the_run_with_its_storage_error(tmp_path, monkeypatch):
+    import errno
+
+    from vjepa.checkpoint import StorageError
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(StorageError, match="no space left on device writing .*latest.pt"):
+        train(cfg_for(tmp_path, 2, 4, "run.checkpoint_every=2", "run.async_checkpoint=true"))

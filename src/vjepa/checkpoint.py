@@ -165,6 +165,64 @@ def _link_or_copy(source: str | Path, tmp: str | Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def _cpu_copy(state: Any) -> Any:
+    """A copy of a nested dict/list of tensors whose tensors are new CPU tensors (other values shared)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: _cpu_copy(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(value) for value in state)
+    return state
+
+
+class BackgroundSaver:
+    """`save_checkpoint` on a thread (run.async_checkpoint), one write at a time; or in line.
+
+    `save` copies the state to CPU memory first (the next step updates the live tensors in place),
+    starts the write and returns, so rank 0 goes back to training while ~15 GB (ViT-g) reach the
+    disk. The next `save`, and `wait`, first wait for the write in flight and re-raise its error
+    (a `StorageError` such as a full disk), so a failed write stops the run one checkpoint later
+    at most, and the previous file stays intact (writes are atomic).
+
+    Args:
+        background: False writes in line (the default, and what other ranks use: they write nothing).
+    """
+
+    def __init__(self, background: bool = False):
+        self.background = background
+        self._thread: Any = None
+        self._error: BaseException | None = None
+
+    def save(self, path: str | Path, state: dict[str, Any], keep: str | Path | None = None) -> None:
+        """Write `state` to `path` (and `keep`), in the background when enabled."""
+        self.wait()
+        if not self.background:
+            save_checkpoint(path, state, keep)
+            return
+        import threading
+
+        snapshot = _cpu_copy(state)
+
+        def write() -> None:
+            try:
+                save_checkpoint(path, snapshot, keep)
+            except BaseException as err:  # noqa: BLE001 - handed to the training thread by wait()
+                self._error = err
+
+        self._thread = threading.Thread(target=write, name="vjepa-checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def nonfinite_tensors(state: Any, prefix: str = "") -> list[tuple[str, int]]:
     """(key, number of NaN/inf values) of every floating tensor in a nested dict/list that has any.
 

@@ -196,6 +196,7 @@ class RunConfig:
     probe_after: bool = False  # when training ends, probe motion on the target encoder and its random init
     probe_after_clips: int = 1024  # training clips of that probe (0: the whole train split)
     distributed: str = "ddp"  # ddp | fsdp | hsdp (sharded per node, replicated across nodes); torchrun only
+    async_checkpoint: bool = False  # rank 0 writes checkpoints on a thread (a CPU copy) while training goes on
     dist_timeout_s: float = 1800.0  # how long a collective waits (e.g. for rank 0's checkpoint write) before failing
 
 

@@ -24,13 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vjepa import distributed as dist_utils
 from vjepa.checkpoint import (
+    BackgroundSaver,
     atomic_write,
     describe_nonfinite,
     load_checkpoint,
     load_state_strict,
     nonfinite_tensors,
     remove_stale_temps,
-    save_checkpoint,
     write_failure,
 )
 from vjepa.config import Config, ConfigError, to_dict, to_yaml, validate
@@ -578,10 +578,12 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     log = RunLog(out_dir, enabled=is_main, tensorboard=cfg.run.tensorboard)
     if is_main:
         log.write({"step": start, "event": "start" if start == 0 else "resume", "world_size": env.world_size})
+    saver = BackgroundSaver(background=cfg.run.async_checkpoint and is_main)
     try:
-        summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop)
+        summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop, saver)
     finally:
         log.close()
+        saver.wait()  # a checkpoint in flight reaches the disk whatever stopped the loop
     if start == cfg.optim.steps and math.isnan(summary["final_loss"]):
         summary["final_loss"] = saved_loss  # a finished run started again: report what it ended with
     return {**summary, "rank": env.rank, "world_size": env.world_size}  # the CLI probes on rank 0 only
@@ -600,14 +602,15 @@ def check_resume_step(step: int, cfg: Config, path: Path) -> None:
         )
 
 
-def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop=None) -> dict[str, Any]:
+def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop=None,
+             saver: BackgroundSaver | None = None) -> dict[str, Any]:
     """Iterate steps start..steps-1: train, log, monitor collapse, checkpoint; stop on NaN/inf.
 
     A checkpoint is written only when every tensor in it is finite. When `stop.requested` turns
     true (SIGTERM), the step in flight finishes, a checkpoint is saved and TrainingInterrupted raised.
     """
     is_main, device = env.rank == 0, env.device
-    out_dir = Path(cfg.run.out_dir)
+    out_dir, saver = Path(cfg.run.out_dir), saver or BackgroundSaver()
     bar = make_progress(cfg, start, is_main)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, found without syncing
     loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
@@ -656,11 +659,12 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
             state = checkpoint_state(model, optimizer, done, cfg, last_loss, device)  # a collective under FSDP
             path = out_dir / "latest.pt"
             if is_main:  # one write per save: on keep steps latest.pt becomes a link to step_N.pt
-                save_checkpoint(path, state, keep=out_dir / f"step_{done}.pt" if is_keep else None)
+                saver.save(path, state, keep=out_dir / f"step_{done}.pt" if is_keep else None)
             last_good, state = (path, done), None
         if is_ckpt:
             dist_utils.barrier(env)
         if stopping:
+            saver.wait()  # the message below says the checkpoint is saved
             bar.close()
             message = (f"received SIGTERM: saved {out_dir / 'latest.pt'} at step {done} of {cfg.optim.steps}; "
                        f"stopping with exit status {TrainingInterrupted.exit_code}. Run the same command again "
