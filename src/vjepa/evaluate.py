@@ -41,7 +41,7 @@ from vjepa.api import load
 from vjepa.checkpoint import CheckpointError, load_checkpoint
 from vjepa.config import Config, ConfigError, ProbeConfig, to_dict
 from vjepa.distributed import resolve_device
-from vjepa.models.probe import build_probe
+from vjepa.models.probe import PROBE_VARIANTS, build_probe
 from vjepa.models.vit import VisionTransformer, build_encoder
 
 SYNTHETIC_TASKS = ("motion", "appearance")
@@ -580,8 +580,14 @@ def predict(
 
 
 def probe_features(
-    train: Features, test: Features, task: str, probe_cfg: ProbeConfig, embed_dim: int, num_heads: int
-) -> dict[str, Any]:
+    train: Features,
+    test: Features,
+    task: str,
+    probe_cfg: ProbeConfig,
+    embed_dim: int,
+    num_heads: int,
+    return_probe: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Train one probe on `train` features and score it on `test` features.
 
     Args:
@@ -589,9 +595,10 @@ def probe_features(
         task: the label to predict (a key of `Features.labels`).
         probe_cfg: probe kind, optimisation, label_fraction (class-balanced low-shot), seed.
         embed_dim, num_heads: the encoder's width and heads (the probe's heads default to them).
+        return_probe: also return the trained probe (on the CPU), e.g. to save it.
 
     Returns:
-        dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
+        (with return_probe: a tuple of it and the probe) dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
         the test split has none), confusion ([K, K] counts, row = true class), class_names (K labels:
         class folder names, the built-in set's names, or indices), num_train, num_test, num_classes,
         final_loss, probe_seconds.
@@ -605,20 +612,21 @@ def probe_features(
     num_classes = int(max(train.labels[task].max(), test.labels[task].max())) + 1
     torch.manual_seed(probe_cfg.seed)
     heads = probe_cfg.num_heads or num_heads
-    probe = build_probe(probe_cfg.kind, embed_dim, heads, num_classes, probe_cfg.depth)
+    probe = build_probe(probe_cfg.kind, embed_dim, heads, num_classes, probe_cfg.depth, probe_cfg.variant)
     device = resolve_device(probe_cfg.device)
     history = train_probe(probe, train, train.labels[task], probe_cfg, device)
     test_probs = predict(probe, test, probe_cfg, device)
     confusion = confusion_matrix(test_probs, test.labels[task], num_classes)
-    return {
+    result = {
         "top1": top1(test_probs, test.labels[task]),
         "per_class_top1": per_class_top1(confusion), "confusion": confusion.tolist(),
         "class_names": class_names(task, num_classes, train.class_names if task == "label" else ()),
         "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
         "num_train": len(train), "num_test": len(test), "num_classes": num_classes,
         "final_loss": history[-1] if history else float("nan"),
-        "probe_seconds": time.perf_counter() - start,
+        "probe_seconds": time.perf_counter() - start, "num_heads": heads,
     }
+    return (result, probe.cpu()) if return_probe else result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,6 +655,10 @@ def validate_probe(probe_cfg: ProbeConfig) -> ProbeConfig:
         raise ConfigError(f"label_fraction must be in (0, 1], got {probe_cfg.label_fraction}")
     if probe_cfg.feature_dtype not in ("bf16", "fp32"):
         raise ConfigError(f"feature_dtype must be bf16 or fp32, got {probe_cfg.feature_dtype!r}")
+    if probe_cfg.variant not in PROBE_VARIANTS:
+        raise ConfigError(f"probe variant {probe_cfg.variant!r}; choose one of {', '.join(PROBE_VARIANTS)}")
+    if probe_cfg.depth < 1:
+        raise ConfigError(f"probe depth must be >= 1, got {probe_cfg.depth}")
     if probe_cfg.epochs < 1 or probe_cfg.batch_size < 1 or probe_cfg.num_segments < 1:
         raise ConfigError("epochs, batch_size and num_segments must be >= 1")
     return probe_cfg
@@ -660,8 +672,9 @@ def probe_encoder(
     label_fraction: float = 1.0,
     probe_cfg: ProbeConfig | None = None,
     cache: FeatureCache | None = None,
+    return_probe: bool = False,
     **overrides: Any,
-) -> dict[str, Any]:
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Probe a frozen encoder (trained or random-init) on the run's data; report held-out top-1.
 
     Args:
@@ -672,6 +685,7 @@ def probe_encoder(
         label_fraction: share of training labels used, class-balanced (e.g. 0.05).
         probe_cfg: further settings (epochs, views, eval_split, ...); defaults `ProbeConfig()`.
         cache: a `FeatureCache` of this encoder to reuse across calls (made if None).
+        return_probe: also return the trained probe (see `probe_features`).
         **overrides: any `ProbeConfig` field, e.g. epochs=50, num_crops=3.
 
     Returns:
@@ -685,10 +699,12 @@ def probe_encoder(
     cache.probe_cfg = dataclasses.replace(cache.probe_cfg, **_view_settings(probe_cfg))
     before = cache.seconds
     train, test = cache.get("train", train=True), cache.get(probe_cfg.eval_split, train=False)
-    result = probe_features(train, test, task, probe_cfg, encoder.embed_dim, encoder.num_heads)
-    return {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
-            "eval_split": probe_cfg.eval_split, "feature_seconds": cache.seconds - before,
-            "settings": to_dict(probe_cfg)}
+    result = probe_features(train, test, task, probe_cfg, encoder.embed_dim, encoder.num_heads, return_probe)
+    result, module = result if return_probe else (result, None)
+    result = {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
+              "eval_split": probe_cfg.eval_split, "feature_seconds": cache.seconds - before,
+              "settings": to_dict(probe_cfg)}
+    return (result, module) if return_probe else result
 
 
 def _view_settings(probe_cfg: ProbeConfig) -> dict[str, Any]:
@@ -868,9 +884,13 @@ def _probed_step(path: str | Path, which: str) -> int | None:
 
 
 def probe_checkpoint(
-    path: str | Path, probe_cfg: ProbeConfig, overrides: list[str] = (), output: str | Path | None = None
+    path: str | Path,
+    probe_cfg: ProbeConfig,
+    overrides: list[str] = (),
+    output: str | Path | None = None,
+    save_probe: str | Path | bool = True,
 ) -> dict[str, Any]:
-    """Load a checkpoint's encoder, run one probe, write the JSON result; returns the result.
+    """Load a checkpoint's encoder, run one probe, write the JSON result and the trained probe.
 
     Args:
         path: run directory or checkpoint file.
@@ -879,16 +899,31 @@ def probe_checkpoint(
         output: JSON path (default: <run dir>/probe_<task>_<kind>_<labels>.json, with `_<split>`
             before `.json` when not scoring the test split and `_encoder` / `_init` when probing
             that network; `step` is 0 for an init).
+        save_probe: where to write the trained probe (`vjepa.classify` probe file: weights, view
+            protocol, class names); True: beside the JSON, with `.safetensors` for `.json`; False: not.
+
+    Returns:
+        The result; `output` and (if saved) `probe_file` name the files written.
     """
     from vjepa.config import apply_overrides
 
     validate_probe(probe_cfg)
     encoder, cfg = load_encoder(path, probe_cfg.encoder, resolve_device(probe_cfg.device))
     cfg = apply_overrides(cfg, list(overrides))
-    result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction, probe_cfg)
+    result, module = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction,
+                                   probe_cfg, return_probe=True)
     result.update(checkpoint=str(resolve_checkpoint(path)), step=_probed_step(path, probe_cfg.encoder))
     name = f"probe_{probe_cfg.task}_{probe_cfg.kind}_{100 * probe_cfg.label_fraction:g}pct{_file_suffix(probe_cfg)}.json"
-    result["output"] = str(write_json(output or _result_dir(path) / name, result))
+    output = Path(output or _result_dir(path) / name)
+    if save_probe:
+        from vjepa.classify import save_trained_probe
+
+        probe_file = output.with_suffix(".safetensors") if save_probe is True else Path(save_probe)
+        record = {"source": result["checkpoint"], "which": probe_cfg.encoder,
+                  "fingerprint": encoder_fingerprint(encoder)}
+        result["probe_file"] = str(save_trained_probe(probe_file, module, probe_cfg, cfg, record,
+                                                      result["class_names"], result["num_heads"], result))
+    result["output"] = str(write_json(output, result))
     return result
 
 
