@@ -49,7 +49,7 @@ def test_probe_file_is_written_beside_the_json_and_records_its_protocol(probed):
     root, result = probed
     assert result["probe_file"] == str(root / "run" / "probe.safetensors")
     probe = vjepa.load_probe(result["probe_file"])
-    assert probe.encoder is not None and probe.encoder.source == str(root / "run" / "latest.pt")
+    assert probe.encoder is not None and probe.encoder.source == str((root / "run" / "latest.pt").resolve())
     assert probe.class_names == list(CLASSES)
     p = probe.protocol
     assert (p.num_segments, p.num_crops, p.frames_per_segment, p.frame_step, p.crop_size) == (2, 3, 8, 2, 32)

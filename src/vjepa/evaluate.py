@@ -919,7 +919,7 @@ def probe_checkpoint(
         from vjepa.classify import save_trained_probe
 
         probe_file = output.with_suffix(".safetensors") if save_probe is True else Path(save_probe)
-        record = {"source": result["checkpoint"], "which": probe_cfg.encoder,
+        record = {"source": str(Path(result["checkpoint"]).resolve()), "which": probe_cfg.encoder,
                   "fingerprint": encoder_fingerprint(encoder)}
         result["probe_file"] = str(save_trained_probe(probe_file, module, probe_cfg, cfg, record,
                                                       result["class_names"], result["num_heads"], result))
