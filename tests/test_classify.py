@@ -10,7 +10,7 @@ import torch
 import vjepa
 from video_utils import write_index_video
 from vjepa.cli import main
-from vjepa.config import apply_overrides, preset
+from vjepa.config import ConfigError, apply_overrides, preset
 from vjepa.data.decode import read_frames
 from vjepa.evaluate import make_probe_config, probe_checkpoint
 from vjepa.train import train
@@ -138,3 +138,15 @@ def test_classification_views_are_the_evaluations_views(probed):
     for index in range(len(dataset)):
         item = dataset[index]
         assert torch.equal(protocol.read_views(item["path"]), item["video"])  # [S*C, 3, F, h, w]
+
+
+def test_probe_cli_trains_the_vjepa2_probe(probed, tmp_path):
+    root, _ = probed
+    assert main(["probe", str(root / "run"), "--task", "label", "--epochs", "1", "--variant", "vjepa2", "--depth",
+                 "2", "--output", str(tmp_path / "v2.json"), "data.source=folder", f"data.path={root / 'data'}",
+                 "data.frame_step=2"]) == 0
+    probe = vjepa.load_probe(tmp_path / "v2.safetensors")
+    assert (probe.spec["variant"], probe.spec["depth"]) == ("vjepa2", 2)
+    assert len(probe.module.pooler.blocks) == 1 and not hasattr(probe.module.pooler.cross_attention_block.xattn, "proj")
+    with pytest.raises(ConfigError, match="probe variant 'v3'"):
+        make_probe_config(variant="v3")
