@@ -5,8 +5,8 @@ linear head was initialised truncated-normal (std 0.02, zero bias). Now (officia
 eps 1e-5, PyTorch's default head init. Both probes train on the same cached features of one encoder,
 same seeds and schedule; the script prints top-1 per task, seed and numerics as JSON.
 
-    PYTHONPATH=src python benchmarks/probe_numerics.py RUN_DIR [--epochs 30] [--seeds 0 1 2] \
-        [data.synthetic.num_train=512 ...]
+    PYTHONPATH=src python benchmarks/probe_numerics.py RUN_DIR [data.synthetic.num_train=512 ...] \
+        [--epochs 30] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
