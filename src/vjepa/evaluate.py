@@ -598,10 +598,10 @@ def probe_features(
         return_probe: also return the trained probe (on the CPU), e.g. to save it.
 
     Returns:
-        (with return_probe: a tuple of it and the probe) dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
+        dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
         the test split has none), confusion ([K, K] counts, row = true class), class_names (K labels:
         class folder names, the built-in set's names, or indices), num_train, num_test, num_classes,
-        final_loss, probe_seconds.
+        num_heads, final_loss, probe_seconds; with return_probe, (that dict, the trained probe).
     """
     if task not in train.labels:
         raise ConfigError(f"task {task!r} not available; these features carry {', '.join(train.labels)}")
