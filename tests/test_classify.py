@@ -150,3 +150,21 @@ def test_probe_cli_trains_the_vjepa2_probe(probed, tmp_path):
     assert len(probe.module.pooler.blocks) == 1 and not hasattr(probe.module.pooler.cross_attention_block.xattn, "proj")
     with pytest.raises(ConfigError, match="probe variant 'v3'"):
         make_probe_config(variant="v3")
+
+
+def test_classify_with_an_official_probe_checkpoint(probed, tmp_path, capsys):
+    from vjepa.models.probe import AttentiveClassifier
+
+    root, _ = probed
+    state = AttentiveClassifier(64, 2, 3, depth=2, variant="vjepa2").state_dict()
+    torch.save({"classifiers": [{f"module.{k}": v for k, v in state.items()}], "epoch": 1}, tmp_path / "v2.pt")
+    video = root / "data" / "test" / "cats" / "0.mp4"
+    args = ["classify", str(video), "--probe", str(tmp_path / "v2.pt"), "--output", str(tmp_path / "o.json"),
+            "--no-progress", "--probe-heads", "2"]
+    assert main(args) == 2 and "pass --checkpoint" in capsys.readouterr().err  # official files name no encoder
+    assert main([*args, "--checkpoint", str(root / "run")]) == 0
+    payload = json.loads((tmp_path / "o.json").read_text())
+    assert {c["class"] for c in payload["results"][0]["top_k"]} == {"0", "1", "2"}  # no names in official files
+    protocol = payload["protocol"]  # the encoder's clip, short side resized by 256/224 as officially
+    assert (protocol["frames_per_segment"], protocol["crop_size"], protocol["num_segments"]) == (8, 32, 1)
+    assert protocol["resize_ratio"] == pytest.approx(256 / 224)

@@ -365,7 +365,19 @@ def load_probe(
     if probe.encoder is not None:
         _check_encoder(probe, path)
         probe.module.to(probe.encoder.device)
+        if probe.info.get("official"):  # official files carry no protocol: the encoder's clip, then the caller's
+            probe.protocol = _official_protocol(probe.encoder, official.get("protocol"))
     return probe
+
+
+def _official_protocol(encoder: Any, given: dict[str, Any] | None) -> ViewProtocol:
+    """One centre view of the encoder's clip (frames, step, size, normalisation), resized by 256/224 as
+    the official evaluation does; `given` fields override."""
+    data = encoder.config.data
+    defaults = {"frames_per_segment": encoder.num_frames, "frame_step": encoder.frame_step,
+                "crop_size": encoder.img_size, "mean": tuple(data.mean), "std": tuple(data.std),
+                "resize_ratio": 256 / 224}
+    return ViewProtocol.from_dict({**defaults, **(given or {})})
 
 
 def _load_probe_file(path: Path) -> TrainedProbe:
@@ -428,8 +440,9 @@ def load_official_probe(
         num_heads: the probe's attention heads.
         head: which probe of a vjepa2 checkpoint (it saves one per swept learning rate / weight decay).
         class_names: K names (official files carry none; default: the class indices).
-        protocol: `ViewProtocol` fields of the evaluation it came from (default: one centre view of
-            the encoder's clip, short side resized by 256/224 as the official evaluation does).
+        protocol: `ViewProtocol` fields of the evaluation it came from. `load_probe` with an encoder
+            fills the rest from the encoder's clip (one centre view, its frames, step, size and
+            normalisation, short side resized by 256/224 as the official evaluation does).
     """
     state = official_probe_state(load_checkpoint(path), path, head)
     if "pooler.query_tokens" not in state or "linear.weight" not in state:
