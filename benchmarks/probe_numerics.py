@@ -50,19 +50,42 @@ def main() -> None:
     official_build = probe_module.build_probe
     results: dict[str, dict[str, list[float]]] = {}
     for numerics in ("official", "before"):
-        evaluate.build_probe = (official_build if numerics == "official"
-                                else lambda *a, **k: before_numerics(official_build(*a, **k)))
+        evaluate.build_probe = (
+            official_build
+            if numerics == "official"
+            else lambda *a, **k: before_numerics(official_build(*a, **k))
+        )
         for task in args.tasks:
             for seed in args.seeds:
-                result = evaluate.probe_encoder(encoder, cfg, task, "attentive", cache=cache, epochs=args.epochs,
-                                                seed=seed, eval_split="test")
+                result = evaluate.probe_encoder(
+                    encoder,
+                    cfg,
+                    task,
+                    "attentive",
+                    cache=cache,
+                    epochs=args.epochs,
+                    seed=seed,
+                    eval_split="test",
+                )
                 results.setdefault(task, {}).setdefault(numerics, []).append(round(result["top1"], 2))
     evaluate.build_probe = official_build
-    summary = {task: {n: {"top1": v, "mean": round(statistics.mean(v), 2)} for n, v in by.items()}
-               for task, by in results.items()}
-    print(json.dumps({"run": str(args.run), "epochs": args.epochs, "seeds": args.seeds,
-                      "num_train": len(cache.get("train", True)), "overrides": args.overrides,
-                      "results": summary}, indent=2))
+    summary = {
+        task: {n: {"top1": v, "mean": round(statistics.mean(v), 2)} for n, v in by.items()}
+        for task, by in results.items()
+    }
+    print(
+        json.dumps(
+            {
+                "run": str(args.run),
+                "epochs": args.epochs,
+                "seeds": args.seeds,
+                "num_train": len(cache.get("train", True)),
+                "overrides": args.overrides,
+                "results": summary,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

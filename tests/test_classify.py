@@ -36,10 +36,21 @@ def probed(tmp_path_factory):
             (root / "data" / split / label).mkdir(parents=True)
             for i in range(2):
                 write_index_video(root / "data" / split / label / f"{i}.mp4", num_frames=40, width=48)
-    cfg = apply_overrides(preset("debug"), [f"run.out_dir={root / 'run'}", "optim.steps=2", "run.progress=false"])
+    cfg = apply_overrides(
+        preset("debug"), [f"run.out_dir={root / 'run'}", "optim.steps=2", "run.progress=false"]
+    )
     train(cfg)
-    probe_cfg = make_probe_config(task="label", kind="attentive", epochs=3, batch_size=4, warmup_epochs=1,
-                                  num_segments=2, num_crops=3, attend_across_segments=True, feature_dtype="fp32")
+    probe_cfg = make_probe_config(
+        task="label",
+        kind="attentive",
+        epochs=3,
+        batch_size=4,
+        warmup_epochs=1,
+        num_segments=2,
+        num_crops=3,
+        attend_across_segments=True,
+        feature_dtype="fp32",
+    )
     overrides = ["data.source=folder", f"data.path={root / 'data'}", "data.frame_step=2", "run.dtype=fp32"]
     result = probe_checkpoint(root / "run", probe_cfg, overrides, root / "run" / "probe.json")
     return root, result
@@ -54,8 +65,14 @@ def test_probe_file_is_written_beside_the_json_and_records_its_protocol(probed):
     p = probe.protocol
     assert (p.num_segments, p.num_crops, p.frames_per_segment, p.frame_step, p.crop_size) == (2, 3, 8, 2, 32)
     assert p.attend_across_segments and probe.info["result"]["top1"] == result["top1"]
-    assert probe.spec == {"kind": "attentive", "variant": "vjepa1", "depth": 1, "embed_dim": 64, "num_heads": 2,
-                          "num_classes": 2}
+    assert probe.spec == {
+        "kind": "attentive",
+        "variant": "vjepa1",
+        "depth": 1,
+        "embed_dim": 64,
+        "num_heads": 2,
+        "num_classes": 2,
+    }
 
 
 def test_classify_reproduces_the_evaluation_and_skips_bad_videos(probed, tmp_path, capsys):
@@ -67,8 +84,19 @@ def test_classify_reproduces_the_evaluation_and_skips_bad_videos(probed, tmp_pat
     rows = [f"{test / name / f'{i}.mp4'} {k}" for k, name in enumerate(CLASSES) for i in range(2)]
     listing.write_text("\n".join([*rows, f"{broken} 0"]) + "\n")
     output = tmp_path / "out.json"
-    code = main(["classify", str(listing), "--probe", result["probe_file"], "--top-k", "2", "--output",
-                 str(output), "--no-progress"])
+    code = main(
+        [
+            "classify",
+            str(listing),
+            "--probe",
+            result["probe_file"],
+            "--top-k",
+            "2",
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert f"skipped {broken}" in captured.err and "classified 4 of 5 videos" in captured.out
@@ -79,7 +107,9 @@ def test_classify_reproduces_the_evaluation_and_skips_bad_videos(probed, tmp_pat
     for entry in payload["results"]:
         top = entry["top_k"]
         assert [c["class"] for c in top] in (["cats", "dogs"], ["dogs", "cats"])
-        assert top[0]["prob"] >= top[1]["prob"] and sum(c["prob"] for c in top) == pytest.approx(1.0, abs=1e-5)
+        assert top[0]["prob"] >= top[1]["prob"] and sum(c["prob"] for c in top) == pytest.approx(
+            1.0, abs=1e-5
+        )
         confusion[entry["label"], top[0]["index"]] += 1
     # the same views through the same probe: the evaluation's confusion matrix, video for video
     assert confusion.tolist() == result["confusion"]
@@ -107,8 +137,19 @@ def test_classify_with_an_explicit_encoder_and_nothing_readable(probed, tmp_path
     root, result = probed
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"")
-    code = main(["classify", str(broken), "--probe", result["probe_file"], "--checkpoint", str(root / "run"),
-                 "--output", str(tmp_path / "o.json"), "--no-progress"])
+    code = main(
+        [
+            "classify",
+            str(broken),
+            "--probe",
+            result["probe_file"],
+            "--checkpoint",
+            str(root / "run"),
+            "--output",
+            str(tmp_path / "o.json"),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "classified 0 of 1 videos" in capsys.readouterr().out
     assert main(["classify", str(broken), "--probe", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
@@ -116,14 +157,30 @@ def test_classify_with_an_explicit_encoder_and_nothing_readable(probed, tmp_path
 
 def test_probe_cli_saves_where_asked_or_not_at_all(probed, tmp_path, capsys):
     root, _ = probed
-    args = ["probe", str(root / "run"), "--task", "label", "--probe", "linear", "--epochs", "1",
-            "data.source=folder", f"data.path={root / 'data'}", "data.frame_step=2"]
-    assert main([*args, "--output", str(tmp_path / "a.json"), "--save-probe", str(tmp_path / "p.safetensors")]) == 0
+    args = [
+        "probe",
+        str(root / "run"),
+        "--task",
+        "label",
+        "--probe",
+        "linear",
+        "--epochs",
+        "1",
+        "data.source=folder",
+        f"data.path={root / 'data'}",
+        "data.frame_step=2",
+    ]
+    assert (
+        main([*args, "--output", str(tmp_path / "a.json"), "--save-probe", str(tmp_path / "p.safetensors")])
+        == 0
+    )
     assert f"wrote {tmp_path / 'p.safetensors'}" in capsys.readouterr().out
     linear = vjepa.load_probe(tmp_path / "p.safetensors")
     assert linear.spec["kind"] == "linear" and linear.class_names == list(CLASSES)
     assert main([*args, "--output", str(tmp_path / "b.json"), "--no-save-probe"]) == 0
-    assert not (tmp_path / "b.safetensors").exists() and "probe_file" not in json.loads((tmp_path / "b.json").read_text())
+    assert not (tmp_path / "b.safetensors").exists() and "probe_file" not in json.loads(
+        (tmp_path / "b.json").read_text()
+    )
 
 
 def test_classification_views_are_the_evaluations_views(probed):
@@ -132,7 +189,9 @@ def test_classification_views_are_the_evaluations_views(probed):
     root, result = probed
     _, cfg = load_encoder(root / "run")
     cfg = apply_overrides(cfg, ["data.source=folder", f"data.path={root / 'data'}", "data.frame_step=2"])
-    probe_cfg = make_probe_config(**{k: result["settings"][k] for k in ("num_segments", "num_crops", "resize_ratio")})
+    probe_cfg = make_probe_config(
+        **{k: result["settings"][k] for k in ("num_segments", "num_crops", "resize_ratio")}
+    )
     dataset = view_dataset(cfg, probe_cfg, "test", probe_cfg.num_crops)
     protocol = vjepa.load_probe(result["probe_file"]).protocol
     for index in range(len(dataset)):
@@ -142,12 +201,33 @@ def test_classification_views_are_the_evaluations_views(probed):
 
 def test_probe_cli_trains_the_vjepa2_probe(probed, tmp_path):
     root, _ = probed
-    assert main(["probe", str(root / "run"), "--task", "label", "--epochs", "1", "--variant", "vjepa2", "--depth",
-                 "2", "--output", str(tmp_path / "v2.json"), "data.source=folder", f"data.path={root / 'data'}",
-                 "data.frame_step=2"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                str(root / "run"),
+                "--task",
+                "label",
+                "--epochs",
+                "1",
+                "--variant",
+                "vjepa2",
+                "--depth",
+                "2",
+                "--output",
+                str(tmp_path / "v2.json"),
+                "data.source=folder",
+                f"data.path={root / 'data'}",
+                "data.frame_step=2",
+            ]
+        )
+        == 0
+    )
     probe = vjepa.load_probe(tmp_path / "v2.safetensors")
     assert (probe.spec["variant"], probe.spec["depth"]) == ("vjepa2", 2)
-    assert len(probe.module.pooler.blocks) == 1 and not hasattr(probe.module.pooler.cross_attention_block.xattn, "proj")
+    assert len(probe.module.pooler.blocks) == 1 and not hasattr(
+        probe.module.pooler.cross_attention_block.xattn, "proj"
+    )
     with pytest.raises(ConfigError, match="probe variant 'v3'"):
         make_probe_config(variant="v3")
 
@@ -157,14 +237,41 @@ def test_classify_with_an_official_probe_checkpoint(probed, tmp_path, capsys):
 
     root, _ = probed
     state = AttentiveClassifier(64, 2, 3, depth=2, variant="vjepa2").state_dict()
-    torch.save({"classifiers": [{f"module.{k}": v for k, v in state.items()}], "epoch": 1}, tmp_path / "v2.pt")
+    torch.save(
+        {"classifiers": [{f"module.{k}": v for k, v in state.items()}], "epoch": 1}, tmp_path / "v2.pt"
+    )
     video = root / "data" / "test" / "cats" / "0.mp4"
-    args = ["classify", str(video), "--probe", str(tmp_path / "v2.pt"), "--output", str(tmp_path / "o.json"),
-            "--no-progress", "--probe-heads", "2"]
-    assert main(args) == 2 and "pass --checkpoint" in capsys.readouterr().err  # official files name no encoder
+    args = [
+        "classify",
+        str(video),
+        "--probe",
+        str(tmp_path / "v2.pt"),
+        "--output",
+        str(tmp_path / "o.json"),
+        "--no-progress",
+        "--probe-heads",
+        "2",
+    ]
+    assert (
+        main(args) == 2 and "pass --checkpoint" in capsys.readouterr().err
+    )  # official files name no encoder
     assert main([*args, "--checkpoint", str(root / "run")]) == 0
     payload = json.loads((tmp_path / "o.json").read_text())
-    assert {c["class"] for c in payload["results"][0]["top_k"]} == {"0", "1", "2"}  # no names in official files
+    assert {c["class"] for c in payload["results"][0]["top_k"]} == {
+        "0",
+        "1",
+        "2",
+    }  # no names in official files
     protocol = payload["protocol"]  # the encoder's clip, short side resized by 256/224 as officially
     assert (protocol["frames_per_segment"], protocol["crop_size"], protocol["num_segments"]) == (8, 32, 1)
     assert protocol["resize_ratio"] == pytest.approx(256 / 224)
+
+
+def test_another_encoder_warns_and_another_width_is_an_error(probed):
+    from vjepa.checkpoint import CheckpointError
+
+    _, result = probed
+    with pytest.warns(UserWarning, match="trained on another encoder's features"):
+        vjepa.load_probe(result["probe_file"], encoder="debug")  # a random-init encoder of the same width
+    with pytest.raises(CheckpointError, match="reads 64-wide tokens"):
+        vjepa.load_probe(result["probe_file"], encoder="demo")

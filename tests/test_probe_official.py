@@ -30,7 +30,9 @@ def official_layout(depth: int, variant: str) -> dict[str, tuple[int, ...]]:
     norm(f"{cross}.norm1")
     linear(f"{cross}.xattn.q", D, D)
     linear(f"{cross}.xattn.kv", 2 * D, D)
-    if variant == "vjepa1":  # jepa's CrossAttention builds proj (its forward skips it); vjepa2 comments it out
+    if (
+        variant == "vjepa1"
+    ):  # jepa's CrossAttention builds proj (its forward skips it); vjepa2 comments it out
         linear(f"{cross}.xattn.proj", D, D)
     norm(f"{cross}.norm2")
     linear(f"{cross}.mlp.fc1", 4 * D, D)
@@ -47,7 +49,9 @@ def official_layout(depth: int, variant: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_state(depth: int, variant: str, seed: int = 0, query_scale: float = 1.0) -> dict[str, torch.Tensor]:
+def random_state(
+    depth: int, variant: str, seed: int = 0, query_scale: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Random weights in the official layout: Linear weights ~ N(0, 1/fan_in), norms near 1, biases ~ 0.1."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
@@ -122,8 +126,10 @@ CASES = [(1, "vjepa1"), (2, "vjepa1"), (1, "vjepa2"), (4, "vjepa2")]
 
 @pytest.mark.parametrize("depth,variant", CASES)
 def test_state_dict_keys_are_the_official_layout(depth, variant):
-    ours_keys = {k: tuple(v.shape) for k, v in AttentiveClassifier(D, HEADS, CLASSES, depth, variant=variant)
-                 .state_dict().items()}
+    ours_keys = {
+        k: tuple(v.shape)
+        for k, v in AttentiveClassifier(D, HEADS, CLASSES, depth, variant=variant).state_dict().items()
+    }
     assert ours_keys == official_layout(depth, variant)
 
 
@@ -174,12 +180,25 @@ def official_file(tmp_path, layout: str, states: list[dict[str, torch.Tensor]]):
     """An evaluation checkpoint as the official code saves it (DDP-wrapped probes)."""
     wrapped = [{f"module.{k}": v for k, v in state.items()} for state in states]
     if layout == "jepa":
-        payload = {"classifier": wrapped[0], "opt": {}, "scaler": None, "epoch": 20, "batch_size": 4,
-                   "world_size": 8, "lr": 1e-3}
+        payload = {
+            "classifier": wrapped[0],
+            "opt": {},
+            "scaler": None,
+            "epoch": 20,
+            "batch_size": 4,
+            "world_size": 8,
+            "lr": 1e-3,
+        }
         path = tmp_path / "jepa-k400-probe.pth.tar"
     else:
-        payload = {"classifiers": wrapped, "opt": [{} for _ in states], "scaler": None, "epoch": 20,
-                   "batch_size": 4, "world_size": 8}
+        payload = {
+            "classifiers": wrapped,
+            "opt": [{} for _ in states],
+            "scaler": None,
+            "epoch": 20,
+            "batch_size": 4,
+            "world_size": 8,
+        }
         path = tmp_path / "ssv2-vitl-16x2x3.pt"
     torch.save(payload, path)
     return path
@@ -227,16 +246,32 @@ def test_probe_file_round_trip_gives_identical_logits(tmp_path, depth, variant):
     cfg = preset("debug")
     cfg.model.embed_dim = D
     module = ours(random_state(depth, variant), depth, variant)
-    probe_cfg = ProbeConfig(task="label", depth=depth, variant=variant, num_segments=2, num_crops=3,
-                            attend_across_segments=True)
+    probe_cfg = ProbeConfig(
+        task="label", depth=depth, variant=variant, num_segments=2, num_crops=3, attend_across_segments=True
+    )
     names = [f"class {k}" for k in range(CLASSES)]
-    path = save_trained_probe(tmp_path / "p.safetensors", module, probe_cfg, cfg,
-                              {"source": str(tmp_path / "gone.pt"), "which": "target_encoder"}, names, HEADS)
+    path = save_trained_probe(
+        tmp_path / "p.safetensors",
+        module,
+        probe_cfg,
+        cfg,
+        {"source": str(tmp_path / "gone.pt"), "which": "target_encoder"},
+        names,
+        HEADS,
+    )
     loaded = load_probe(path)  # its encoder file is gone: a probe without encoder
     assert loaded.encoder is None and loaded.class_names == names
-    assert loaded.protocol == ViewProtocol(frames_per_segment=cfg.data.num_frames, num_segments=2, num_crops=3,
-                                           attend_across_segments=True, frame_step=1, crop_size=cfg.data.crop_size,
-                                           resize_ratio=1.0, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    assert loaded.protocol == ViewProtocol(
+        frames_per_segment=cfg.data.num_frames,
+        num_segments=2,
+        num_crops=3,
+        attend_across_segments=True,
+        frame_step=1,
+        crop_size=cfg.data.crop_size,
+        resize_ratio=1.0,
+        mean=tuple(cfg.data.mean),
+        std=tuple(cfg.data.std),
+    )
     x = torch.randn(4, 13, D)
     assert torch.equal(loaded.module(x), module(x))
     with pytest.raises(ValueError, match="pass encoder="):

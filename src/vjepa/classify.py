@@ -98,9 +98,14 @@ class ViewProtocol:
         """The `ClipSpec` that cuts the S segments."""
         from vjepa.data.sampling import ClipSpec
 
-        return ClipSpec(frames_per_clip=self.frames_per_segment, frame_step=self.frame_step, fps=self.fps,
-                        num_clips=self.num_segments, allow_clip_overlap=self.allow_clip_overlap,
-                        short_video_policy=self.short_video_policy)
+        return ClipSpec(
+            frames_per_clip=self.frames_per_segment,
+            frame_step=self.frame_step,
+            fps=self.fps,
+            num_clips=self.num_segments,
+            allow_clip_overlap=self.allow_clip_overlap,
+            short_video_policy=self.short_video_policy,
+        )
 
     def transform(self):
         """The `EvalTransform` (resize, C crops, normalise) applied to every segment."""
@@ -118,12 +123,16 @@ class ViewProtocol:
 
         frames = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
         if frames.dtype != torch.uint8 or frames.ndim != 4:
-            raise ValueError(f"a raw video must be uint8 [T, H, W, C], got {frames.dtype} {tuple(frames.shape)}")
+            raise ValueError(
+                f"a raw video must be uint8 [T, H, W, C], got {frames.dtype} {tuple(frames.shape)}"
+            )
         spec = self.clip_spec()
         indices = sample_clip_indices(len(frames), spec, False, None, frame_step_for(spec, fps))
         if indices is None:
-            raise ValueError(f"a {len(frames)}-frame video is too short for {self.frames_per_segment}-frame "
-                             f"segments {self.frame_step} frames apart")
+            raise ValueError(
+                f"a {len(frames)}-frame video is too short for {self.frames_per_segment}-frame "
+                f"segments {self.frame_step} frames apart"
+            )
         return self._transform_segments(frames[torch.from_numpy(indices)])
 
     def read_views(self, path: str | Path, decoder: str = "pyav") -> torch.Tensor:
@@ -140,8 +149,11 @@ class ViewProtocol:
         step = frame_step_for(spec, info.fps)
         indices = sample_clip_indices(info.num_frames, spec, False, None, step)  # [S, F] or None
         if indices is None:
-            raise DecodeError(path, "too_short", f"{info.num_frames} frames; one segment spans "
-                                                 f"{clip_span(self.frames_per_segment, step)}")
+            raise DecodeError(
+                path,
+                "too_short",
+                f"{info.num_frames} frames; one segment spans {clip_span(self.frames_per_segment, step)}",
+            )
         frames = torch.from_numpy(read_frames(path, indices.reshape(-1), decoder))  # [S*F, H, W, 3]
         return self._transform_segments(frames.view(*indices.shape, *frames.shape[1:]))
 
@@ -160,11 +172,19 @@ def protocol_of_run(cfg: Any, probe_cfg: Any) -> ViewProtocol:
     data = cfg.data
     synthetic = data.source == "synthetic"
     return ViewProtocol(
-        frames_per_segment=probe_cfg.frames_per_segment or data.num_frames, num_segments=probe_cfg.num_segments,
-        num_crops=probe_cfg.num_crops, attend_across_segments=probe_cfg.attend_across_segments,
-        frame_step=1 if synthetic else data.frame_step, fps=0.0 if synthetic else data.fps,
-        crop_size=data.crop_size, resize_ratio=probe_cfg.resize_ratio, mean=tuple(data.mean), std=tuple(data.std),
-        allow_clip_overlap=data.allow_clip_overlap, short_video_policy=data.short_video_policy)
+        frames_per_segment=probe_cfg.frames_per_segment or data.num_frames,
+        num_segments=probe_cfg.num_segments,
+        num_crops=probe_cfg.num_crops,
+        attend_across_segments=probe_cfg.attend_across_segments,
+        frame_step=1 if synthetic else data.frame_step,
+        fps=0.0 if synthetic else data.fps,
+        crop_size=data.crop_size,
+        resize_ratio=probe_cfg.resize_ratio,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+        allow_clip_overlap=data.allow_clip_overlap,
+        short_video_policy=data.short_video_policy,
+    )
 
 
 @dataclass
@@ -186,8 +206,10 @@ class Prediction:
     def top_entries(self, k: int = 5) -> list[list[dict[str, Any]]]:
         """Per video, the k most probable classes as {class, index, prob} dicts, best first."""
         values, indices = self.probs.topk(min(k, self.probs.shape[-1]), dim=-1)
-        return [[{"class": self.class_names[i], "index": i, "prob": p} for p, i in zip(row_p, row_i)]
-                for row_p, row_i in zip(values.tolist(), indices.tolist())]
+        return [
+            [{"class": self.class_names[i], "index": i, "prob": p} for p, i in zip(row_p, row_i)]
+            for row_p, row_i in zip(values.tolist(), indices.tolist())
+        ]
 
     @property
     def labels(self) -> list[str]:
@@ -224,8 +246,10 @@ class TrainedProbe:
 
     def __repr__(self) -> str:
         s, p = self.spec, self.protocol
-        return (f"TrainedProbe({s['kind']} {s.get('variant', '')} depth {s.get('depth', 1)}, {s['num_classes']} "
-                f"classes, views {p.frames_per_segment}f x {p.num_segments} segments x {p.num_crops} crops)")
+        return (
+            f"TrainedProbe({s['kind']} {s.get('variant', '')} depth {s.get('depth', 1)}, {s['num_classes']} "
+            f"classes, views {p.frames_per_segment}f x {p.num_segments} segments x {p.num_crops} crops)"
+        )
 
     @torch.no_grad()
     def predict_tokens(self, tokens: torch.Tensor) -> Prediction:
@@ -236,7 +260,9 @@ class TrainedProbe:
         b, v = tokens.shape[:2]
         p = self.protocol
         if v == p.num_views:
-            groups = probe_inputs(tokens, p.num_segments, p.num_crops, p.attend_across_segments)  # [B, G, L, D]
+            groups = probe_inputs(
+                tokens, p.num_segments, p.num_crops, p.attend_across_segments
+            )  # [B, G, L, D]
         else:
             groups = tokens  # views of another layout: each read alone
         device = next(self.module.parameters()).device
@@ -244,9 +270,12 @@ class TrainedProbe:
         return Prediction(aggregate_views(logits.view(b, -1, logits.shape[-1])).cpu(), self.class_names)
 
     def encode(self, views: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """Normalised views [B, V, 3, F, h, w] -> tokens [B, V, N, D] (float32, CPU), `batch_size` views a call."""
+        """Normalised views [B, V, 3, F, h, w] -> tokens [B, V, N, D] (float32, CPU), `batch_size` views
+        per encoder call."""
         if self.encoder is None:
-            raise ValueError("this probe has no encoder: pass encoder= to load_probe (a run dir or checkpoint)")
+            raise ValueError(
+                "this probe has no encoder: pass encoder= to load_probe (a run dir or checkpoint)"
+            )
         flat = views.flatten(0, 1)
         tokens = torch.cat([self.encoder(chunk).cpu() for chunk in flat.split(batch_size)])  # [B*V, N, D]
         return tokens.view(*views.shape[:2], *tokens.shape[1:])
@@ -267,19 +296,27 @@ class TrainedProbe:
         """
         if isinstance(clips, (str, Path)):
             views = self.protocol.read_views(clips)[None]
-        elif isinstance(clips, np.ndarray) or (isinstance(clips, torch.Tensor) and not clips.is_floating_point()):
+        elif isinstance(clips, np.ndarray) or (
+            isinstance(clips, torch.Tensor) and not clips.is_floating_point()
+        ):
             views = self.protocol.views(clips)[None]  # [1, V, 3, F, h, w]
         elif clips.ndim in (5, 6):
             views = clips.unsqueeze(1) if clips.ndim == 5 else clips
         else:
-            raise ValueError(f"clips must be a path, uint8 [T, H, W, C], or float [B, 3, T, H, W] / "
-                             f"[B, V, 3, T, H, W]; got {tuple(clips.shape)}")
+            raise ValueError(
+                f"clips must be a path, uint8 [T, H, W, C], or float [B, 3, T, H, W] / "
+                f"[B, V, 3, T, H, W]; got {tuple(clips.shape)}"
+            )
         return self.predict_tokens(self.encode(views, batch_size))
 
     def save(self, path: str | Path) -> Path:
         """Write this probe as a `.safetensors` probe file; returns the path."""
-        config = {"probe": self.spec, "protocol": _plain(asdict(self.protocol)), "class_names": self.class_names,
-                  **{k: v for k, v in self.info.items() if k != "source"}}
+        config = {
+            "probe": self.spec,
+            "protocol": _plain(asdict(self.protocol)),
+            "class_names": self.class_names,
+            **{k: v for k, v in self.info.items() if k != "source"},
+        }
         save_safetensors(path, self.module.state_dict(), config, {"format": PROBE_FORMAT})
         return Path(path)
 
@@ -305,7 +342,8 @@ def save_trained_probe(
         module: the trained probe.
         probe_cfg: its `ProbeConfig` (kind, variant, depth, views, training settings).
         cfg: the encoder's run `Config` (data section: frame step, crop size, normalisation).
-        encoder_record: source (checkpoint path), which, fingerprint (see `vjepa.evaluate.encoder_fingerprint`).
+        encoder_record: source (checkpoint path), which, fingerprint (see
+            `vjepa.evaluate.encoder_fingerprint`).
         class_names: K names.
         num_heads: the probe's attention heads.
         result: the evaluation result (its top1, eval_split, num_train are kept).
@@ -317,11 +355,22 @@ def save_trained_probe(
 
     num_classes = len(class_names)
     embed_dim = cfg.model.embed_dim
-    spec = {"kind": probe_cfg.kind, "variant": probe_cfg.variant, "depth": probe_cfg.depth, "embed_dim": embed_dim,
-            "num_heads": num_heads, "num_classes": num_classes}
-    encoder = {**encoder_record, "embed_dim": embed_dim, "num_frames": cfg.data.num_frames,
-               "img_size": cfg.data.crop_size, "patch_size": cfg.model.patch_size,
-               "tubelet_size": cfg.model.tubelet_size}
+    spec = {
+        "kind": probe_cfg.kind,
+        "variant": probe_cfg.variant,
+        "depth": probe_cfg.depth,
+        "embed_dim": embed_dim,
+        "num_heads": num_heads,
+        "num_classes": num_classes,
+    }
+    encoder = {
+        **encoder_record,
+        "embed_dim": embed_dim,
+        "num_frames": cfg.data.num_frames,
+        "img_size": cfg.data.crop_size,
+        "patch_size": cfg.model.patch_size,
+        "tubelet_size": cfg.model.tubelet_size,
+    }
     kept = {k: result[k] for k in ("top1", "eval_split", "num_train", "num_test") if result and k in result}
     info = {"encoder": encoder, "task": probe_cfg.task, "settings": to_dict(probe_cfg), "result": kept}
     probe = TrainedProbe(module.cpu(), spec, protocol_of_run(cfg, probe_cfg), class_names, None, info)
@@ -365,7 +414,9 @@ def load_probe(
     if probe.encoder is not None:
         _check_encoder(probe, path)
         probe.module.to(probe.encoder.device)
-        if probe.info.get("official"):  # official files carry no protocol: the encoder's clip, then the caller's
+        if probe.info.get(
+            "official"
+        ):  # official files carry no protocol: the encoder's clip, then the caller's
             probe.protocol = _official_protocol(probe.encoder, official.get("protocol"))
     return probe
 
@@ -374,27 +425,46 @@ def _official_protocol(encoder: Any, given: dict[str, Any] | None) -> ViewProtoc
     """One centre view of the encoder's clip (frames, step, size, normalisation), resized by 256/224 as
     the official evaluation does; `given` fields override."""
     data = encoder.config.data
-    defaults = {"frames_per_segment": encoder.num_frames, "frame_step": encoder.frame_step,
-                "crop_size": encoder.img_size, "mean": tuple(data.mean), "std": tuple(data.std),
-                "resize_ratio": 256 / 224}
+    defaults = {
+        "frames_per_segment": encoder.num_frames,
+        "frame_step": encoder.frame_step,
+        "crop_size": encoder.img_size,
+        "mean": tuple(data.mean),
+        "std": tuple(data.std),
+        "resize_ratio": 256 / 224,
+    }
     return ViewProtocol.from_dict({**defaults, **(given or {})})
 
 
 def _load_probe_file(path: Path) -> TrainedProbe:
     tensors, config = load_safetensors(path)
     if "probe" not in config or "protocol" not in config:
-        raise CheckpointError(f"{path}: not a probe file (its metadata has no probe config; "
-                              "was it written by `vjepa probe`?)")
+        raise CheckpointError(
+            f"{path}: not a probe file (its metadata has no probe config; was it written by `vjepa probe`?)"
+        )
     spec = config["probe"]
-    module = build_probe(spec["kind"], spec["embed_dim"], spec["num_heads"], spec["num_classes"],
-                         spec.get("depth", 1), spec.get("variant", "vjepa1"))
+    module = build_probe(
+        spec["kind"],
+        spec["embed_dim"],
+        spec["num_heads"],
+        spec["num_classes"],
+        spec.get("depth", 1),
+        spec.get("variant", "vjepa1"),
+    )
     load_state_strict(module, tensors, f"probe file {path}")
     info = {k: v for k, v in config.items() if k not in ("probe", "protocol", "class_names")}
-    return TrainedProbe(module, spec, ViewProtocol.from_dict(config["protocol"]), config.get("class_names", []),
-                        info={**info, "source": str(path)})
+    return TrainedProbe(
+        module,
+        spec,
+        ViewProtocol.from_dict(config["protocol"]),
+        config.get("class_names", []),
+        info={**info, "source": str(path)},
+    )
 
 
-def official_probe_state(checkpoint: dict[str, Any], path: str | Path, head: int = 0) -> dict[str, torch.Tensor]:
+def official_probe_state(
+    checkpoint: dict[str, Any], path: str | Path, head: int = 0
+) -> dict[str, torch.Tensor]:
     """The probe state dict of an official evaluation checkpoint, without wrapper prefixes.
 
     facebookresearch/jepa saves `{"classifier": state, "opt": ..., "epoch": ...}`; facebookresearch/
@@ -409,15 +479,19 @@ def official_probe_state(checkpoint: dict[str, Any], path: str | Path, head: int
     if "classifiers" in checkpoint:
         states = checkpoint["classifiers"]
         if not 0 <= head < len(states):
-            raise CheckpointError(f"{path}: has {len(states)} probes (classifiers); head={head} is out of range")
+            raise CheckpointError(
+                f"{path}: has {len(states)} probes (classifiers); head={head} is out of range"
+            )
         state = states[head]
     elif "classifier" in checkpoint:
         state = checkpoint["classifier"]
     elif any(k.endswith("query_tokens") for k in checkpoint):
         state = checkpoint
     else:
-        raise CheckpointError(f"{path}: no probe weights (expected a 'classifier' or 'classifiers' entry; "
-                              f"found {', '.join(sorted(map(str, checkpoint))[:10])})")
+        raise CheckpointError(
+            f"{path}: no probe weights (expected a 'classifier' or 'classifiers' entry; "
+            f"found {', '.join(sorted(map(str, checkpoint))[:10])})"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -446,15 +520,23 @@ def load_official_probe(
     """
     state = official_probe_state(load_checkpoint(path), path, head)
     if "pooler.query_tokens" not in state or "linear.weight" not in state:
-        raise CheckpointError(f"probe checkpoint {path} does not match the attentive probe: missing "
-                              f"pooler.query_tokens or linear.weight (keys: {', '.join(sorted(state)[:8])} ...)")
+        raise CheckpointError(
+            f"probe checkpoint {path} does not match the attentive probe: missing "
+            f"pooler.query_tokens or linear.weight (keys: {', '.join(sorted(state)[:8])} ...)"
+        )
     embed_dim, num_classes = state["pooler.query_tokens"].shape[-1], state["linear.weight"].shape[0]
     depth = 1 + len({k.split(".")[2] for k in state if k.startswith("pooler.blocks.")})
     variant = "vjepa1" if "pooler.cross_attention_block.xattn.proj.weight" in state else "vjepa2"
     module = build_probe("attentive", embed_dim, num_heads, num_classes, depth, variant)
     load_state_strict(module, state, f"probe checkpoint {path}")
-    spec = {"kind": "attentive", "variant": variant, "depth": depth, "embed_dim": embed_dim,
-            "num_heads": num_heads, "num_classes": num_classes}
+    spec = {
+        "kind": "attentive",
+        "variant": variant,
+        "depth": depth,
+        "embed_dim": embed_dim,
+        "num_heads": num_heads,
+        "num_classes": num_classes,
+    }
     view = ViewProtocol.from_dict({"resize_ratio": 256 / 224, **(protocol or {})})
     return TrainedProbe(module, spec, view, class_names or [], info={"source": str(path), "official": True})
 
@@ -479,15 +561,21 @@ def _check_encoder(probe: TrainedProbe, path: Path) -> None:
     """The encoder must have the probe's width; a different fingerprint is only a warning."""
     width = probe.encoder.embed_dim
     if width != probe.spec["embed_dim"]:
-        raise CheckpointError(f"probe {path} reads {probe.spec['embed_dim']}-wide tokens but the encoder "
-                              f"({probe.encoder.source}) gives {width}")
+        raise CheckpointError(
+            f"probe {path} reads {probe.spec['embed_dim']}-wide tokens but the encoder "
+            f"({probe.encoder.source}) gives {width}"
+        )
     expected = probe.info.get("encoder", {}).get("fingerprint")
     if expected:
         from vjepa.evaluate import encoder_fingerprint
 
         if encoder_fingerprint(probe.encoder.model) != expected:
-            warnings.warn(f"probe {path} was trained on another encoder's features ({probe.info['encoder'].get('source')}"
-                          f"); its predictions on {probe.encoder.source} may be meaningless", stacklevel=3)
+            warnings.warn(
+                f"probe {path} was trained on another encoder's features "
+                f"({probe.info['encoder'].get('source')}"
+                f"); its predictions on {probe.encoder.source} may be meaningless",
+                stacklevel=3,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
