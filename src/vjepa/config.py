@@ -221,7 +221,8 @@ class ProbeConfig:
     final_lr: float = 0.0
     warmup_epochs: int = 10  # linear warmup from 0 (capped at a tenth of the epochs), then cosine to final_lr
     weight_decay: float = 0.01
-    depth: int = 1  # attentive probe: 1 cross-attention block (+ depth-1 query self-attention blocks)
+    depth: int = 1  # attentive probe blocks: 1 cross-attention block (+ depth-1 self-attention blocks)
+    variant: str = "vjepa1"  # vjepa1: extra blocks on the query, after; vjepa2: on the tokens, before (V-JEPA 2: depth 4)
     num_heads: int = 0  # 0: the encoder's
     label_fraction: float = 1.0  # < 1: class-balanced low-shot subset of the training labels
     max_train_clips: int = 0  # 0: the whole train split (quick probes use fewer)
