@@ -391,10 +391,13 @@ def load_probe(
     precision: str = "fp32",
     **official: Any,
 ) -> TrainedProbe:
-    """Load a probe file (`.safetensors` from `vjepa probe`) or an official probe checkpoint.
+    """Load a probe file (`.safetensors` from `vjepa probe`), an official probe checkpoint, or the
+    classifier of a Hugging Face `VJEPA2ForVideoClassification` folder.
 
     Args:
-        path: the probe file, or an official `.pt` / `.pth.tar` (see `load_official_probe`).
+        path: the probe file, an official `.pt` / `.pth.tar` (see `load_official_probe`), or a Hugging
+            Face classifier folder / its model.safetensors (see `load_hf_probe`; its encoder is the
+            folder's own backbone unless `encoder` is given).
         encoder: the encoder the probe reads: a `vjepa.api.Encoder`, or anything `vjepa.load` reads
             (run dir, checkpoint, export). Default: the checkpoint the probe file names, if it still
             exists (else the probe has no encoder and only `predict_tokens` works).
@@ -408,8 +411,12 @@ def load_probe(
     Raises:
         CheckpointError: naming the file, if it is unreadable or its weights do not fit the probe.
     """
+    from vjepa.formats import is_hf
+
     path = Path(path)
-    if path.suffix in OFFICIAL_SUFFIXES:
+    if is_hf(path):
+        probe = load_hf_probe(path, official.get("class_names"))
+    elif path.suffix in OFFICIAL_SUFFIXES:
         probe = load_official_probe(path, **official)
     else:
         probe = _load_probe_file(path)
@@ -422,6 +429,41 @@ def load_probe(
         ):  # official files carry no protocol: the encoder's clip, then the caller's
             probe.protocol = _official_protocol(probe.encoder, official.get("protocol"))
     return probe
+
+
+def load_hf_probe(path: str | Path, class_names: list[str] | None = None) -> TrainedProbe:
+    """The classifier of a Hugging Face `VJEPA2ForVideoClassification` folder as a probe, strictly.
+
+    Its pooler is V-JEPA 2's attentive probe (`num_pooler_layers` self-attention blocks on the tokens,
+    then the cross-attention; variant vjepa2, depth 1 + num_pooler_layers) with the config's heads and
+    LayerNorm eps (transformers uses `layer_norm_eps`, 1e-6 by default, where the official pooler uses
+    1e-5: kept as the file was trained). Class names come from the config's `id2label`.
+
+    Raises:
+        CheckpointError: for a `VJEPA2Model` folder without a classifier, or weights that do not fit.
+    """
+    from vjepa.api import read_weights
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    config = json.loads((folder / "config.json").read_text())
+    state = read_weights(path)[1].get("probe")
+    if not state:
+        raise CheckpointError(f"{path} is a Hugging Face V-JEPA 2 model without a classifier: train a probe "
+                              f"on it (`vjepa probe {path} --data ...`) and classify with that probe file")
+    embed_dim, num_classes = state["pooler.query_tokens"].shape[-1], state["linear.weight"].shape[0]
+    depth, heads = 1 + int(config.get("num_pooler_layers", 3)), int(config["num_attention_heads"])
+    module = build_probe("attentive", embed_dim, heads, num_classes, depth, "vjepa2")
+    for norm in module.modules():
+        if isinstance(norm, nn.LayerNorm):
+            norm.eps = float(config.get("layer_norm_eps", 1e-6))
+    load_state_strict(module, state, f"Hugging Face classifier {path}")
+    labels = config.get("id2label") or {}
+    names = class_names or [str(labels.get(str(k), k)) for k in range(num_classes)]
+    spec = {"kind": "attentive", "variant": "vjepa2", "depth": depth, "embed_dim": embed_dim, "num_heads": heads,
+            "num_classes": num_classes}
+    info = {"source": str(path), "official": True, "encoder": {"source": str(folder.resolve()), "which": "encoder"}}
+    return TrainedProbe(module.eval(), spec, ViewProtocol.from_dict({"resize_ratio": 256 / 224}), names, info=info)
 
 
 def _official_protocol(encoder: Any, given: dict[str, Any] | None) -> ViewProtocol:

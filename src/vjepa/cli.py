@@ -379,7 +379,8 @@ def _classify(args: argparse.Namespace) -> int:
 def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="top-k classes of videos with a trained probe (prints, writes JSON)")
     p.add_argument("input", help="video file, folder of videos, or CSV/TXT list (`path [label]` per line)")
-    p.add_argument("--probe", required=True, help="probe file from `vjepa probe` (.safetensors) or official .pt")
+    p.add_argument("--probe", required=True,
+                   help="probe file from `vjepa probe` (.safetensors), official .pt, or a Hugging Face classifier folder")
     _encoder_args(p, checkpoint_required=False)
     p.add_argument("--top-k", type=int, default=5, help="classes reported per video")
     p.add_argument("--output", default="classify.json", help="JSON file to write")
