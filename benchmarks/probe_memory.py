@@ -13,7 +13,7 @@ RssFile (every 20 ms): memory-mapped cache pages are file-backed and reclaimable
 training clips through encoder and probe (for the cached modes the one encoding pass plus the epoch).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/probe_memory.py --sizes 1000 8000 \\
-        --out docs/results/2026-12-04-probe-memory.json
+        --out probe_memory.json
 
 (`--out` appends to an existing file, so sizes can run one invocation each.)
 """
