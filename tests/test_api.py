@@ -152,6 +152,15 @@ def test_export_round_trip_keeps_outputs_and_config(tmp_path, run, capsys):
         load(out, which="encoder", device="cpu")
 
 
+
+def test_a_presets_random_init_exports_and_loads_back(tmp_path):
+    """`vjepa export debug` (a random-init baseline) is loadable with the default `which`."""
+    out = export("debug", tmp_path / "random.safetensors")
+    assert read_safetensors_metadata(out)["which"] == "target_encoder"
+    loaded = load(out, device="cpu")
+    again = load(out, device="cpu")
+    assert torch.equal(loaded(CLIP), again(CLIP))  # the stored weights, not a fresh draw
+
 def test_embed_command_skips_bad_files_and_reports_them(tmp_path, run, capsys):
     run_dir, _, _ = run
     videos = tmp_path / "videos"

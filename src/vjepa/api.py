@@ -494,7 +494,8 @@ def export(
         if encoder.predictor is None:
             raise CheckpointError(f"{source} has no predictor to export")
         tensors.update({f"predictor.{k}": v for k, v in encoder.predictor.state_dict().items()})
-    save_safetensors(output, tensors, to_dict(encoder.config), {"which": encoder.which, "format": EXPORT_FORMAT})
+    stored = encoder.which if encoder.which in WHICH else which  # a preset's random init loads as asked for
+    save_safetensors(output, tensors, to_dict(encoder.config), {"which": stored, "format": EXPORT_FORMAT})
     return Path(output)
 
 
