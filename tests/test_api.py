@@ -161,6 +161,14 @@ def test_a_presets_random_init_exports_and_loads_back(tmp_path):
     again = load(out, device="cpu")
     assert torch.equal(loaded(CLIP), again(CLIP))  # the stored weights, not a fresh draw
 
+
+def test_a_preset_name_loads_the_same_seeded_init_every_time():
+    """A preset is a reproducible random-init baseline: the weights `train` would start from."""
+    first, second = load("debug", device="cpu"), load("debug", device="cpu")
+    assert torch.equal(first(CLIP), second(CLIP))
+    init = load("debug", which="init", device="cpu")
+    assert torch.equal(first(CLIP), init(CLIP))
+
 def test_embed_command_skips_bad_files_and_reports_them(tmp_path, run, capsys):
     run_dir, _, _ = run
     videos = tmp_path / "videos"

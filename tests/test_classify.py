@@ -302,3 +302,19 @@ def test_a_streaming_probe_is_saved_and_classifies_as_it_scored(probed, tmp_path
     for entry in out["results"]:
         confusion[entry["label"], entry["top_k"][0]["index"]] += 1
     assert confusion.tolist() == result["confusion"]
+
+
+def test_a_probe_of_a_presets_random_init_finds_its_encoder_again(probed, tmp_path):
+    """Probing a preset name (a random-init baseline) records the name; loading the probe file
+    rebuilds the same seeded init (no 'another encoder' warning) and classifies."""
+    import warnings
+
+    root, _ = probed
+    probe_cfg = make_probe_config(task="label", epochs=1, batch_size=4, warmup_epochs=1, frame_step=2,
+                                  data=str(root / "data"))
+    result = probe_checkpoint("debug", probe_cfg, [], tmp_path / "preset.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe = vjepa.load_probe(result["probe_file"])
+    assert probe.encoder is not None and probe.encoder.source == "preset 'debug' (random init)"
+    assert probe.predict(str(root / "data" / "test" / "cats" / "0.mp4")).probs.shape == (1, 2)

@@ -444,8 +444,10 @@ def load(
     encoders = {k: v for k, v in networks.items() if k not in ("predictor", "probe")}
     hf = description.startswith("Hugging Face")  # one encoder by design: no fallback warning
     name = _choose_network(encoders, which, description, warn_fallback and not hf)
-    model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
-    if name is not None:
+    if name is None:  # a preset: its seeded random init, the same on every call and in every process
+        model = _initial_model(cfg)
+    else:
+        model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
         load_state_strict(model, networks[name], f"{description} [{name}]")
     predictor = None
     if with_predictor and networks.get("predictor"):

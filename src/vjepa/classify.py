@@ -594,8 +594,11 @@ def _resolve_encoder(encoder: Any, probe: TrainedProbe, device: Any, precision: 
         return encoder
     record = probe.info.get("encoder", {})
     if encoder is None:
+        from vjepa.config import PRESETS
+
         source = record.get("source")
-        if not source or not Path(source).exists():
+        # a preset name stands for its seeded random init (the probe file's fingerprint checks it)
+        if not source or not (Path(source).exists() or source in PRESETS):
             return None
         encoder = source
     which = record.get("which", "target_encoder")
