@@ -35,8 +35,9 @@ from vjepa.eval import (
     probe_encoder,
     quick_probe,
 )
+from vjepa.models.factory import initial_encoder
 from vjepa.precision import freeze
-from vjepa.train import initial_encoder, train
+from vjepa.train import train
 
 # The demo data before 2026-11-29: one sprite, 1-2 px per frame, slow turns and resizing.
 SLOW = ["data.synthetic.max_sprites=1", "data.synthetic.translate_speed=[1.0,2.0]",

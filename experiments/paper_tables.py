@@ -45,8 +45,9 @@ from vjepa.eval import (
     make_probe_config,
     probe_encoder,
 )
+from vjepa.models.factory import initial_encoder
 from vjepa.precision import freeze
-from vjepa.train import initial_encoder, train
+from vjepa.train import train
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "jepa": ("V-JEPA: feature prediction, multi-block", ["run.objective=jepa", "mask.kind=multiblock"]),

@@ -30,11 +30,12 @@ import torch
 from vjepa.api import checkpoint_path
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
+from vjepa.data.loader import build_train_loader
 from vjepa.jepa import JEPA, sample_losses
 from vjepa.masks import num_generators
+from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import gather_tokens
 from vjepa.precision import autocast
-from vjepa.train import build_train_loader, masks_for_step
 
 ORACLES = ("clip_constant", "position_mean", "visible_plus_position", "zero")
 

@@ -33,8 +33,8 @@ from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, from_dict
 from vjepa.eval import class_names, probe_encoder
 from vjepa.jepa import ema_init_share
+from vjepa.models.factory import initial_encoder
 from vjepa.precision import freeze
-from vjepa.train import initial_encoder
 
 ENCODERS = ("init", "online", "target", "blend")
 

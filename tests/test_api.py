@@ -68,7 +68,8 @@ def test_load_run_dir_checkpoint_and_preset(run):
 
 
 def test_init_rebuilds_the_runs_initial_encoder_and_keeps_the_callers_random_state(tmp_path):
-    from vjepa.train import initial_encoder, train
+    from vjepa.models.factory import initial_encoder
+    from vjepa.train import train
 
     cfg = preset("debug")
     cfg.run.out_dir, cfg.run.seed, cfg.run.progress, cfg.optim.steps = str(tmp_path), 3, False, 2

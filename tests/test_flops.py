@@ -92,7 +92,8 @@ def test_benchmark_reports_ours_and_official_structure(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_train_step_never_syncs_with_the_host():
     from vjepa.jepa import param_groups
-    from vjepa.train import masks_for_step, train_step
+    from vjepa.masks.step import masks_for_step
+    from vjepa.train import train_step
 
     cfg = preset("debug")
     device = torch.device("cuda")

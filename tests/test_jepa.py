@@ -23,7 +23,7 @@ from vjepa.jepa import (
     variance_penalty,
     weight_decay,
 )
-from vjepa.train import masks_for_step
+from vjepa.masks.step import masks_for_step
 
 
 def tiny_cfg(objective: str = "jepa"):

@@ -11,8 +11,8 @@ import vjepa.jepa as jepa_module
 from vjepa.config import preset
 from vjepa.jepa import JEPA, prediction_loss, sample_losses
 from vjepa.masks import MaskBatch
+from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import build_encoder, gather_tokens
-from vjepa.train import masks_for_step
 
 
 def tiny_model(seed: int = 0, **model_overrides):

@@ -21,8 +21,8 @@ from vjepa.jepa import (
 )
 from vjepa.masks import MaskBatch, num_generators, target_masks
 from vjepa.masks.collate import mask_to_indices
+from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import gather_tokens
-from vjepa.train import masks_for_step
 
 
 def sharpened_model(seed: int = 0, **optim):

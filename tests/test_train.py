@@ -8,7 +8,9 @@ import torch
 from vjepa.checkpoint import load_checkpoint, save_checkpoint
 from vjepa.cli import main
 from vjepa.config import apply_overrides, preset
-from vjepa.train import StepBatchSampler, TrainingDiverged, initial_encoder, train
+from vjepa.data.loader import StepBatchSampler
+from vjepa.models.factory import initial_encoder
+from vjepa.train import TrainingDiverged, train
 
 
 def debug_cfg(out_dir, *overrides):
@@ -132,8 +134,8 @@ def test_resume_refuses_a_run_dir_holding_a_different_run(tmp_path):
 
 
 def test_resume_mismatches_ignore_settings_an_old_checkpoint_lacks():
+    from vjepa.checkpoint import resume_mismatches
     from vjepa.config import to_dict
-    from vjepa.train import resume_mismatches
 
     cfg = preset("debug")
     saved = to_dict(cfg)

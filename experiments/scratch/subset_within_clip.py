@@ -15,8 +15,8 @@ from vjepa.config import Config, from_dict
 from vjepa.data import build_dataset
 from vjepa.eval import load_frozen
 from vjepa.jepa import collapse_stats, layer_norm_targets
+from vjepa.models.factory import initial_encoder
 from vjepa.models.vit import gather_tokens
-from vjepa.train import initial_encoder
 
 for spec in sys.argv[1:]:
     path, which = spec.split(":")

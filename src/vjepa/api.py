@@ -46,6 +46,7 @@ from vjepa.formats import (
     read_hf,
 )
 from vjepa.masks.sample import num_generators
+from vjepa.models.factory import initial_encoder
 from vjepa.models.predictor import Predictor, build_predictor
 from vjepa.models.vit import VisionTransformer, build_encoder
 from vjepa.precision import autocast, freeze
@@ -457,8 +458,6 @@ def load(
 
 def _initial_model(cfg: Config) -> VisionTransformer:
     """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state."""
-    from vjepa.train import initial_encoder  # here: training code is not needed to load weights
-
     with torch.random.fork_rng(devices=[]):  # initial_encoder seeds only the CPU generator
         return initial_encoder(cfg)
 

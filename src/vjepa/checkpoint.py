@@ -19,10 +19,16 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from vjepa.config import ENCODER_SIZES, Config, ConfigError, to_dict
+from vjepa.distributed import full_state_dicts
+
+if TYPE_CHECKING:
+    from vjepa.jepa import JEPA
 
 
 class CheckpointError(RuntimeError):
@@ -408,7 +414,6 @@ def infer_model_config(
     Raises:
         CheckpointError: naming what is missing or ambiguous (e.g. an unknown width without num_heads).
     """
-    from vjepa.config import ENCODER_SIZES, Config
     from vjepa.formats import block_width, check_encoders_agree, detect_pos_embed, numbered
 
     check_encoders_agree(networks, source)  # the architecture is read from one: the other must agree
@@ -463,3 +468,85 @@ def infer_model_config(
         m.predictor_mlp_ratio = block_width(predictor, "predictor_blocks.", f"{source} [predictor]") / m.predictor_embed_dim
         m.predictor_num_heads = 12 if rope else 0  # V-JEPA 2's predictor: 12 heads; V-JEPA 1: the encoder's
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# resume policy: what a training checkpoint holds, and when a run directory may be resumed
+
+
+def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, cfg: Config, loss: float) -> dict[str, Any]:
+    """Everything needed to resume at `step` (official top-level key names).
+
+    Under FSDP every rank must call this (it gathers the shards); rank 0 gets the full state.
+    """
+    networks, opt = full_state_dicts(model, optimizer)
+    return {**networks, "opt": opt, "step": step, "loss": loss, "config": to_dict(cfg)}
+
+
+def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's encoder, predictor and target encoder into the (unwrapped) model, strictly."""
+    load_state_strict(model.encoder, state["encoder"], f"{path} [encoder]")
+    load_state_strict(model.predictor, state["predictor"], f"{path} [predictor]")
+    if model.target_encoder is not None:
+        load_state_strict(model.target_encoder, state["target_encoder"], f"{path} [target_encoder]")
+
+
+# Settings a resume may change: how the run executes, not what it learns. `optim.steps` may grow (a
+# longer schedule) and `data.batch_size` is per process, so it changes with the number of processes.
+RESUME_MAY_CHANGE = ("run.", "optim.steps", "data.batch_size", "data.num_workers", "data.decoder", "data.strict")
+RESUME_MUST_MATCH = ("run.seed", "run.objective")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_mismatches(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Settings of `cfg` that differ from a checkpoint's saved config, as "key: old -> new" lines.
+
+    Only settings that change what the run learns count (`RESUME_MAY_CHANGE` lists those that may
+    change on resume), and only keys both configs have: a checkpoint written before a setting
+    existed is not refused for lacking it.
+    """
+    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    changed = []
+    for key in sorted(old.keys() & new.keys()):
+        free = key.startswith(RESUME_MAY_CHANGE) and key not in RESUME_MUST_MATCH
+        if not free and old[key] != new[key]:
+            changed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    return changed
+
+
+def check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Refuse to resume `path` with a config that would train a different run (ConfigError).
+
+    Without this check, `vjepa pretrain data.source=csv ...` after the demo in the same
+    `run.out_dir` would resume the finished demo run and train nothing on the new data.
+    """
+    changed = resume_mismatches(saved, cfg)
+    if changed:
+        shown = "; ".join(changed[:8]) + (f"; ... ({len(changed)} in all)" if len(changed) > 8 else "")
+        raise ConfigError(
+            f"{path} is a checkpoint of a different run ({shown}). Resuming would continue that run "
+            f"under the new settings. Pick another run.out_dir, or delete {path} to start this "
+            "directory over."
+        )
+
+
+def check_resume_step(step: int, cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint already past `optim.steps` (ConfigError; nothing is written).
+
+    `optim.steps` may grow on resume (a longer schedule) but not shrink below what was trained:
+    the run cannot be un-trained, and continuing would train nothing while claiming a result.
+    """
+    if step > cfg.optim.steps:
+        raise ConfigError(
+            f"{path} already finished at step {step}, past optim.steps={cfg.optim.steps}: nothing to train. "
+            f"Use optim.steps={step} or more to continue it, or another run.out_dir for a new run"
+        )

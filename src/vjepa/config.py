@@ -200,7 +200,7 @@ class RunConfig:
 
 # The networks a checkpoint can be read as: the EMA target encoder (what the paper evaluates), the
 # online encoder, or "init": the encoder as training initialised it, rebuilt from the run's seed
-# (the run's own random-init baseline; `vjepa.train.initial_encoder`)
+# (the run's own random-init baseline; `vjepa.models.factory.initial_encoder`)
 ENCODER_NETWORKS = ("target_encoder", "encoder", "init")
 
 

@@ -21,12 +21,15 @@ import torch.nn.functional as F
 
 from vjepa.checkpoint import save_checkpoint
 from vjepa.config import Config, ConfigError, to_dict, validate
+from vjepa.data.loader import build_train_loader
 from vjepa.distributed import resolve_device
 from vjepa.jepa import param_groups, set_schedules
+from vjepa.models.factory import init_seed
 from vjepa.models.probe import AttentiveClassifier
 from vjepa.models.vit import build_encoder
 from vjepa.precision import autocast
-from vjepa.train import RunLog, build_train_loader, init_seed, prepare_run_dir
+from vjepa.rundir import prepare_run_dir
+from vjepa.runlog import RunLog
 
 
 def num_classes_for(cfg: Config, task: str, dataset: Any) -> int:
