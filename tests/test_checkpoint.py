@@ -15,9 +15,9 @@ from vjepa.checkpoint import (
     strip_prefixes,
 )
 from vjepa.config import preset
+from vjepa.models.factory import build_encoder
 from vjepa.models.pos_embed import sincos_3d
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import build_encoder
 
 
 def tiny_cfg(embed_dim=192, heads=3):
@@ -31,7 +31,7 @@ def tiny_cfg(embed_dim=192, heads=3):
 def official_checkpoint(cfg, seed=0):
     """An official-format dict: networks under module.backbone., plus opt/scaler/epoch as app/vjepa saves."""
     torch.manual_seed(seed)
-    encoder = build_encoder(cfg.model, cfg.data.crop_size, cfg.data.num_frames)
+    encoder = build_encoder(cfg)
     target = copy.deepcopy(encoder)
     with torch.no_grad():
         for p in target.parameters():

@@ -29,7 +29,7 @@ from vjepa.eval import (
     save_features,
     segment_starts,
 )
-from vjepa.models.vit import build_encoder
+from vjepa.models.factory import build_encoder
 from vjepa.precision import freeze
 from vjepa.train import train
 
@@ -39,7 +39,7 @@ FAST = {"epochs": 3, "batch_size": 16, "warmup_epochs": 1}
 def random_encoder(cfg, seed=0):
     """A frozen, untrained encoder of `cfg`'s shape (the random-init baseline of these tests)."""
     torch.manual_seed(seed)
-    return freeze(build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames))
+    return freeze(build_encoder(cfg))
 
 
 def debug_cfg(out_dir=None, *overrides):

@@ -22,6 +22,7 @@ from vjepa.jepa import (
 from vjepa.masks import MaskBatch, num_generators, target_masks
 from vjepa.masks.collate import mask_to_indices
 from vjepa.masks.step import masks_for_step
+from vjepa.models.factory import token_grid
 from vjepa.models.vit import gather_tokens
 
 
@@ -49,7 +50,7 @@ def clip(cfg, b: int = 3, seed: int = 1):
 
 
 def padded_masks(cfg, model, b: int, step: int = 3):
-    grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    grid = token_grid(cfg)
     masks = masks_for_step(cfg, grid, b, step=step)
     assert all(m.context_valid is not None and m.target_valid is not None for m in masks)
     return grid, masks

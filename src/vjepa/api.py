@@ -46,9 +46,9 @@ from vjepa.formats import (
     read_hf,
 )
 from vjepa.masks.sample import num_generators
-from vjepa.models.factory import initial_encoder
+from vjepa.models.factory import build_encoder, initial_encoder
 from vjepa.models.predictor import Predictor, build_predictor
-from vjepa.models.vit import VisionTransformer, build_encoder
+from vjepa.models.vit import VisionTransformer
 from vjepa.precision import autocast, freeze
 
 EXPORT_FORMAT = "vjepa-weights-1"  # metadata "format" of files written by `export`
@@ -445,7 +445,7 @@ def load(
     encoders = {k: v for k, v in networks.items() if k not in ("predictor", "probe")}
     hf = description.startswith("Hugging Face")  # one encoder by design: no fallback warning
     name = _choose_network(encoders, which, description, warn_fallback and not hf)
-    model = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+    model = build_encoder(cfg)
     if name is not None:
         load_state_strict(model, networks[name], f"{description} [{name}]")
     predictor = None

@@ -16,9 +16,10 @@ from torch import nn
 
 from vjepa.config import Config, OptimConfig
 from vjepa.masks import MaskBatch
+from vjepa.models.factory import build_encoder, token_grid
 from vjepa.models.patch_embed import patchify
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import build_encoder, gather_tokens
+from vjepa.models.vit import gather_tokens
 
 # Implementation switches (speed only; see vjepa.bench, which flips them to time alternatives).
 BATCH_GENERATORS = True  # pad collation: every generator's predictor pass in one [G*B, N] batch
@@ -174,10 +175,10 @@ class JEPA(nn.Module):
         self.reg_coeff = cfg.optim.reg_coeff
         self.target_norm = cfg.optim.target_norm
         self.tubelet_size, self.patch_size = m.tubelet_size, m.patch_size
-        self.encoder = build_encoder(m, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+        self.encoder = build_encoder(cfg)
         pixel_dim = m.in_chans * m.tubelet_size * m.patch_size**2
         out_dim = pixel_dim if self.objective == "pixel" else None
-        self.predictor = build_predictor(m, num_mask_generators, self.encoder.grid, out_dim=out_dim)
+        self.predictor = build_predictor(m, num_mask_generators, token_grid(cfg), out_dim=out_dim)
         self.target_encoder = copy.deepcopy(self.encoder) if self.objective == "jepa" else None
         if self.target_encoder is not None:
             self.target_encoder.requires_grad_(False)

@@ -43,7 +43,7 @@ from vjepa.jepa import (
 )
 from vjepa.masks import MaskBatch, num_generators
 from vjepa.masks.step import masks_for_step
-from vjepa.models.factory import init_seed
+from vjepa.models.factory import init_seed, token_grid
 from vjepa.precision import autocast
 from vjepa.rundir import RunLock, StopRequest, write_config
 from vjepa.runlog import RunLog, trim_metrics
@@ -185,7 +185,7 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
         start, saved_loss = int(state["step"]), float(state.get("loss", float("nan")))
     del state
     loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size)
-    grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    grid = token_grid(cfg)
     if is_main:  # the settings are accepted: only now is the run directory changed
         write_config(cfg, out_dir)
         trim_metrics(out_dir, start)
