@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from vjepa.api import load
-from vjepa.checkpoint import (
-    CheckpointError,
-    infer_clip_size,
-    infer_model_config,
-    load_checkpoint,
-    split_networks,
-    strip_prefixes,
-)
+from vjepa.checkpoint import CheckpointError, load_checkpoint
 from vjepa.config import preset
+from vjepa.formats import infer_clip_size, infer_model_config, split_networks, strip_prefixes
 from vjepa.models.factory import build_encoder
 from vjepa.models.pos_embed import sincos_3d
 from vjepa.models.predictor import build_predictor

@@ -15,13 +15,8 @@ import pytest
 import torch
 
 from vjepa.api import load
-from vjepa.checkpoint import (
-    CheckpointError,
-    infer_model_config,
-    load_state_strict,
-    split_networks,
-    strip_prefixes,
-)
+from vjepa.checkpoint import CheckpointError, load_state_strict
+from vjepa.formats import infer_model_config, split_networks, strip_prefixes
 from vjepa.models.factory import build_encoder
 from vjepa.models.pos_embed import sincos_3d
 from vjepa.models.predictor import build_predictor

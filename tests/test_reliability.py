@@ -28,7 +28,8 @@ from vjepa.checkpoint import (
 )
 from vjepa.cli import main
 from vjepa.config import ConfigError, apply_overrides, preset, validate
-from vjepa.data.datasets import DataError, EmptyClassWarning, build_dataset, read_csv_list
+from vjepa.data import build_dataset
+from vjepa.data.datasets import DataError, EmptyClassWarning, read_csv_list
 from vjepa.models.factory import initial_encoder
 from vjepa.rundir import RunDirLocked, RunLock
 from vjepa.train import TrainingDiverged, TrainingInterrupted, train

@@ -26,13 +26,11 @@ import torch
 from vjepa.checkpoint import (
     CheckpointError,
     atomic_write,
-    infer_model_config,
     load_checkpoint,
     load_safetensors,
     load_state_strict,
     read_safetensors_metadata,
     save_safetensors,
-    split_networks,
 )
 from vjepa.config import ENCODER_NETWORKS, PRESETS, Config, from_dict, load_yaml, preset, to_dict
 from vjepa.distributed import resolve_device
@@ -40,10 +38,12 @@ from vjepa.formats import (
     drop_unused_tables,
     hf_model_config,
     hf_to_networks,
+    infer_model_config,
     is_hf,
     mask_token_count,
     networks_to_hf,
     read_hf,
+    split_networks,
 )
 from vjepa.masks.sample import num_generators
 from vjepa.models.factory import build_encoder, initial_encoder
