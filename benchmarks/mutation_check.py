@@ -181,7 +181,7 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_jepa.py",),
     ),
     Mutation(
-        "loss_exponent_ignored", "the loss is always L1, whatever optim.loss_exp says",
+        "loss_exponent_ignored", "the loss is always L1, whatever objective.loss_exp says",
         "sample_losses",
         ((".abs().pow(exponent)", ".abs().pow(1.0)"),),
         ("tests/test_jepa.py",),
@@ -238,7 +238,7 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(
-        "model_ignores_loss_exp", "the batched pass computes L1 whatever optim.loss_exp says",
+        "model_ignores_loss_exp", "the batched pass computes L1 whatever objective.loss_exp says",
         "forward",  # JEPA.forward
         (("losses.append(prediction_loss(p, gather_tokens(targets, idx), valid, self.loss_exp))",
           "losses.append(prediction_loss(p, gather_tokens(targets, idx), valid))"),),

@@ -74,7 +74,7 @@ def config(args: argparse.Namespace, variant: str):
 
 def probe_random(run_dir: str, epochs: int) -> dict[str, float]:
     """Top-1 of a random-init encoder of the run's shape, on the run's data (same probe settings)."""
-    cfg = load_yaml(Path(run_dir) / "config.yaml")
+    cfg = load_yaml(Path(run_dir) / "config.yaml", stored=True)
     encoder = freeze(initial_encoder(cfg))
     cache = FeatureCache(encoder, cfg)
     return {task: probe_encoder(encoder, cfg, task, "attentive", cache=cache, epochs=epochs,

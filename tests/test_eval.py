@@ -315,7 +315,7 @@ def test_quick_probe_of_the_runs_init(tiny_run):
 def test_pixel_and_supervised_runs_load_their_encoder(tmp_path):
     from vjepa.supervised import train_supervised
 
-    train(debug_cfg(tmp_path / "pixel", "optim.steps=2", "run.objective=pixel"))
+    train(debug_cfg(tmp_path / "pixel", "optim.steps=2", "objective.kind=pixel"))
     encoder, _ = load_frozen(tmp_path / "pixel")  # no target encoder: falls back to the encoder
     cfg = debug_cfg(tmp_path / "sup", "optim.steps=3", "run.keep_every=3")
     summary = train_supervised(cfg, task="motion")

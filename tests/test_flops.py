@@ -18,7 +18,7 @@ def tiny_cfg(objective="jepa"):
     m.embed_dim, m.depth, m.num_heads, m.patch_size, m.tubelet_size = 8, 1, 2, 8, 2
     m.predictor_embed_dim, m.predictor_depth = 4, 1
     cfg.data.num_frames, cfg.data.crop_size = 4, 16
-    cfg.run.objective = objective
+    cfg.objective.kind = objective
     return cfg
 
 

@@ -3,6 +3,8 @@
 Each test names the mutant it kills. Models are seeded and tiny (the debug preset).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -26,13 +28,12 @@ from vjepa.models.factory import token_grid
 from vjepa.models.vit import gather_tokens
 
 
-def sharpened_model(seed: int = 0, **optim):
+def sharpened_model(seed: int = 0, **objective):
     """A debug JEPA whose attention matters: at init attention barely moves the features, so a
     padding slot that is attended to would hide below any tolerance. Mask tokens are non-zero."""
     cfg = preset("debug")
     cfg.run.dtype = "fp32"
-    for key, value in optim.items():
-        setattr(cfg.optim, key, value)
+    cfg.objective = dataclasses.replace(cfg.objective, **objective)  # a misspelled key is a TypeError
     torch.manual_seed(seed)
     model = JEPA(cfg, 2).eval()
     with torch.no_grad():

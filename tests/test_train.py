@@ -146,6 +146,33 @@ def test_resume_mismatches_ignore_settings_an_old_checkpoint_lacks():
     assert resume_mismatches(saved, cfg) == [f"optim.lr: {cfg.optim.lr * 2!r} -> {cfg.optim.lr!r}"]
 
 
+def test_a_run_stored_before_the_objective_section_resumes_and_loads(tmp_path):
+    """A run directory whose latest.pt and config.yaml use the old keys (run.objective,
+    optim.loss_exp, ...) resumes with a warning, its objective compared under the new names."""
+    import yaml
+
+    from test_config import old_layout
+    from vjepa.api import load, load_config
+    from vjepa.config import ConfigError
+
+    cfg = debug_cfg(tmp_path, "optim.steps=2", "objective.loss_exp=2")
+    train(cfg)
+    state = load_checkpoint(tmp_path / "latest.pt")
+    save_checkpoint(tmp_path / "latest.pt", {**state, "config": old_layout(cfg)})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old_layout(cfg)))
+    with pytest.warns(UserWarning, match="written before the objective settings moved"):
+        assert load_config(tmp_path).objective.loss_exp == 2.0
+    with pytest.warns(UserWarning, match="written before"):
+        assert load(tmp_path, device="cpu").config.objective.loss_exp == 2.0
+    with pytest.warns(UserWarning, match="written before"), \
+            pytest.raises(ConfigError, match=r"objective.loss_exp: 2.0 -> 1.0"):
+        train(debug_cfg(tmp_path, "optim.steps=4"))  # the old run's loss, under its new name, must match
+    with pytest.warns(UserWarning, match=r"latest.pt was written before"):
+        train(debug_cfg(tmp_path, "optim.steps=4", "objective.loss_exp=2"))
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 4
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["objective"]["loss_exp"] == 2.0
+
+
 def test_probe_after_compares_the_target_encoder_with_its_random_init(monkeypatch, capsys):
     from vjepa.cli import _probe_after
 

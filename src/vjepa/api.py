@@ -32,7 +32,7 @@ from vjepa.checkpoint import (
     read_safetensors_metadata,
     save_safetensors,
 )
-from vjepa.config import ENCODER_NETWORKS, PRESETS, Config, from_dict, load_yaml, preset, to_dict
+from vjepa.config import ENCODER_NETWORKS, PRESETS, Config, config_from_stored, load_yaml, preset, to_dict
 from vjepa.distributed import resolve_device
 from vjepa.formats import (
     drop_unused_tables,
@@ -358,7 +358,7 @@ def _read_weights(
         if cfg.model.pos_embed == "rope":
             drop_unused_tables(networks)  # released V-JEPA 2 files still carry a sin-cos table
         return cfg, networks, str(path), False
-    cfg = from_dict(Config, config)
+    cfg = config_from_stored(config, str(path))
     hints = {"num_frames": (num_frames, cfg.data.num_frames), "img_size": (img_size, cfg.data.crop_size),
              "num_heads": (num_heads, cfg.model.num_heads)}
     wrong = [f"{name}={given} (stored {stored})" for name, (given, stored) in hints.items() if given not in (None, stored)]
@@ -466,7 +466,7 @@ def load_config(source: str | Path) -> Config:
     """The `Config` of a run directory (config.yaml), checkpoint, export or preset name."""
     path = Path(source)
     if path.is_dir() and (path / "config.yaml").is_file():
-        return load_yaml(path / "config.yaml")
+        return load_yaml(path / "config.yaml", stored=True)
     return read_weights(source)[0]
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from vjepa.config import Config, ConfigError, to_dict
+from vjepa.config import Config, ConfigError, migrate_stored, to_dict
 from vjepa.distributed import full_state_dicts
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:
 # Settings a resume may change: how the run executes, not what it learns. `optim.steps` may grow (a
 # longer schedule) and `data.batch_size` is per process, so it changes with the number of processes.
 RESUME_MAY_CHANGE = ("run.", "optim.steps", "data.batch_size", "data.num_workers", "data.decoder", "data.strict")
-RESUME_MUST_MATCH = ("run.seed", "run.objective")
+RESUME_MUST_MATCH = ("run.seed",)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -316,14 +316,15 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resume_mismatches(saved: dict[str, Any], cfg: Config) -> list[str]:
+def resume_mismatches(saved: dict[str, Any], cfg: Config, where: str = "the checkpoint") -> list[str]:
     """Settings of `cfg` that differ from a checkpoint's saved config, as "key: old -> new" lines.
 
     Only settings that change what the run learns count (`RESUME_MAY_CHANGE` lists those that may
     change on resume), and only keys both configs have: a checkpoint written before a setting
-    existed is not refused for lacking it.
+    existed is not refused for lacking it. Keys that moved since (`config.MOVED_KEYS`) are compared
+    under their new names (`where`, the file, is named in the warning that says so).
     """
-    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    old, new = _flatten(migrate_stored(saved, where)), _flatten(to_dict(cfg))
     changed = []
     for key in sorted(old.keys() & new.keys()):
         free = key.startswith(RESUME_MAY_CHANGE) and key not in RESUME_MUST_MATCH
@@ -338,7 +339,7 @@ def check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
     Without this check, `vjepa pretrain data.source=csv ...` after the demo in the same
     `run.out_dir` would resume the finished demo run and train nothing on the new data.
     """
-    changed = resume_mismatches(saved, cfg)
+    changed = resume_mismatches(saved, cfg, str(path))
     if changed:
         shown = "; ".join(changed[:8]) + (f"; ... ({len(changed)} in all)" if len(changed) > 8 else "")
         raise ConfigError(

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,19 @@ class DataConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What the predictor learns to predict, and the loss on its predictions."""
+
+    kind: str = "jepa"  # jepa (predict target-encoder features) | pixel (predict normalised pixels)
+    loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
+    # Target features: layer (official: LayerNorm over D) | layer_center (then subtract each clip's
+    # mean token, so the clip-level part of the target, such as its colours, is not predicted) |
+    # layer_instance (then normalise each dimension over the clip's tokens, as data2vec does)
+    target_norm: str = "layer"
+    reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
+
+
+@dataclass
 class OptimConfig:
     """Optimiser and the step-indexed schedules (all pure functions of the step)."""
 
@@ -167,12 +181,6 @@ class OptimConfig:
     # The predictor's LR is lr x this (official: 1). Short runs: the predictor learns to place its
     # predictions far more slowly than the encoder finds clip-level codes (docs/results/).
     predictor_lr_scale: float = 1.0
-    loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
-    reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
-    # Target features: layer (official: LayerNorm over D) | layer_center (then subtract each clip's
-    # mean token, so the clip-level part of the target, such as its colours, is not predicted) |
-    # layer_instance (then normalise each dimension over the clip's tokens, as data2vec does)
-    target_norm: str = "layer"
 
 
 @dataclass
@@ -181,7 +189,6 @@ class RunConfig:
 
     out_dir: str = "runs/demo"
     seed: int = 0
-    objective: str = "jepa"  # jepa (predict target features) | pixel (predict normalised pixels)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "bf16"  # bf16 (autocast) | fp32
     threads: int = 0  # torch intra-op threads (0: leave PyTorch's default)
@@ -261,6 +268,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -488,6 +496,53 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
+# Keys that moved, old -> new. User input (a YAML file, an override) naming an old key is refused
+# with the new name; a stored config (a checkpoint's, an export's, a run directory's config.yaml) is
+# read with the keys renamed and a warning, so old runs still load and resume.
+MOVED_KEYS = {
+    "run.objective": "objective.kind",
+    "optim.loss_exp": "objective.loss_exp",
+    "optim.target_norm": "objective.target_norm",
+    "optim.reg_coeff": "objective.reg_coeff",
+}
+
+
+def _refuse_moved(path: str) -> None:
+    """ConfigError naming the new key when `path` (e.g. "optim.loss_exp") is a key that moved."""
+    if path in MOVED_KEYS:
+        raise ConfigError(f"{path} is now {MOVED_KEYS[path]} (the objective settings have their own "
+                          f"section, objective:); write {MOVED_KEYS[path]} instead")
+
+
+def migrate_stored(tree: dict[str, Any], where: str) -> dict[str, Any]:
+    """A copy of a stored config dict with moved keys (`MOVED_KEYS`) renamed, warning once if any.
+
+    Args:
+        tree: nested dict as `to_dict` wrote it, possibly before a key moved.
+        where: the file it came from, named in the warning.
+    """
+    tree = copy.deepcopy(tree)
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = tree.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            target = tree.setdefault(new_section, {})
+            if isinstance(target, dict) and new_key not in target:  # a stored new key wins
+                target[new_key] = value
+            moved.append(f"{old} -> {new}")
+    if moved:
+        warnings.warn(f"{where} was written before the objective settings moved; read with {', '.join(moved)}",
+                      stacklevel=2)
+    return tree
+
+
+def config_from_stored(tree: dict[str, Any], where: str) -> Config:
+    """The `Config` a checkpoint or export stored (`to_dict` output), old key names migrated."""
+    return from_dict(Config, migrate_stored(tree, where))
+
+
 def from_dict(kind: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass `kind` from a (possibly partial) dict; unknown keys are errors."""
     hints = typing.get_type_hints(kind)
@@ -495,6 +550,7 @@ def from_dict(kind: type, data: dict[str, Any], where: str = "") -> Any:
     unknown = [k for k in data if k not in names]
     if unknown:
         prefix = f"{where}." if where else ""
+        _refuse_moved(f"{prefix}{unknown[0]}")
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {', '.join(names)}"
         )
@@ -510,6 +566,7 @@ def merge(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
+            _refuse_moved(path)
             raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(names)}")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
@@ -519,10 +576,12 @@ def merge(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     return cfg
 
 
-def load_yaml(path: str | Path, base: Config | None = None) -> Config:
+def load_yaml(path: str | Path, base: Config | None = None, stored: bool = False) -> Config:
     """Read a YAML config file on top of `base` (default: the default Config).
 
-    A top-level `preset: NAME` key starts from that preset instead.
+    A top-level `preset: NAME` key starts from that preset instead. With `stored=True` the file is
+    a run directory's config.yaml, written by an earlier version maybe: moved keys are renamed
+    (`migrate_stored`) instead of refused.
     """
     path = Path(path)
     if path.is_dir():
@@ -539,6 +598,8 @@ def load_yaml(path: str | Path, base: Config | None = None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if stored:
+        data = migrate_stored(data, str(path))
     if "preset" in data:
         base = preset(str(data.pop("preset")))
     try:
@@ -601,8 +662,8 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
         "steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "schedule_scale": POSITIVE, "start_lr": AT_LEAST_0,
         "lr": AT_LEAST_0, "final_lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "final_weight_decay": AT_LEAST_0,
         "ema": UNIT, "betas": (0, 1, True), "grad_clip": AT_LEAST_0, "predictor_lr_scale": POSITIVE,
-        "loss_exp": POSITIVE, "reg_coeff": AT_LEAST_0,
     },
+    "objective": {"loss_exp": POSITIVE, "reg_coeff": AT_LEAST_0},
     "run": {
         "threads": AT_LEAST_0, "log_every": AT_LEAST_1, "monitor_every": AT_LEAST_1,
         "checkpoint_every": AT_LEAST_1, "keep_every": AT_LEAST_0, "probe_after_clips": AT_LEAST_0,
@@ -676,7 +737,7 @@ def check_device(name: str, key: str = "run.device", allowed: str = RUN_DEVICES)
 
 def _check_ranges(cfg: Config) -> None:
     sections = {"model": cfg.model, "mask": cfg.mask, "data": cfg.data, "data.synthetic": cfg.data.synthetic,
-                "optim": cfg.optim, "run": cfg.run}
+                "objective": cfg.objective, "optim": cfg.optim, "run": cfg.run}
     for section, fields in RANGES.items():
         if section == "mask.generators":
             for number, generator in enumerate(cfg.mask.generators):
@@ -721,8 +782,8 @@ def validate(cfg: Config) -> Config:
         "mask.kind": (cfg.mask.kind, ("multiblock", "tube", "causal")),
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
         "run.dtype": (cfg.run.dtype, ("bf16", "fp32")),
-        "run.objective": (cfg.run.objective, ("jepa", "pixel")),
-        "optim.target_norm": (cfg.optim.target_norm, ("layer", "layer_center", "layer_instance")),
+        "objective.kind": (cfg.objective.kind, ("jepa", "pixel")),
+        "objective.target_norm": (cfg.objective.target_norm, ("layer", "layer_center", "layer_instance")),
         "run.distributed": (cfg.run.distributed, ("ddp", "fsdp")),
         "data.short_video_policy": (d.short_video_policy, ("skip", "loop", "pad")),
         "data.source": (d.source, ("synthetic", "csv", "folder", "frames", "tiff", "mixture", "cache")),
@@ -731,7 +792,8 @@ def validate(cfg: Config) -> Config:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
-    if cfg.optim.target_norm != "layer" and cfg.run.objective != "jepa":
-        raise ConfigError(f"optim.target_norm={cfg.optim.target_norm!r} needs run.objective=jepa (pixel targets are normalised per tubelet)")
+    if cfg.objective.target_norm != "layer" and cfg.objective.kind != "jepa":
+        raise ConfigError(f"objective.target_norm={cfg.objective.target_norm!r} needs objective.kind=jepa "
+                          "(pixel targets are normalised per tubelet)")
     check_device(cfg.run.device, "run.device")
     return cfg

@@ -79,7 +79,7 @@ def layer_norm_targets(features: torch.Tensor) -> torch.Tensor:
 def center_tokens(features: torch.Tensor) -> torch.Tensor:
     """Subtract each clip's mean token: [B, N, D] -> [B, N, D] with zero mean over N per clip.
 
-    With `optim.target_norm=layer_center` the predictor regresses what sets a token apart from the
+    With `objective.target_norm=layer_center` the predictor regresses what sets a token apart from the
     rest of its clip; the clip-level part of the target (its colours, its background) carries no
     loss, so an encoder cannot lower the loss by broadcasting clip-level codes (docs/results/).
     """
@@ -90,7 +90,7 @@ def instance_norm_tokens(features: torch.Tensor, eps: float = 1e-5) -> torch.Ten
     """Normalise each feature over its clip's tokens: [B, N, D] -> [B, N, D], zero mean and unit
     variance over N for every (clip, dimension), as data2vec normalises its teacher's outputs.
 
-    With `optim.target_norm=layer_instance` the predictor regresses how each token differs from
+    With `objective.target_norm=layer_instance` the predictor regresses how each token differs from
     the rest of its clip, at a fixed scale: a target encoder whose tokens converge on one code per
     clip cannot make the targets easier (with `layer_center` it could: centred targets of a
     clip-constant encoder are all zero).
@@ -170,10 +170,10 @@ class JEPA(nn.Module):
     def __init__(self, cfg: Config, num_mask_generators: int):
         super().__init__()
         m = cfg.model
-        self.objective = cfg.run.objective
-        self.loss_exp = cfg.optim.loss_exp
-        self.reg_coeff = cfg.optim.reg_coeff
-        self.target_norm = cfg.optim.target_norm
+        self.objective = cfg.objective.kind
+        self.loss_exp = cfg.objective.loss_exp
+        self.reg_coeff = cfg.objective.reg_coeff
+        self.target_norm = cfg.objective.target_norm
         self.tubelet_size, self.patch_size = m.tubelet_size, m.patch_size
         self.encoder = build_encoder(cfg)
         pixel_dim = m.in_chans * m.tubelet_size * m.patch_size**2
@@ -223,7 +223,7 @@ class JEPA(nn.Module):
 
     def regression_targets(self, features: torch.Tensor) -> torch.Tensor:
         """What the predictor regresses, from `targets(video)` [B, N, D]: centred per clip with
-        `optim.target_norm=layer_center`, normalised per clip and dimension with
+        `objective.target_norm=layer_center`, normalised per clip and dimension with
         `layer_instance`, else (`layer`, official) unchanged."""
         if self.target_norm == "layer_center":
             return center_tokens(features)
