@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import vjepa
-from vjepa.api import export, load, window_indices
+from vjepa.api import export, load
 from vjepa.checkpoint import CheckpointError, read_safetensors_metadata, save_checkpoint
 from vjepa.cli import main
 from vjepa.config import preset, to_dict, to_yaml
 from vjepa.data.decode import read_frames
 from vjepa.data.synthetic import render_clip, write_mp4
+from vjepa.encoder import window_indices
 from vjepa.eval import list_videos, load_features
 from vjepa.models.factory import build_encoder
 from vjepa.models.predictor import build_predictor
