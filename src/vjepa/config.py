@@ -70,7 +70,7 @@ class ModelConfig:
     rescale_residual: bool = True
     drop_path: float = 0.0
     # Keep the tubelet embedding at its random init (MoCo v3's fix for unstable ViT training; off in
-    # the official code). On demo64 its weights grow and turn low-rank within a few hundred steps.
+    # the official code). Why it matters on short CPU runs: docs/results/2026-11-30-tubelet-embedding.md
     freeze_patch_embed: bool = False
 
 
@@ -179,7 +179,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 10.0
     # The predictor's LR is lr x this (official: 1). Short runs: the predictor learns to place its
-    # predictions far more slowly than the encoder finds clip-level codes (docs/results/).
+    # predictions far more slowly than the encoder finds clip-level codes
+    # (docs/results/2026-11-29-predictor-shortcut.md).
     predictor_lr_scale: float = 1.0
 
 
@@ -298,10 +299,10 @@ def _debug() -> Config:
 
 
 def _demo64() -> Config:
-    """The first CPU demo: a narrow ViT on 16x64x64 synthetic clips, ~5 minutes on 2 cores.
+    """The first CPU demo: a narrow ViT on 16x64x64 synthetic clips, a few minutes on 2 cores.
 
-    Measured (docs/results/): at this cost per clip a few thousand clips are all a CPU
-    run affords, and no variant then beats random init on motion; `demo` moved to 32 px.
+    Kept for the studies that used it; `demo` moved to 32 px clips because a CPU run affords too
+    few 64 px clips (docs/results/2026-11-29-demo64-seeds.md).
     """
     cfg = Config()
     m = cfg.model
@@ -309,15 +310,12 @@ def _demo64() -> Config:
     m.patch_size, m.num_frames, m.img_size = 8, 16, 64
     m.predictor_embed_dim, m.predictor_depth = 96, 4
     cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = 16, 64, 8
-    # 300 steps: half the time of the earlier 600, and better on the motion probe (seed 0: 70.5 vs
-    # 60.5 on test). Over three seeds it is still only level with random init (docs/results/).
+    # 300 steps (not 600) and a 4x lower LR than the paper's (which is for batch 3072, and
+    # collapsed the features at batch 8): docs/results/2026-11-29-demo64-diagnosis.md
     cfg.optim.steps, cfg.optim.warmup_steps = 300, 30
-    # The paper's LRs are for batch 3072; at batch 8 they collapsed the features (effective rank
-    # 44 -> 12, motion probe below random init). A 4x lower LR slows that but does not remove it.
     cfg.optim.start_lr, cfg.optim.lr = 3e-5, 1.5e-4
     # Motion as a large part of every clip: 1-3 sprites that sweep across the frame (4-6 px per
-    # frame), turn and resize fast. Measured (docs/results/): the slower single-sprite
-    # default set left the trained encoder 6 points under random init on motion, this set 2.
+    # frame), turn and resize fast; why: docs/results/2026-11-29-demo64-diagnosis.md
     syn = cfg.data.synthetic
     syn.max_sprites, syn.translate_speed = 3, (4.0, 6.0)
     syn.rotate_speed, syn.scale_speed = (0.35, 0.55), (0.06, 0.09)
@@ -327,15 +325,12 @@ def _demo64() -> Config:
 
 
 def _demo32() -> Config:
-    """`demo64`'s data and objective at 8x32x32 (64 tokens per clip), so ~4e5 clips fit a CPU run.
+    """`demo64`'s data and objective at 8x32x32 (64 tokens per clip): many more, cheaper clips.
 
     The paper's multi-block masks (blocks over all frames); `demo` is this with causal masks.
-    Measured (docs/results/, 64 px 16-frame demo): no variant there beats random init
-    on motion in a few thousand clips, and supervised training with labels stays at chance for
-    40,000. At 64 tokens a clip costs ~25x less (~165 against 6.5 clips/s on one core), labels
-    learn motion after ~45,000 clips, and 12,000 steps of batch 32 (384,000 clips, ~25-33 min on
-    2 cores) fit. Without the frozen embedding and the 10x predictor LR the features collapse
-    within clips here too (target encoder far below random init); with them they do not.
+    12,000 steps of batch 32 (384,000 clips) on a CPU; the frozen tubelet embedding and the 10x
+    predictor LR keep the features from collapsing within clips. Why each choice, with the
+    figures: docs/results/2026-11-30-demo32.md and docs/results/2026-11-30-tubelet-embedding.md.
     """
     cfg = _demo64()
     m = cfg.model
@@ -351,19 +346,17 @@ def _demo32() -> Config:
     cfg.optim.predictor_lr_scale = 10.0
     cfg.run.out_dir = "runs/demo32"
     cfg.run.keep_every = 3000
-    cfg.run.probe_after_clips = 4096  # 1024 left every probe short of labels (docs/results/)
+    cfg.run.probe_after_clips = 4096  # 1024 left every probe short of labels (docs/results/2026-11-30-demo32.md)
     return cfg
 
 
 def _demo() -> Config:
-    """The CPU demo (~30 min on 2 cores): `demo32` with causal masks.
+    """The CPU demo (about half an hour on 2 cores): `demo32` with causal masks.
 
     The context is what the multi-block masks leave visible in the first 4 of the 8 frames; the
     predictor fills in every other token, the whole second half included (the paper's causal
     multi-block variant; its default, blocks over all frames and no causal cut, is `demo32`).
-    Measured (docs/results/; motion, attentive probe, 4096 clips, test split): each of
-    six causal runs beats its own random init (+1.8 to +10.7 points, +6.7 on average), where
-    multi-block runs gain +4.3 on average and not on every seed.
+    How it compares with its own random init and with `demo32`: docs/results/2026-11-30-demo-causal.md.
     """
     cfg = _demo32()
     cfg.mask.kind, cfg.mask.causal_context_frames = "causal", 4

@@ -61,8 +61,8 @@ def ema_init_share(steps: int, optim: OptimConfig) -> float:
 
     Update k (k = 1..steps, as `train_step` applies them) keeps a `ema_momentum(k)` share of the old
     target, so the initial weights keep the product of the momenta. The paper's 90k steps leave ~0;
-    a few hundred CPU steps leave most of it (0.70 after demo64's 300), which is why a short
-    run's target encoder is partly its random init (docs/results/2026-11-29-demo64-seeds.md).
+    a few hundred steps leave most of it, which is why a short run's target encoder is partly its
+    random init (docs/results/2026-11-29-demo64-seeds.md).
     """
     return math.exp(sum(math.log(ema_momentum(k, optim)) for k in range(1, steps + 1)))
 
@@ -81,7 +81,8 @@ def center_tokens(features: torch.Tensor) -> torch.Tensor:
 
     With `objective.target_norm=layer_center` the predictor regresses what sets a token apart from the
     rest of its clip; the clip-level part of the target (its colours, its background) carries no
-    loss, so an encoder cannot lower the loss by broadcasting clip-level codes (docs/results/).
+    loss, so an encoder cannot lower the loss by broadcasting clip-level codes
+    (docs/results/2026-11-29-predictor-shortcut.md).
     """
     return features - features.mean(dim=1, keepdim=True)
 
