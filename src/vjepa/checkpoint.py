@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vjepa.config import Config, ConfigError, migrate_stored, to_dict
-from vjepa.distributed import full_state_dicts
+from vjepa.distributed import DistEnv, full_state_dicts
 
 if TYPE_CHECKING:
     from vjepa.jepa import JEPA
@@ -290,6 +290,21 @@ def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, c
     """
     networks, opt = full_state_dicts(model, optimizer)
     return {**networks, "opt": opt, "step": step, "loss": loss, "config": to_dict(cfg)}
+
+
+def save_step(model: JEPA, optimizer: torch.optim.Optimizer, done: int, cfg: Config, loss: float,
+              env: DistEnv, keep: bool) -> Path:
+    """Save step `done` to latest.pt (and step_N.pt when `keep`) on rank 0; returns latest.pt's path.
+
+    Every rank must call it: under FSDP gathering the full state is a collective.
+    """
+    state = checkpoint_state(model, optimizer, done, cfg, loss)
+    path = Path(cfg.run.out_dir) / "latest.pt"
+    if env.rank == 0:
+        save_checkpoint(path, state)
+        if keep:
+            save_checkpoint(path.with_name(f"step_{done}.pt"), state)
+    return path
 
 
 def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -370,3 +371,37 @@ def collapse_warning(stats: CollapseStats, initial: CollapseStats | None) -> str
             f"(of {stats.dim} dims): representations are collapsing"
         )
     return None
+
+
+@dataclass
+class CollapseMonitor:
+    """The collapse statistics of a run: those of its first monitored step and of the latest one."""
+
+    initial: CollapseStats | None = None
+    last: CollapseStats | None = None
+
+    def due(self, done: int, cfg: Config) -> bool:
+        """Whether step `done` (1-based) is monitored: the first logged step, every `run.monitor_every`, the last."""
+        return self.initial is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps
+
+    def update(self, targets: torch.Tensor) -> tuple[dict[str, float], str | None]:
+        """Measure a step's targets [B, N, D]: (the fields for its log record, a collapse warning or None)."""
+        self.last = collapse_stats(targets)
+        self.initial = self.initial or self.last
+        fields = {"target_std": self.last.std, "effective_rank": self.last.effective_rank,
+                  "within_clip": self.last.within_clip}
+        return fields, collapse_warning(self.last, self.initial)
+
+    def summary(self) -> dict[str, float]:
+        """Start and end figures for the run's summary (empty when nothing was monitored)."""
+        if not (self.initial and self.last):
+            return {}
+        return {"effective_rank_start": self.initial.effective_rank, "effective_rank_end": self.last.effective_rank,
+                "target_std_end": self.last.std, "within_clip_start": self.initial.within_clip,
+                "within_clip_end": self.last.within_clip}
+
+
+def final_effective_rank_ok(summary: dict[str, Any]) -> bool:
+    """True when the run's effective rank stayed above a quarter of its start (no collapse)."""
+    start, end = summary.get("effective_rank_start"), summary.get("effective_rank_end")
+    return bool(start and end and not math.isnan(end) and end >= 0.25 * start)

@@ -21,20 +21,18 @@ from vjepa import distributed as dist_utils
 from vjepa.checkpoint import (
     check_resume_config,
     check_resume_step,
-    checkpoint_state,
     describe_nonfinite,
     load_checkpoint,
     nonfinite_tensors,
     remove_stale_temps,
     restore_networks,
-    save_checkpoint,
+    save_step,
 )
 from vjepa.config import Config, validate
 from vjepa.data.loader import build_train_loader
 from vjepa.jepa import (
     JEPA,
-    collapse_stats,
-    collapse_warning,
+    CollapseMonitor,
     ema_init_share,
     ema_momentum,
     ema_update,
@@ -212,7 +210,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
     bar = make_progress(cfg, start, is_main)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, found without syncing
     loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
-    initial_stats, last_stats, last_loss, last_good = None, None, float("nan"), None
+    monitor, last_loss, last_good = CollapseMonitor(), float("nan"), None
     batches = iter(loader)
     for step in range(start, cfg.optim.steps):
         batch = next(batches)
@@ -230,56 +228,55 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
         if is_log or is_ckpt:
             check_finite(first_bad, out_dir, last_good, cfg)
         if is_log:
-            mean_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1), env).item()
+            last_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1), env).item()
             rate = clips * env.world_size / max(time.perf_counter() - t0, 1e-9)
-            record = {"step": done, "loss": mean_loss, "lr": result.lr, "weight_decay": result.weight_decay,
-                      "momentum": result.momentum, "clips_per_s": rate,
-                      "generator_losses": [round(v, 5) for v in dist_utils.all_reduce_mean(result.generator_losses, env).tolist()]}
-            last_loss = mean_loss
-            skipped = getattr(dataset, "skipped", None)  # bad files replaced so far, by reason
-            if skipped:
-                record["skipped_files"] = dict(skipped)
+            record = log_record(done, last_loss, rate, result, env, dataset)
             loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
-            if initial_stats is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
-                last_stats = collapse_stats(result.targets)
-                initial_stats = initial_stats or last_stats
-                record.update(target_std=last_stats.std, effective_rank=last_stats.effective_rank,
-                              within_clip=last_stats.within_clip)
-                warning = collapse_warning(last_stats, initial_stats)
+            if monitor.due(done, cfg):
+                fields, warning = monitor.update(result.targets)
+                record.update(fields)
                 if warning and is_main:
                     record["warning"] = warning
                     bar.write(f"WARNING step {done}: {warning}")
             log.write(record)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{result.lr:.2e}", clips_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{result.lr:.2e}", clips_s=f"{rate:.1f}")
         bar.update(1)
         if is_ckpt:
             check_weights_finite(model, optimizer, done, out_dir, last_good, cfg, env)
-            state = checkpoint_state(model, optimizer, done, cfg, last_loss)  # a collective under FSDP
-            path = out_dir / "latest.pt"
-            if is_main:
-                save_checkpoint(path, state)
-                if is_keep:
-                    save_checkpoint(out_dir / f"step_{done}.pt", state)
-            last_good, state = (path, done), None
-        if is_ckpt:
+            last_good = (save_step(model, optimizer, done, cfg, last_loss, env, is_keep), done)
             dist_utils.barrier(env)
         if stopping:
             bar.close()
-            message = (f"received SIGTERM: saved {out_dir / 'latest.pt'} at step {done} of {cfg.optim.steps}; "
-                       f"stopping with exit status {TrainingInterrupted.exit_code}. Run the same command again "
-                       "to resume exactly from there")
-            if is_main:
-                print(message, file=sys.stderr, flush=True)
-            raise TrainingInterrupted(message)
+            raise interrupted(cfg, done, is_main)
     bar.close()
-    summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir)}
-    if initial_stats and last_stats:
-        summary.update(effective_rank_start=initial_stats.effective_rank, effective_rank_end=last_stats.effective_rank,
-                       target_std_end=last_stats.std, within_clip_start=initial_stats.within_clip,
-                       within_clip_end=last_stats.within_clip)
+    summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir), **monitor.summary()}
     if model.target_encoder is not None:
         summary["target_init_share"] = ema_init_share(cfg.optim.steps, cfg.optim)
     return summary
+
+
+def log_record(done: int, mean_loss: float, rate: float, result: StepResult, env: dist_utils.DistEnv,
+               dataset: Any) -> dict[str, Any]:
+    """The metrics.jsonl record of step `done`: loss averaged over ranks and steps since the last
+    record, schedules, speed, per-generator losses, and the bad files skipped so far."""
+    generator_losses = dist_utils.all_reduce_mean(result.generator_losses, env).tolist()
+    record = {"step": done, "loss": mean_loss, "lr": result.lr, "weight_decay": result.weight_decay,
+              "momentum": result.momentum, "clips_per_s": rate,
+              "generator_losses": [round(v, 5) for v in generator_losses]}
+    skipped = getattr(dataset, "skipped", None)  # bad files replaced so far, by reason
+    if skipped:
+        record["skipped_files"] = dict(skipped)
+    return record
+
+
+def interrupted(cfg: Config, done: int, is_main: bool) -> TrainingInterrupted:
+    """The TrainingInterrupted to raise after SIGTERM's checkpoint at step `done` (rank 0 also prints it)."""
+    message = (f"received SIGTERM: saved {Path(cfg.run.out_dir) / 'latest.pt'} at step {done} of {cfg.optim.steps}; "
+               f"stopping with exit status {TrainingInterrupted.exit_code}. Run the same command again "
+               "to resume exactly from there")
+    if is_main:
+        print(message, file=sys.stderr, flush=True)
+    return TrainingInterrupted(message)
 
 
 def stop_requested(stop: StopRequest | None, env: dist_utils.DistEnv) -> bool:
@@ -355,9 +352,3 @@ def make_progress(cfg: Config, start: int, is_main: bool):
 
     return tqdm(total=cfg.optim.steps, initial=start, desc="pretrain", unit="step",
                 disable=not (is_main and cfg.run.progress), dynamic_ncols=True, mininterval=1.0)
-
-
-def final_effective_rank_ok(summary: dict[str, Any]) -> bool:
-    """True when the run's effective rank stayed above a quarter of its start (no collapse)."""
-    start, end = summary.get("effective_rank_start"), summary.get("effective_rank_end")
-    return bool(start and end and not math.isnan(end) and end >= 0.25 * start)
