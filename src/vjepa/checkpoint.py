@@ -1,10 +1,12 @@
-"""Checkpoints: atomic save, safe (weights-only) load, resume, safetensors export, official import.
+"""Checkpoints: atomic save, safe (weights-only) load, safetensors files, and the resume policy.
 
 A training checkpoint is a dict with the official top-level names (`encoder`, `predictor`,
 `target_encoder`, `opt`) plus `step`, `config` and `loss`; model keys carry no `module.` prefix.
 Official checkpoints (`.pth.tar`, keys `module.backbone.*`) are read in `vjepa.formats`
 (`split_networks`, `infer_model_config`). Loading never executes code from a file:
 `torch.load(..., weights_only=True)`, and every network loads strictly (`load_state_strict`).
+The resume policy (`check_resume_config`, `check_resume_step`) decides whether a run directory's
+latest.pt may be continued under a given config; `checkpoint_state` / `save_step` write one.
 """
 
 from __future__ import annotations
