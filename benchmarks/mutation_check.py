@@ -163,8 +163,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "predictor_without_positions", "the predictor drops its positional embedding",
         "forward",  # Predictor.forward: the snippet is unique to it
-        (("positions = positions.expand(b, -1, -1).to(context.dtype)  # [B, N, P]",
-          "positions = torch.zeros_like(positions.expand(b, -1, -1)).to(context.dtype)  # [B, N, P]"),),
+        (("positions = self.positions(grid, context.dtype).expand(b, -1, -1)  # [B, N, P]",
+          "positions = torch.zeros_like(self.positions(grid, context.dtype)).expand(b, -1, -1)  # [B, N, P]"),),
         ("tests/test_models.py", "tests/test_objective_invariants.py"),
     ),
     Mutation(
@@ -219,8 +219,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "heads_not_read_from_width", "an official checkpoint's attention heads default to 12 whatever its width",
-        "infer_model_config",
-        (("m.num_heads = num_heads or heads_by_width.get(m.embed_dim, 0)", "m.num_heads = num_heads or 12"),),
+        "_official_num_heads",
+        (("heads = num_heads or heads_by_width.get(embed_dim, 0)", "heads = num_heads or 12"),),
         ("tests/test_checkpoint.py", "tests/test_official_keys.py"),
     ),
     Mutation(
