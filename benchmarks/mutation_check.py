@@ -181,7 +181,7 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_jepa.py",),
     ),
     Mutation(
-        "loss_exponent_ignored", "the loss is always L1, whatever optim.loss_exp says",
+        "loss_exponent_ignored", "the loss is always L1, whatever objective.loss_exp says",
         "sample_losses",
         ((".abs().pow(exponent)", ".abs().pow(1.0)"),),
         ("tests/test_jepa.py",),
@@ -219,8 +219,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "heads_not_read_from_width", "an official checkpoint's attention heads default to 12 whatever its width",
-        "infer_model_config",
-        (("m.num_heads = num_heads or heads_by_width.get(m.embed_dim, 0)", "m.num_heads = num_heads or 12"),),
+        "_official_num_heads",
+        (("heads = num_heads or heads_by_width.get(embed_dim, 0)", "heads = num_heads or 12"),),
         ("tests/test_checkpoint.py", "tests/test_official_keys.py"),
     ),
     Mutation(
@@ -270,7 +270,7 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(
-        "model_ignores_loss_exp", "the batched pass computes L1 whatever optim.loss_exp says",
+        "model_ignores_loss_exp", "the batched pass computes L1 whatever objective.loss_exp says",
         "forward",  # JEPA.forward
         (("losses.append(prediction_loss(p, gather_tokens(targets, idx), valid, self.loss_exp))",
           "losses.append(prediction_loss(p, gather_tokens(targets, idx), valid))"),),

@@ -228,7 +228,7 @@ class TrainedProbe:
         spec: kind, variant, depth, embed_dim, num_heads, num_classes.
         protocol: the `ViewProtocol` of its evaluation.
         class_names: K names.
-        encoder: a `vjepa.api.Encoder`, or None (then only `predict_tokens` works).
+        encoder: a `vjepa.Encoder`, or None (then only `predict_tokens` works).
         info: the rest of the file's metadata (encoder record, task, settings, result, source).
     """
 
@@ -257,7 +257,8 @@ class TrainedProbe:
     @torch.no_grad()
     def predict_tokens(self, tokens: torch.Tensor) -> Prediction:
         """Classify from encoder tokens: [B, V, N, D] (V = S*C views, segment-major) or [B, N, D]."""
-        from vjepa.eval import aggregate_views, probe_inputs
+        from vjepa.eval.metrics import aggregate_views
+        from vjepa.eval.probe_train import probe_inputs
 
         tokens = tokens.unsqueeze(1) if tokens.ndim == 3 else tokens
         b, v = tokens.shape[:2]
@@ -398,7 +399,7 @@ def load_probe(
         path: the probe file, an official `.pt` / `.pth.tar` (see `load_official_probe`), or a Hugging
             Face classifier folder / its model.safetensors (see `load_hf_probe`; its encoder is the
             folder's own backbone unless `encoder` is given).
-        encoder: the encoder the probe reads: a `vjepa.api.Encoder`, or anything `vjepa.load` reads
+        encoder: the encoder the probe reads: a `vjepa.Encoder`, or anything `vjepa.load` reads
             (run dir, checkpoint, export). Default: the checkpoint the probe file names, if it still
             exists (else the probe has no encoder and only `predict_tokens` works).
         device: where encoder and probe run, when the encoder is loaded here.
@@ -615,7 +616,7 @@ def _check_encoder(probe: TrainedProbe, path: Path) -> None:
         )
     expected = probe.info.get("encoder", {}).get("fingerprint")
     if expected:
-        from vjepa.eval import encoder_fingerprint
+        from vjepa.eval.features import encoder_fingerprint
 
         if encoder_fingerprint(probe.encoder.model) != expected:
             warnings.warn(

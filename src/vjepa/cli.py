@@ -50,7 +50,8 @@ def _config_args(parser: argparse.ArgumentParser, default_preset: str = "demo") 
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from vjepa.train import final_effective_rank_ok, train
+    from vjepa.jepa import final_effective_rank_ok
+    from vjepa.train import train
 
     cfg = build_config(args)
     summary = train(cfg)
