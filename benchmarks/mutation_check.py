@@ -119,14 +119,14 @@ MUTATIONS: list[Mutation] = [
         "segment_starts",
         (("return [round(i * span / (num_segments - 1)) for i in range(num_segments)]",
           "return [0 for i in range(num_segments)]"),),
-        ("tests/test_evaluate.py", "tests/test_multiview_frames.py"),
+        ("tests/test_eval.py", "tests/test_multiview_frames.py"),
     ),
     Mutation(
         "synthetic_views_all_from_frame_zero", "every synthetic evaluation view holds the clip's first frames",
         "__getitem__",  # SyntheticViews.__getitem__: the snippet is unique to it
         (("views = [self.transform(frames[s : s + self.length]) for s in self.starts]",
           "views = [self.transform(frames[0 : self.length]) for s in self.starts]"),),
-        ("tests/test_evaluate.py", "tests/test_multiview_frames.py"),
+        ("tests/test_eval.py", "tests/test_multiview_frames.py"),
     ),
     Mutation(
         "context_target_swapped_in_collation", "collation returns the target tokens as the context and vice versa",
@@ -163,8 +163,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "predictor_without_positions", "the predictor drops its positional embedding",
         "forward",  # Predictor.forward: the snippet is unique to it
-        (("positions = positions.expand(b, -1, -1).to(context.dtype)  # [B, N, P]",
-          "positions = torch.zeros_like(positions.expand(b, -1, -1)).to(context.dtype)  # [B, N, P]"),),
+        (("positions = self.positions(grid, context.dtype).expand(b, -1, -1)  # [B, N, P]",
+          "positions = torch.zeros_like(self.positions(grid, context.dtype)).expand(b, -1, -1)  # [B, N, P]"),),
         ("tests/test_models.py", "tests/test_objective_invariants.py"),
     ),
     Mutation(
@@ -181,7 +181,7 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_jepa.py",),
     ),
     Mutation(
-        "loss_exponent_ignored", "the loss is always L1, whatever optim.loss_exp says",
+        "loss_exponent_ignored", "the loss is always L1, whatever objective.loss_exp says",
         "sample_losses",
         ((".abs().pow(exponent)", ".abs().pow(1.0)"),),
         ("tests/test_jepa.py",),
@@ -219,8 +219,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "heads_not_read_from_width", "an official checkpoint's attention heads default to 12 whatever its width",
-        "infer_model_config",
-        (("m.num_heads = num_heads or heads_by_width.get(m.embed_dim, 0)", "m.num_heads = num_heads or 12"),),
+        "_official_num_heads",
+        (("heads = num_heads or heads_by_width.get(embed_dim, 0)", "heads = num_heads or 12"),),
         ("tests/test_checkpoint.py", "tests/test_official_keys.py"),
     ),
     Mutation(
@@ -228,7 +228,39 @@ MUTATIONS: list[Mutation] = [
         "confusion_matrix",
         (("index = labels.long() * num_classes + probs.argmax(dim=-1)",
           "index = probs.argmax(dim=-1) * num_classes + labels.long()"),),
-        ("tests/test_evaluate.py", "tests/test_cli_commands.py"),
+        ("tests/test_eval.py", "tests/test_cli_commands.py"),
+    ),
+    # -- V-JEPA 2 RoPE, probe files and classification (added when those branches merged) -----------
+    Mutation(
+        "rope_interleaved_frequencies", "RoPE frequencies interleaved per pair instead of tiled (official layout)",
+        "_axis_angles",
+        (("return torch.cat([angles, angles], dim=-1)", "return angles.repeat_interleave(2, dim=-1)"),),
+        ("tests/test_rope.py",),
+    ),
+    Mutation(
+        "rope_time_axis_ignored", "RoPE rotates by row and column only: every frame gets time position 0",
+        "grid_positions",
+        (("return frame, row, col", "return frame * 0, row, col"),),
+        ("tests/test_rope.py",),
+    ),
+    Mutation(
+        "rope_pairs_not_negated", "the pair rotation forgets the sign: (x1, x0) instead of (-x1, x0)",
+        "rotate_pairs",
+        (("torch.stack((-second, first), dim=-1)", "torch.stack((second, first), dim=-1)"),),
+        ("tests/test_rope.py",),
+    ),
+    Mutation(
+        "untrained_probe_saved", "the streaming probe file holds a freshly initialised probe, not the trained one",
+        "probe_streaming",
+        (("return (result, probe.cpu()) if return_probe else result",
+          "return (result, new_probe(probe_cfg, embed_dim, num_heads, num_classes)) if return_probe else result"),),
+        ("tests/test_classify.py",),
+    ),
+    Mutation(
+        "test_class_without_training_clips_scored", "a test class with no training clip is silently scored",
+        "check_labels",
+        (("untrained = sorted(set(test.tolist()) - set(train.tolist()))", "untrained = []"),),
+        ("tests/test_eval_stream.py",),
     ),
     # -- found by a mutmut sweep of jepa.py and masks/ (docs/testing.md) ----------------------------
     Mutation(
@@ -238,7 +270,7 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(
-        "model_ignores_loss_exp", "the batched pass computes L1 whatever optim.loss_exp says",
+        "model_ignores_loss_exp", "the batched pass computes L1 whatever objective.loss_exp says",
         "forward",  # JEPA.forward
         (("losses.append(prediction_loss(p, gather_tokens(targets, idx), valid, self.loss_exp))",
           "losses.append(prediction_loss(p, gather_tokens(targets, idx), valid))"),),

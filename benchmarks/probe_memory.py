@@ -13,7 +13,7 @@ RssFile (every 20 ms): memory-mapped cache pages are file-backed and reclaimable
 training clips through encoder and probe (for the cached modes the one encoding pass plus the epoch).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/probe_memory.py --sizes 1000 8000 \\
-        --out docs/results/2026-12-04-probe-memory.json
+        --out probe_memory.json
 
 (`--out` appends to an existing file, so sizes can run one invocation each.)
 """
@@ -60,13 +60,13 @@ def run_one(mode: str, size: int, epochs: int) -> dict:
 
     from vjepa.config import apply_overrides, preset
     from vjepa.eval import probe_encoder
-    from vjepa.models.vit import build_encoder
+    from vjepa.models.factory import build_encoder
     from vjepa.precision import freeze
 
     torch.set_num_threads(1)
     cfg = apply_overrides(preset("debug"), [f"data.synthetic.num_train={size}", "data.synthetic.num_test=64"])
     torch.manual_seed(0)
-    encoder = freeze(build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames))
+    encoder = freeze(build_encoder(cfg))
     sampler = PeakSampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as cache:

@@ -35,8 +35,9 @@ from vjepa.eval import (
     probe_encoder,
     quick_probe,
 )
+from vjepa.models.factory import initial_encoder
 from vjepa.precision import freeze
-from vjepa.train import initial_encoder, train
+from vjepa.train import train
 
 # The demo data before 2026-11-29: one sprite, 1-2 px per frame, slow turns and resizing.
 SLOW = ["data.synthetic.max_sprites=1", "data.synthetic.translate_speed=[1.0,2.0]",
@@ -73,7 +74,7 @@ def config(args: argparse.Namespace, variant: str):
 
 def probe_random(run_dir: str, epochs: int) -> dict[str, float]:
     """Top-1 of a random-init encoder of the run's shape, on the run's data (same probe settings)."""
-    cfg = load_yaml(Path(run_dir) / "config.yaml")
+    cfg = load_yaml(Path(run_dir) / "config.yaml", stored=True)
     encoder = freeze(initial_encoder(cfg))
     cache = FeatureCache(encoder, cfg)
     return {task: probe_encoder(encoder, cfg, task, "attentive", cache=cache, epochs=epochs,

@@ -45,14 +45,15 @@ from vjepa.eval import (
     make_probe_config,
     probe_encoder,
 )
+from vjepa.models.factory import initial_encoder
 from vjepa.precision import freeze
-from vjepa.train import initial_encoder, train
+from vjepa.train import train
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "jepa": ("V-JEPA: feature prediction, multi-block", ["run.objective=jepa", "mask.kind=multiblock"]),
-    "pixel": ("pixel reconstruction, multi-block", ["run.objective=pixel", "mask.kind=multiblock"]),
-    "tube": ("V-JEPA, random-tube masking (0.9)", ["run.objective=jepa", "mask.kind=tube"]),
-    "causal": ("V-JEPA, causal multi-block", ["run.objective=jepa", "mask.kind=causal"]),
+    "jepa": ("V-JEPA: feature prediction, multi-block", ["objective.kind=jepa", "mask.kind=multiblock"]),
+    "pixel": ("pixel reconstruction, multi-block", ["objective.kind=pixel", "mask.kind=multiblock"]),
+    "tube": ("V-JEPA, random-tube masking (0.9)", ["objective.kind=jepa", "mask.kind=tube"]),
+    "causal": ("V-JEPA, causal multi-block", ["objective.kind=jepa", "mask.kind=causal"]),
     "random": ("random init (no pretraining)", []),
     "supervised": ("supervised on motion labels (ceiling)", []),
 }

@@ -29,12 +29,13 @@ import torch
 
 from vjepa.api import checkpoint_path
 from vjepa.checkpoint import load_checkpoint
-from vjepa.config import Config, from_dict
+from vjepa.config import Config, config_from_stored
+from vjepa.data.loader import build_train_loader
 from vjepa.jepa import JEPA, sample_losses
 from vjepa.masks import num_generators
+from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import gather_tokens
 from vjepa.precision import autocast
-from vjepa.train import build_train_loader, masks_for_step
 
 ORACLES = ("clip_constant", "position_mean", "visible_plus_position", "zero")
 
@@ -45,7 +46,7 @@ def load_model(path: Path) -> tuple[JEPA, Config, int]:
     missing = [k for k in ("config", "encoder", "predictor", "target_encoder") if k not in state]
     if missing:
         raise SystemExit(f"{path} lacks {', '.join(missing)}: not a V-JEPA (feature-prediction) training checkpoint")
-    cfg = from_dict(Config, state["config"])
+    cfg = config_from_stored(state["config"], str(path))
     model = JEPA(cfg, num_generators(cfg.mask))
     for name in ("encoder", "predictor", "target_encoder"):
         getattr(model, name).load_state_dict(state[name])
@@ -77,7 +78,7 @@ def oracle_losses(model: JEPA, cfg: Config, batches: int, start_step: int) -> di
     every = torch.cat([t for _, t, _ in records])  # [batches*B, N, D]
     position_mean = every.mean(dim=0, keepdim=True)  # [1, N, D]
     overall = every.mean(dim=(0, 1), keepdim=True)  # [1, 1, D]
-    exp = cfg.optim.loss_exp
+    exp = cfg.objective.loss_exp
     sums = {"model": 0.0, **{k: 0.0 for k in ORACLES}}
     for loss, targets, masks in records:
         sums["model"] += loss

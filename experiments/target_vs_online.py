@@ -30,11 +30,11 @@ import torch
 
 from vjepa.api import checkpoint_path
 from vjepa.checkpoint import load_checkpoint
-from vjepa.config import Config, from_dict
+from vjepa.config import config_from_stored
 from vjepa.eval import class_names, probe_encoder
 from vjepa.jepa import ema_init_share
+from vjepa.models.factory import initial_encoder
 from vjepa.precision import freeze
-from vjepa.train import initial_encoder
 
 ENCODERS = ("init", "online", "target", "blend")
 
@@ -57,7 +57,7 @@ def encoders(run: Path) -> tuple[dict[str, torch.nn.Module], Any, float, int]:
         raise SystemExit(f"{path} has no stored config (not a vjepa training checkpoint): its init is unknown")
     if "target_encoder" not in state:
         raise SystemExit(f"{path} has no target_encoder (a pixel or supervised run): nothing to compare")
-    cfg = from_dict(Config, state["config"])
+    cfg = config_from_stored(state["config"], str(path))
     step = int(state["step"])
     share = ema_init_share(step, cfg.optim)
     init = initial_encoder(cfg)

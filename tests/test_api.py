@@ -8,15 +8,16 @@ import pytest
 import torch
 
 import vjepa
-from vjepa.api import export, load, window_indices
+from vjepa.api import export, load
 from vjepa.checkpoint import CheckpointError, read_safetensors_metadata, save_checkpoint
 from vjepa.cli import main
 from vjepa.config import preset, to_dict, to_yaml
 from vjepa.data.decode import read_frames
 from vjepa.data.synthetic import render_clip, write_mp4
+from vjepa.encoder import window_indices
 from vjepa.eval import list_videos, load_features
+from vjepa.models.factory import build_encoder
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import build_encoder
 
 CLIP = torch.randn(2, 3, 8, 32, 32)
 
@@ -26,8 +27,8 @@ def make_run(run_dir, seed=0):
     cfg = preset("debug")
     cfg.run.out_dir = str(run_dir)
     torch.manual_seed(seed)
-    encoder = build_encoder(cfg.model, cfg.data.crop_size, cfg.data.num_frames)
-    target = build_encoder(cfg.model, cfg.data.crop_size, cfg.data.num_frames)
+    encoder = build_encoder(cfg)
+    target = build_encoder(cfg)
     predictor = build_predictor(cfg.model, 2, encoder.grid)
     state = {"encoder": encoder.state_dict(), "target_encoder": target.state_dict(),
              "predictor": predictor.state_dict(), "opt": {}, "step": 5, "loss": 0.5, "config": to_dict(cfg)}
@@ -68,7 +69,8 @@ def test_load_run_dir_checkpoint_and_preset(run):
 
 
 def test_init_rebuilds_the_runs_initial_encoder_and_keeps_the_callers_random_state(tmp_path):
-    from vjepa.train import initial_encoder, train
+    from vjepa.models.factory import initial_encoder
+    from vjepa.train import train
 
     cfg = preset("debug")
     cfg.run.out_dir, cfg.run.seed, cfg.run.progress, cfg.optim.steps = str(tmp_path), 3, False, 2
@@ -151,6 +153,23 @@ def test_export_round_trip_keeps_outputs_and_config(tmp_path, run, capsys):
     with pytest.raises(CheckpointError, match="has no 'encoder' weights"):
         load(out, which="encoder", device="cpu")
 
+
+
+def test_a_presets_random_init_exports_and_loads_back(tmp_path):
+    """`vjepa export debug` (a random-init baseline) is loadable with the default `which`."""
+    out = export("debug", tmp_path / "random.safetensors")
+    assert read_safetensors_metadata(out)["which"] == "target_encoder"
+    loaded = load(out, device="cpu")
+    again = load(out, device="cpu")
+    assert torch.equal(loaded(CLIP), again(CLIP))  # the stored weights, not a fresh draw
+
+
+def test_a_preset_name_loads_the_same_seeded_init_every_time():
+    """A preset is a reproducible random-init baseline: the weights `train` would start from."""
+    first, second = load("debug", device="cpu"), load("debug", device="cpu")
+    assert torch.equal(first(CLIP), second(CLIP))
+    init = load("debug", which="init", device="cpu")
+    assert torch.equal(first(CLIP), init(CLIP))
 
 def test_embed_command_skips_bad_files_and_reports_them(tmp_path, run, capsys):
     run_dir, _, _ = run

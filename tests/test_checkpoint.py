@@ -6,18 +6,12 @@ import pytest
 import torch
 
 from vjepa.api import load
-from vjepa.checkpoint import (
-    CheckpointError,
-    infer_clip_size,
-    infer_model_config,
-    load_checkpoint,
-    split_networks,
-    strip_prefixes,
-)
+from vjepa.checkpoint import CheckpointError, load_checkpoint
 from vjepa.config import preset
+from vjepa.formats import infer_clip_size, infer_model_config, split_networks, strip_prefixes
+from vjepa.models.factory import build_encoder
 from vjepa.models.pos_embed import sincos_3d
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import build_encoder
 
 
 def tiny_cfg(embed_dim=192, heads=3):
@@ -31,7 +25,7 @@ def tiny_cfg(embed_dim=192, heads=3):
 def official_checkpoint(cfg, seed=0):
     """An official-format dict: networks under module.backbone., plus opt/scaler/epoch as app/vjepa saves."""
     torch.manual_seed(seed)
-    encoder = build_encoder(cfg.model, cfg.data.crop_size, cfg.data.num_frames)
+    encoder = build_encoder(cfg)
     target = copy.deepcopy(encoder)
     with torch.no_grad():
         for p in target.parameters():

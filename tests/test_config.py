@@ -1,8 +1,21 @@
 """Config: presets, YAML round trip, dotted overrides, clear errors."""
 
 import pytest
+import yaml
 
-from vjepa.config import PRESETS, Config, ConfigError, apply_overrides, load_yaml, preset, to_yaml, validate
+from vjepa.config import (
+    MOVED_KEYS,
+    PRESETS,
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_stored,
+    load_yaml,
+    preset,
+    to_dict,
+    to_yaml,
+    validate,
+)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -59,10 +72,45 @@ def test_validate_errors():
         validate(apply_overrides(Config(), ["model.num_heads=5"]))
     with pytest.raises(ConfigError, match="mask.kind"):
         validate(apply_overrides(Config(), ["mask.kind=random"]))
-    with pytest.raises(ConfigError, match="optim.target_norm='batch'"):
-        validate(apply_overrides(Config(), ["optim.target_norm=batch"]))
-    with pytest.raises(ConfigError, match="needs run.objective=jepa"):
-        validate(apply_overrides(Config(), ["optim.target_norm=layer_center", "run.objective=pixel"]))
-    validate(apply_overrides(Config(), ["optim.target_norm=layer_center"]))
+    with pytest.raises(ConfigError, match="objective.target_norm='batch'"):
+        validate(apply_overrides(Config(), ["objective.target_norm=batch"]))
+    with pytest.raises(ConfigError, match="needs objective.kind=jepa"):
+        validate(apply_overrides(Config(), ["objective.target_norm=layer_center", "objective.kind=pixel"]))
+    validate(apply_overrides(Config(), ["objective.target_norm=layer_center"]))
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("nope")
+
+
+@pytest.mark.parametrize("old,new", list(MOVED_KEYS.items()))
+def test_moved_objective_keys_are_refused_naming_the_new_key(tmp_path, old, new):
+    value = {"run.objective": "pixel", "optim.target_norm": "layer_center"}.get(old, "2")
+    with pytest.raises(ConfigError, match=rf"^{old} is now {new} .*write {new} instead$"):
+        apply_overrides(Config(), [f"{old}={value}"])
+    section, key = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"old.yaml: {old} is now {new}"):
+        load_yaml(path)
+    assert apply_overrides(Config(), [f"{new}={value}"]) != Config()  # the new key takes the value
+
+
+def old_layout(cfg: Config) -> dict:
+    """`to_dict(cfg)` as configs were stored before the objective section existed."""
+    tree = to_dict(cfg)
+    objective = tree.pop("objective")
+    tree["run"]["objective"] = objective["kind"]
+    tree["optim"].update(loss_exp=objective["loss_exp"], target_norm=objective["target_norm"],
+                         reg_coeff=objective["reg_coeff"])
+    return tree
+
+
+def test_stored_configs_with_moved_keys_are_migrated_with_a_warning(tmp_path):
+    cfg = apply_overrides(preset("debug"), ["objective.kind=pixel", "objective.loss_exp=2", "objective.reg_coeff=0.5"])
+    with pytest.warns(UserWarning, match=r"latest.pt was written before .*run.objective -> objective.kind"):
+        assert config_from_stored(old_layout(cfg), "runs/x/latest.pt") == cfg
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old_layout(cfg)))
+    with pytest.warns(UserWarning, match="config.yaml was written before"):
+        assert load_yaml(path, stored=True) == cfg
+    with pytest.raises(ConfigError, match=r"config.yaml: optim.loss_exp is now objective.loss_exp"):
+        load_yaml(path)  # a YAML file the user passes is refused, not migrated

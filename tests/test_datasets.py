@@ -13,12 +13,12 @@ from torch.utils.data import DataLoader
 
 from video_utils import decode_index, index_frame, write_index_video
 from vjepa.config import DataConfig
+from vjepa.data import build_dataset
 from vjepa.data.datasets import (
     DataError,
     MixtureDataset,
     SkippedVideoWarning,
     VideoClipDataset,
-    build_dataset,
     collate_clips,
     read_csv_list,
     resolve_split_path,

@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import apply_overrides, preset
 from vjepa.distributed import DistEnv, all_reduce_mean, setup, unwrap, wrap
-from vjepa.train import masks_for_step, train
+from vjepa.masks.step import masks_for_step
+from vjepa.train import train
 
 STEPS, SPLIT = 6, 3  # the distributed run stops (and checkpoints) at SPLIT; a resume goes on to STEPS
 # fp32 rounding differs with the batch split (GEMM shapes); seen: <= 3e-5 relative. A wrong split of

@@ -13,7 +13,8 @@ import pytest
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import apply_overrides, preset
 from vjepa.jepa import ema_momentum
-from vjepa.train import initial_encoder, train
+from vjepa.models.factory import initial_encoder
+from vjepa.train import train
 
 STEPS = 4
 

@@ -29,7 +29,7 @@ from vjepa.eval import (
     save_features,
     segment_starts,
 )
-from vjepa.models.vit import build_encoder
+from vjepa.models.factory import build_encoder
 from vjepa.precision import freeze
 from vjepa.train import train
 
@@ -39,7 +39,7 @@ FAST = {"epochs": 3, "batch_size": 16, "warmup_epochs": 1}
 def random_encoder(cfg, seed=0):
     """A frozen, untrained encoder of `cfg`'s shape (the random-init baseline of these tests)."""
     torch.manual_seed(seed)
-    return freeze(build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames))
+    return freeze(build_encoder(cfg))
 
 
 def debug_cfg(out_dir=None, *overrides):
@@ -315,7 +315,7 @@ def test_quick_probe_of_the_runs_init(tiny_run):
 def test_pixel_and_supervised_runs_load_their_encoder(tmp_path):
     from vjepa.supervised import train_supervised
 
-    train(debug_cfg(tmp_path / "pixel", "optim.steps=2", "run.objective=pixel"))
+    train(debug_cfg(tmp_path / "pixel", "optim.steps=2", "objective.kind=pixel"))
     encoder, _ = load_frozen(tmp_path / "pixel")  # no target encoder: falls back to the encoder
     cfg = debug_cfg(tmp_path / "sup", "optim.steps=3", "run.keep_every=3")
     summary = train_supervised(cfg, task="motion")

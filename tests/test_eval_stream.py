@@ -21,7 +21,7 @@ from vjepa.eval import (
     save_features,
     view_dataset,
 )
-from vjepa.models.vit import build_encoder
+from vjepa.models.factory import build_encoder
 from vjepa.precision import freeze
 
 FAST = {"epochs": 2, "batch_size": 2, "warmup_epochs": 0, "frames_per_segment": 8, "frame_step": 1}
@@ -52,7 +52,7 @@ def videos(tmp_path_factory):
 def encoder_and_cfg(*overrides):
     cfg = apply_overrides(preset("debug"), ["run.dtype=fp32", *overrides])
     torch.manual_seed(0)
-    return freeze(build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)), cfg
+    return freeze(build_encoder(cfg)), cfg
 
 
 def test_streaming_probe_equals_the_cached_one_without_augmentation(videos):

@@ -18,7 +18,7 @@ def tiny_cfg(objective="jepa"):
     m.embed_dim, m.depth, m.num_heads, m.patch_size, m.tubelet_size = 8, 1, 2, 8, 2
     m.predictor_embed_dim, m.predictor_depth = 4, 1
     cfg.data.num_frames, cfg.data.crop_size = 4, 16
-    cfg.run.objective = objective
+    cfg.objective.kind = objective
     return cfg
 
 
@@ -92,7 +92,8 @@ def test_benchmark_reports_ours_and_official_structure(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_train_step_never_syncs_with_the_host():
     from vjepa.jepa import param_groups
-    from vjepa.train import masks_for_step, train_step
+    from vjepa.masks.step import masks_for_step
+    from vjepa.train import train_step
 
     cfg = preset("debug")
     device = torch.device("cuda")

@@ -179,6 +179,32 @@ def test_hf_classifier_loads_encoder_and_pooler(tmp_path):
     assert torch.equal(probe["linear.weight"], hf.classifier.weight)
 
 
+
+def test_hf_classifier_classifies_as_transformers_does(tmp_path):
+    """`vjepa.load_probe(folder)` on a VJEPA2ForVideoClassification: its backbone and pooler give
+    transformers' probabilities, and its id2label names the classes."""
+    import vjepa
+
+    transformers, config = hf_config()
+    config.id2label = {k: f"action {k}" for k in range(5)}
+    torch.manual_seed(0)
+    hf = transformers.VJEPA2ForVideoClassification(config).eval()
+    with torch.no_grad():  # default init leaves the pooler near-uniform: spread its logits
+        hf.classifier.weight.normal_(0, 2.0)
+    hf.save_pretrained(tmp_path / "cls")
+    probe = vjepa.load_probe(tmp_path / "cls", device="cpu")
+    assert probe.spec["variant"] == "vjepa2" and probe.spec["depth"] == 4 and probe.spec["num_heads"] == 4
+    assert probe.class_names == [f"action {k}" for k in range(5)]
+    clip = seeded_clip()
+    with torch.no_grad():
+        expected = hf(pixel_values_videos=clip.transpose(1, 2)).logits.softmax(-1)
+    got = probe.predict(clip).probs
+    assert (got - expected).abs().max().item() < 1e-5
+    assert expected.std() > 0.05  # the comparison is not between two uniform distributions
+    transformers.VJEPA2Model(config).save_pretrained(tmp_path / "bare")
+    with pytest.raises(CheckpointError, match="without a classifier"):
+        vjepa.load_probe(tmp_path / "bare", device="cpu")
+
 def test_export_to_hf_gives_the_same_features(tmp_path):
     transformers, _ = hf_config()
     state = official_v2_state()

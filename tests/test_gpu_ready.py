@@ -24,7 +24,7 @@ import vjepa.distributed as dist_utils
 from test_distributed import cfg_for, free_port, losses, port_taken
 from vjepa.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vjepa.config import apply_overrides, validate
-from vjepa.data import resolve_workers
+from vjepa.data.workers import resolve_workers
 from vjepa.distributed import DistEnv, broadcast_state, rank_device, resume_state, setup
 from vjepa.jepa import build_optimizer
 from vjepa.precision import allow_tf32

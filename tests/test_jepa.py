@@ -23,12 +23,12 @@ from vjepa.jepa import (
     variance_penalty,
     weight_decay,
 )
-from vjepa.train import masks_for_step
+from vjepa.masks.step import masks_for_step
 
 
 def tiny_cfg(objective: str = "jepa"):
     cfg = preset("debug")
-    cfg.run.objective = objective
+    cfg.objective.kind = objective
     return cfg
 
 
@@ -74,7 +74,7 @@ def test_layer_center_ignores_clip_level_target_offsets():
     losses = {}
     for norm in ("layer", "layer_center"):
         cfg = tiny_cfg()
-        cfg.optim.target_norm = norm
+        cfg.objective.target_norm = norm
         cfg.run.dtype = "fp32"
         torch.manual_seed(0)
         model = JEPA(cfg, 2)
@@ -101,7 +101,7 @@ def test_layer_instance_targets_ignore_clip_level_offsets_and_scales():
     assert torch.allclose(y.mean(dim=1), torch.zeros(2, 4), atol=1e-4)
     assert torch.allclose(y.var(dim=1, unbiased=False), torch.ones(2, 4), atol=5e-3)  # eps 1e-5 vs var >= 5e-3
     cfg = tiny_cfg()
-    cfg.optim.target_norm, cfg.run.dtype = "layer_instance", "fp32"
+    cfg.objective.target_norm, cfg.run.dtype = "layer_instance", "fp32"
     torch.manual_seed(0)
     model = JEPA(cfg, 2)
     video, masks = batch(cfg, model)

@@ -7,7 +7,8 @@ import torch
 
 from benchmark_utils import load_experiment
 from vjepa.config import apply_overrides, preset
-from vjepa.train import initial_encoder, train
+from vjepa.models.factory import initial_encoder
+from vjepa.train import train
 
 
 def test_layer_stats_sees_a_clip_constant_layer():

@@ -5,17 +5,18 @@ import math
 import pytest
 import torch
 
+from vjepa.config import ModelConfig
 from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_1d, sincos_3d
 from vjepa.models.predictor import Predictor
-from vjepa.models.vit import EncoderSpec, VisionTransformer
+from vjepa.models.vit import VisionTransformer
 
 TINY = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}
 
 
 def tiny_encoder(**kw) -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(EncoderSpec(**{**TINY, **kw}))
+    return VisionTransformer(ModelConfig(**{**TINY, **kw}))
 
 
 def test_sincos_1d_matches_formula():
@@ -113,3 +114,18 @@ def test_predictor_padding_and_per_sample_mask_token():
     per_sample = pred(ctx, ctx_idx, tgt_idx, torch.tensor([1]))
     assert torch.allclose(per_sample, out, atol=1e-6)
     assert not torch.allclose(pred(ctx, ctx_idx, tgt_idx, 0), out)
+
+
+def test_build_encoder_and_token_grid_follow_the_configured_clip():
+    """One factory: the encoder is built for data.num_frames x data.crop_size^2, and token_grid(cfg)
+    is the grid a clip of that size is cut into (the grid masks and the predictor are built for)."""
+    from vjepa.config import apply_overrides, preset
+    from vjepa.models.factory import build_encoder, token_grid
+
+    cfg = apply_overrides(preset("debug"), ["data.num_frames=6", "data.crop_size=48", "model.freeze_patch_embed=true"])
+    encoder = build_encoder(cfg)
+    clip = torch.zeros(1, 3, cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    assert token_grid(cfg) == encoder.grid == encoder.patch_embed.grid(*clip.shape[2:])
+    assert encoder(clip).shape[1] == math.prod(token_grid(cfg)) and encoder.pos_embed.shape[1] == math.prod(token_grid(cfg))
+    assert not any(p.requires_grad for p in encoder.patch_embed.parameters())
+    assert all(p.requires_grad for p in encoder.blocks.parameters())

@@ -11,8 +11,9 @@ import vjepa.jepa as jepa_module
 from vjepa.config import preset
 from vjepa.jepa import JEPA, prediction_loss, sample_losses
 from vjepa.masks import MaskBatch
-from vjepa.models.vit import build_encoder, gather_tokens
-from vjepa.train import masks_for_step
+from vjepa.masks.step import masks_for_step
+from vjepa.models.factory import build_encoder, token_grid
+from vjepa.models.vit import gather_tokens
 
 
 def tiny_model(seed: int = 0, **model_overrides):
@@ -67,7 +68,7 @@ def test_batched_predictor_pass_equals_one_pass_per_generator(monkeypatch):
 def test_predictor_predictions_depend_on_the_target_position(full_grid):
     """Bug: the predictor loses its positional embedding (every target slot then gets the same query)."""
     cfg, model = tiny_model()
-    n = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    n = token_grid(cfg)
     n = n[0] * n[1] * n[2]
     context_idx = torch.arange(0, n // 2)[None]
     target_idx = torch.arange(n // 2, n)[None]
@@ -162,7 +163,7 @@ def test_padding_slots_are_ignored_under_cpu_bf16_autocast():
     """
     cfg = preset("debug")
     torch.manual_seed(0)
-    encoder = build_encoder(cfg.model, cfg.data.crop_size, cfg.data.num_frames).eval()
+    encoder = build_encoder(cfg).eval()
     with torch.no_grad():  # at init attention barely moves features; make it matter (a leak then shows)
         for block in encoder.blocks:
             block.attn.proj.weight.mul_(10)
@@ -191,7 +192,7 @@ def test_drop_path_is_off_in_eval_mode():
     cfg = preset("debug")
     cfg.model.drop_path = 0.5
     torch.manual_seed(0)
-    encoder = build_encoder(cfg.model, cfg.data.crop_size, cfg.data.num_frames)
+    encoder = build_encoder(cfg)
     video = clip(cfg, b=4)
     with torch.no_grad():
         encoder.eval()

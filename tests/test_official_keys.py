@@ -15,16 +15,11 @@ import pytest
 import torch
 
 from vjepa.api import load
-from vjepa.checkpoint import (
-    CheckpointError,
-    infer_model_config,
-    load_state_strict,
-    split_networks,
-    strip_prefixes,
-)
+from vjepa.checkpoint import CheckpointError, load_state_strict
+from vjepa.formats import infer_model_config, split_networks, strip_prefixes
+from vjepa.models.factory import build_encoder
 from vjepa.models.pos_embed import sincos_3d
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import build_encoder
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "official_vitl16_keys.json").read_text())
 ARCH = FIXTURE["architecture"]
@@ -104,7 +99,7 @@ def test_full_vitl16_key_set_and_shapes_are_exactly_our_models(meta_parameters):
     assert (m.patch_size, m.tubelet_size, m.in_chans) == (16, 2, 3)
     assert (m.num_frames, m.img_size, cfg.data.num_frames, cfg.data.crop_size) == (16, 224, 16, 224)
     assert (m.predictor_embed_dim, m.predictor_depth, m.uniform_power) == (384, 12, True)
-    encoder = build_encoder(m, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+    encoder = build_encoder(cfg)
     predictor = build_predictor(m, ARCH["num_mask_tokens"], encoder.grid)
     assert encoder.blocks[0].attn.qkv.weight.is_meta
     assert encoder.grid == GRID
@@ -124,8 +119,7 @@ def test_a_missing_official_key_is_named(drop, meta_parameters):
     with pytest.raises(CheckpointError, match=drop.removeprefix("module.backbone.").replace(".", r"\.")):
         infer_model_config(networks)
     del networks["encoder"]
-    model_cfg = infer_model_config(networks).model
-    encoder = build_encoder(model_cfg, 224, 16)
+    encoder = build_encoder(infer_model_config(networks))  # a 16 x 224 x 224 clip
     with pytest.raises(CheckpointError, match=drop.removeprefix("module.backbone.").replace(".", r"\.")):
         load_state_strict(encoder, networks["target_encoder"], "target_encoder")
 

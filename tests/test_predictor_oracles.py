@@ -17,7 +17,7 @@ def test_weighted_mean_ignores_invalid_rows():
     assert module.weighted_mean(x, None).item() == pytest.approx(104 / 3)
 
 
-@pytest.mark.parametrize("overrides", [["optim.target_norm=layer"], ["optim.target_norm=layer_center"],
+@pytest.mark.parametrize("overrides", [["objective.target_norm=layer"], ["objective.target_norm=layer_center"],
                                        ["mask.kind=tube"]])  # tube: one generator, one mask token
 def test_oracles_on_a_short_run(tmp_path, capsys, overrides):
     module = load_experiment("predictor_oracles")
@@ -25,7 +25,7 @@ def test_oracles_on_a_short_run(tmp_path, capsys, overrides):
                                             *overrides])
     train(cfg)
     model, loaded, step = module.load_model(tmp_path / "latest.pt")
-    assert step == 4 and (loaded.optim.target_norm, loaded.mask.kind) == (cfg.optim.target_norm, cfg.mask.kind)
+    assert step == 4 and (loaded.objective.target_norm, loaded.mask.kind) == (cfg.objective.target_norm, cfg.mask.kind)
     losses = module.oracle_losses(model, loaded, batches=2, start_step=50)
     assert set(losses) == {"model", *module.ORACLES} and all(v > 0 for v in losses.values())
     # the per-clip median is the best constant vector per clip under L1, so it beats the zero vector
@@ -39,7 +39,7 @@ def test_oracles_on_a_short_run(tmp_path, capsys, overrides):
 def test_pixel_checkpoint_is_named(tmp_path):
     module = load_experiment("predictor_oracles")
     cfg = apply_overrides(preset("debug"), [f"run.out_dir={tmp_path}", "optim.steps=2", "run.progress=false",
-                                            "run.objective=pixel"])
+                                            "objective.kind=pixel"])
     train(cfg)
     with pytest.raises(SystemExit, match="latest.pt lacks target_encoder"):
         module.load_model(tmp_path / "latest.pt")

@@ -79,9 +79,14 @@ def test_padded_tokens_are_ignored():
     assert torch.allclose(probe(x, valid), probe(x[:, :8]), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["attentive", "linear"])
-def test_every_parameter_gets_a_gradient(kind):
-    probe = build_probe(kind, 48, 3, 5, depth=2)
+@pytest.mark.parametrize("kind,variant", [("attentive", "vjepa1"), ("attentive", "vjepa2"), ("linear", "vjepa1")])
+def test_every_trainable_parameter_gets_a_gradient(kind, variant):
+    probe = build_probe(kind, 48, 3, 5, depth=2, variant=variant)
     probe(torch.randn(4, 9, 48)).logsumexp(-1).sum().backward()
-    missing = [n for n, p in probe.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    trainable = [(n, p) for n, p in probe.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+    frozen = {n for n, p in probe.named_parameters() if not p.requires_grad}
+    # only V-JEPA 1's output projection, which the official forward never applies, is frozen
+    assert frozen == ({"pooler.cross_attention_block.xattn.proj.weight", "pooler.cross_attention_block.xattn.proj.bias"}
+                      if kind == "attentive" and variant == "vjepa1" else set())

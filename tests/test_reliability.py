@@ -22,20 +22,17 @@ from vjepa.checkpoint import (
     StorageError,
     load_checkpoint,
     load_safetensors,
+    resume_mismatches,
     save_checkpoint,
     save_safetensors,
 )
 from vjepa.cli import main
 from vjepa.config import ConfigError, apply_overrides, preset, validate
-from vjepa.data.datasets import DataError, EmptyClassWarning, build_dataset, read_csv_list
-from vjepa.train import (
-    RunDirLocked,
-    RunLock,
-    TrainingDiverged,
-    TrainingInterrupted,
-    resume_mismatches,
-    train,
-)
+from vjepa.data import build_dataset
+from vjepa.data.datasets import DataError, EmptyClassWarning, read_csv_list
+from vjepa.models.factory import initial_encoder
+from vjepa.rundir import RunDirLocked, RunLock
+from vjepa.train import TrainingDiverged, TrainingInterrupted, train
 
 TREE_AVI = Path("/usr/share/doc/opencv-doc/examples/data/tree.avi")
 
@@ -96,7 +93,7 @@ def test_loading_refuses_nonfinite_tensors_naming_them(tmp_path, capsys):
     from vjepa.api import load
 
     cfg = preset("debug")
-    encoder = train_module.initial_encoder(cfg)
+    encoder = initial_encoder(cfg)
     weights = encoder.state_dict()
     weights["blocks.1.attn.qkv.weight"][0, 0] = float("inf")
     weights["norm.weight"][:] = float("nan")
@@ -311,7 +308,7 @@ def test_a_class_empty_in_one_split_keeps_its_label(tmp_path):
 # 8: one run per directory; metrics trimmed on resume
 
 
-HOLD_LOCK = ("import sys, time; from pathlib import Path; from vjepa.train import RunLock; "
+HOLD_LOCK = ("import sys, time; from pathlib import Path; from vjepa.rundir import RunLock; "
              "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)")
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa.config import ConfigError, apply_overrides, preset, validate
+from vjepa.config import ConfigError, ModelConfig, apply_overrides, preset, validate
 from vjepa.models.predictor import Predictor
 from vjepa.models.rope import apply_rope, axis_dim, rope_table
-from vjepa.models.vit import Attention, EncoderSpec, VisionTransformer, gather_tokens
+from vjepa.models.vit import Attention, VisionTransformer, gather_tokens
 
 
 def ref_rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ def ref_encoder(model: VisionTransformer, clip: torch.Tensor, ids: torch.Tensor 
 
 def test_encoder_uses_the_inputs_grid():
     torch.manual_seed(0)
-    model = VisionTransformer(EncoderSpec(img_size=32, patch_size=8, num_frames=4, embed_dim=48, depth=2,
+    model = VisionTransformer(ModelConfig(img_size=32, patch_size=8, num_frames=4, embed_dim=48, depth=2,
                                           num_heads=3, pos_embed="rope")).eval()
     assert "pos_embed" not in model.state_dict()
     clip = torch.randn(2, 3, 4, 32, 32)
@@ -145,14 +145,14 @@ def test_predictor_uses_the_training_grid():
 def test_encoder_builds_on_meta_device():
     """ViT-g (V-JEPA 2 release: 1408 wide, 40 deep, 22 heads, MLP 48/11) without allocating memory."""
     with torch.device("meta"):
-        model = VisionTransformer(EncoderSpec(img_size=256, embed_dim=1408, depth=40, num_heads=22,
+        model = VisionTransformer(ModelConfig(img_size=256, embed_dim=1408, depth=40, num_heads=22,
                                               mlp_ratio=48 / 11, drop_path=0.1, pos_embed="rope"))
     weights = list(model.parameters())
     assert all(w.device.type == "meta" for w in weights)
     assert model.blocks[0].mlp.fc1.weight.shape == (6144, 1408)
     assert sum(w.numel() for w in weights) == 1_012_173_952
     with torch.device("meta"):  # the sin-cos encoder too
-        VisionTransformer(EncoderSpec(embed_dim=1408, depth=2, num_heads=16, drop_path=0.1))
+        VisionTransformer(ModelConfig(embed_dim=1408, depth=2, num_heads=16, drop_path=0.1))
 
 
 def test_rope_config_and_presets():

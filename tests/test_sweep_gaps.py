@@ -3,6 +3,8 @@
 Each test names the mutant it kills. Models are seeded and tiny (the debug preset).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -21,17 +23,17 @@ from vjepa.jepa import (
 )
 from vjepa.masks import MaskBatch, num_generators, target_masks
 from vjepa.masks.collate import mask_to_indices
+from vjepa.masks.step import masks_for_step
+from vjepa.models.factory import token_grid
 from vjepa.models.vit import gather_tokens
-from vjepa.train import masks_for_step
 
 
-def sharpened_model(seed: int = 0, **optim):
+def sharpened_model(seed: int = 0, **objective):
     """A debug JEPA whose attention matters: at init attention barely moves the features, so a
     padding slot that is attended to would hide below any tolerance. Mask tokens are non-zero."""
     cfg = preset("debug")
     cfg.run.dtype = "fp32"
-    for key, value in optim.items():
-        setattr(cfg.optim, key, value)
+    cfg.objective = dataclasses.replace(cfg.objective, **objective)  # a misspelled key is a TypeError
     torch.manual_seed(seed)
     model = JEPA(cfg, 2).eval()
     with torch.no_grad():
@@ -49,7 +51,7 @@ def clip(cfg, b: int = 3, seed: int = 1):
 
 
 def padded_masks(cfg, model, b: int, step: int = 3):
-    grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    grid = token_grid(cfg)
     masks = masks_for_step(cfg, grid, b, step=step)
     assert all(m.context_valid is not None and m.target_valid is not None for m in masks)
     return grid, masks

@@ -9,7 +9,8 @@ from benchmark_utils import load_experiment
 from vjepa.checkpoint import load_checkpoint, save_checkpoint
 from vjepa.config import apply_overrides, preset
 from vjepa.jepa import ema_init_share
-from vjepa.train import initial_encoder, train
+from vjepa.models.factory import initial_encoder
+from vjepa.train import train
 
 
 def test_blend_interpolates_every_weight():

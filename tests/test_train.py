@@ -8,7 +8,9 @@ import torch
 from vjepa.checkpoint import load_checkpoint, save_checkpoint
 from vjepa.cli import main
 from vjepa.config import apply_overrides, preset
-from vjepa.train import StepBatchSampler, TrainingDiverged, initial_encoder, train
+from vjepa.data.loader import StepBatchSampler
+from vjepa.models.factory import initial_encoder
+from vjepa.train import TrainingDiverged, train
 
 
 def debug_cfg(out_dir, *overrides):
@@ -132,8 +134,8 @@ def test_resume_refuses_a_run_dir_holding_a_different_run(tmp_path):
 
 
 def test_resume_mismatches_ignore_settings_an_old_checkpoint_lacks():
+    from vjepa.checkpoint import resume_mismatches
     from vjepa.config import to_dict
-    from vjepa.train import resume_mismatches
 
     cfg = preset("debug")
     saved = to_dict(cfg)
@@ -142,6 +144,33 @@ def test_resume_mismatches_ignore_settings_an_old_checkpoint_lacks():
     assert resume_mismatches(saved, cfg) == []
     saved["optim"]["lr"] = cfg.optim.lr * 2
     assert resume_mismatches(saved, cfg) == [f"optim.lr: {cfg.optim.lr * 2!r} -> {cfg.optim.lr!r}"]
+
+
+def test_a_run_stored_before_the_objective_section_resumes_and_loads(tmp_path):
+    """A run directory whose latest.pt and config.yaml use the old keys (run.objective,
+    optim.loss_exp, ...) resumes with a warning, its objective compared under the new names."""
+    import yaml
+
+    from test_config import old_layout
+    from vjepa.api import load, load_config
+    from vjepa.config import ConfigError
+
+    cfg = debug_cfg(tmp_path, "optim.steps=2", "objective.loss_exp=2")
+    train(cfg)
+    state = load_checkpoint(tmp_path / "latest.pt")
+    save_checkpoint(tmp_path / "latest.pt", {**state, "config": old_layout(cfg)})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old_layout(cfg)))
+    with pytest.warns(UserWarning, match="written before the objective settings moved"):
+        assert load_config(tmp_path).objective.loss_exp == 2.0
+    with pytest.warns(UserWarning, match="written before"):
+        assert load(tmp_path, device="cpu").config.objective.loss_exp == 2.0
+    with pytest.warns(UserWarning, match="written before"), \
+            pytest.raises(ConfigError, match=r"objective.loss_exp: 2.0 -> 1.0"):
+        train(debug_cfg(tmp_path, "optim.steps=4"))  # the old run's loss, under its new name, must match
+    with pytest.warns(UserWarning, match=r"latest.pt was written before"):
+        train(debug_cfg(tmp_path, "optim.steps=4", "objective.loss_exp=2"))
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 4
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["objective"]["loss_exp"] == 2.0
 
 
 def test_probe_after_compares_the_target_encoder_with_its_random_init(monkeypatch, capsys):

@@ -11,17 +11,17 @@ import torch
 
 torch.set_num_threads(1)
 from vjepa.checkpoint import load_checkpoint
-from vjepa.config import Config, from_dict
+from vjepa.config import config_from_stored
 from vjepa.data import build_dataset
 from vjepa.eval import load_frozen
 from vjepa.jepa import collapse_stats, layer_norm_targets
+from vjepa.models.factory import initial_encoder
 from vjepa.models.vit import gather_tokens
-from vjepa.train import initial_encoder
 
 for spec in sys.argv[1:]:
     path, which = spec.split(":")
     if which == "init":
-        st = load_checkpoint(path); cfg = from_dict(Config, st["config"]); enc = initial_encoder(cfg).eval()
+        st = load_checkpoint(path); cfg = config_from_stored(st["config"], str(path)); enc = initial_encoder(cfg).eval()
     else:
         enc, cfg = load_frozen(path, which)
     ds = build_dataset(cfg.data, split="val", train=False)

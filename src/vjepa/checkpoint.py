@@ -1,18 +1,18 @@
-"""Checkpoints: atomic save, safe (weights-only) load, resume, safetensors export, official import.
+"""Checkpoints: atomic save, safe (weights-only) load, safetensors files, and the resume policy.
 
 A training checkpoint is a dict with the official top-level names (`encoder`, `predictor`,
 `target_encoder`, `opt`) plus `step`, `config` and `loss`; model keys carry no `module.` prefix.
-Official facebookresearch/jepa checkpoints (`.pth.tar`, keys `module.backbone.*`) are read by
-stripping the wrapper prefixes and inferring the architecture from tensor shapes
+Official checkpoints (`.pth.tar`, keys `module.backbone.*`) are read in `vjepa.formats`
 (`split_networks`, `infer_model_config`). Loading never executes code from a file:
 `torch.load(..., weights_only=True)`, and every network loads strictly (`load_state_strict`).
+The resume policy (`check_resume_config`, `check_resume_step`) decides whether a run directory's
+latest.pt may be continued under a given config; `checkpoint_state` / `save_step` write one.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import pickle
 import re
@@ -20,10 +20,16 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from vjepa.config import Config, ConfigError, migrate_stored, to_dict
+from vjepa.distributed import DistEnv, full_state_dicts, rng_state
+
+if TYPE_CHECKING:
+    from vjepa.jepa import JEPA
 
 
 class CheckpointError(RuntimeError):
@@ -366,190 +372,100 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# official facebookresearch/jepa checkpoints
-#
-# `app/vjepa/train.py` saves {encoder, predictor, target_encoder, opt, scaler, epoch, loss, ...}, each
-# network's keys prefixed by the DDP and multi-mask wrappers: `module.backbone.blocks.0.attn.qkv.weight`.
-# Below the prefixes the names are ours (`vit.py` and `predictor.py` keep the official names), so
-# importing is: strip the prefixes, read the architecture off the tensor shapes, load strictly.
-
-NETWORKS = ("encoder", "target_encoder", "predictor")
-WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, MultiMaskWrapper, torch.compile
+# resume policy: what a training checkpoint holds, and when a run directory may be resumed
 
 
-def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes (`module.`, `backbone.`, `_orig_mod.`, in any order) from every key."""
-    stripped = {}
-    for key, value in state.items():
-        name = key
-        while name.startswith(WRAPPER_PREFIXES):
-            name = name.split(".", 1)[1]
-        if name in stripped:
-            raise CheckpointError(f"keys {key!r} and another both become {name!r} without wrapper prefixes")
-        stripped[name] = value
-    return stripped
+def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, cfg: Config, loss: float,
+                     device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Everything needed to resume at `step` (official top-level key names, plus `rng`).
 
-
-def split_networks(state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
-    """The network state dicts in a loaded checkpoint, prefixes stripped.
-
-    A dict with `encoder` / `target_encoder` / `predictor` entries (ours or the official layout)
-    gives those entries (empty or None ones are left out); a bare state dict (tensor values only,
-    e.g. `torch.save(model.state_dict())`) is taken as an `encoder`.
-
-    Raises:
-        CheckpointError: when the dict holds neither.
+    Under FSDP every rank must call this (it gathers the shards); rank 0 gets the full state.
+    `rng` holds the generators drop path draws from (the CPU's, and `device`'s on CUDA).
     """
-    networks = {name: state[name] for name in NETWORKS if isinstance(state.get(name), dict) and state[name]}
-    if networks:
-        return {name: strip_prefixes(sub) for name, sub in networks.items()}
-    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return {"encoder": strip_prefixes(state)}
-    raise CheckpointError(
-        f"no network weights found: expected entries {', '.join(NETWORKS)} or a bare state dict, "
-        f"got keys {sorted(state)[:12]}"
-    )
+    networks, opt = full_state_dicts(model, optimizer)
+    rng = rng_state(torch.device(device))
+    return {**networks, "opt": opt, "step": step, "loss": loss, "config": to_dict(cfg), "rng": rng}
 
 
-def _grid_candidates(num_tokens: int, tubelet: int, patch: int) -> list[tuple[int, int]]:
-    """Every (num_frames, img_size) whose square token grid has `num_tokens` tokens."""
-    found = []
-    for steps in range(1, num_tokens + 1):
-        if num_tokens % steps == 0:
-            side = math.isqrt(num_tokens // steps)
-            if side * side == num_tokens // steps:
-                found.append((steps * tubelet, side * patch))
-    return found
+def save_step(model: JEPA, optimizer: torch.optim.Optimizer, done: int, cfg: Config, loss: float,
+              env: DistEnv, keep: bool, saver: BackgroundSaver | None = None) -> Path:
+    """Save step `done` to latest.pt (and step_N.pt when `keep`) on rank 0; returns latest.pt's path.
 
-
-def infer_clip_size(
-    pos_embed: torch.Tensor,
-    tubelet: int,
-    patch: int,
-    num_frames: int | None = None,
-    img_size: int | None = None,
-) -> tuple[int, int, bool | None]:
-    """Find the clip size a position table was built for.
-
-    A fixed sin-cos table fixes its grid: the candidate grids with the right number of tokens are
-    rebuilt and compared with the stored one, so the answer is exact for official checkpoints. A
-    table that matches none (learned positions) falls back to 16 frames, the official clip length.
-
-    Args:
-        pos_embed: the stored table [1, N, D].
-        tubelet, patch: frames and pixels per token side.
-        num_frames, img_size: known values (restrict the candidates); None to infer.
-
-    Returns:
-        (num_frames, img_size, uniform_power), uniform_power None when no sin-cos table matched.
-
-    Raises:
-        CheckpointError: when no square grid with the given sizes has N tokens.
+    Every rank must call it: under FSDP gathering the full state is a collective. One write per
+    save: on keep steps latest.pt becomes a link to step_N.pt. `saver` may write in the background.
     """
-    from vjepa.models.pos_embed import sincos_3d
-
-    num_tokens, dim = pos_embed.shape[-2:]
-    candidates = [
-        (frames, size)
-        for frames, size in _grid_candidates(num_tokens, tubelet, patch)
-        if num_frames in (None, frames) and img_size in (None, size)
-    ]
-    if not candidates:
-        options = ", ".join(f"{f}x{s}x{s}" for f, s in _grid_candidates(num_tokens, tubelet, patch))
-        raise CheckpointError(
-            f"pos_embed has {num_tokens} tokens, which no clip of num_frames={num_frames}, "
-            f"img_size={img_size} gives (tubelet {tubelet}, patch {patch}); possible clips: {options}"
-        )
-    stored = pos_embed.reshape(num_tokens, dim).float()
-    for frames, size in candidates:
-        for uniform_power in (True, False):
-            table = sincos_3d(dim, size // patch, frames // tubelet, uniform_power)
-            if torch.allclose(table, stored, atol=1e-4):
-                return frames, size, uniform_power
-    frames, size = min(candidates, key=lambda c: (c[0] != 16, abs(c[0] - 16)))
-    return frames, size, None
+    state = checkpoint_state(model, optimizer, done, cfg, loss, env.device)
+    path = Path(cfg.run.out_dir) / "latest.pt"
+    if env.rank == 0:
+        (saver or BackgroundSaver()).save(path, state, keep=path.with_name(f"step_{done}.pt") if keep else None)
+    return path
 
 
-def infer_model_config(
-    networks: dict[str, dict[str, torch.Tensor]],
-    num_frames: int | None = None,
-    img_size: int | None = None,
-    num_heads: int | None = None,
-    source: str = "checkpoint",
-    pos_embed: str | None = None,
-):
-    """Build a `Config` whose model matches checkpoint tensors (official or ours), from shapes alone.
+def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's encoder, predictor and target encoder into the (unwrapped) model, strictly."""
+    load_state_strict(model.encoder, state["encoder"], f"{path} [encoder]")
+    load_state_strict(model.predictor, state["predictor"], f"{path} [predictor]")
+    if model.target_encoder is not None:
+        load_state_strict(model.target_encoder, state["target_encoder"], f"{path} [target_encoder]")
 
-    Reads: embed_dim, in_chans, tubelet and patch from `patch_embed.proj.weight` [D, C, t, p, p];
-    depth from the number of `blocks.N`; MLP ratio from `blocks.0.mlp.fc1.weight`; num_heads from
-    the official size table by width (tiny 192/3, small 384/6, base 768/12, large 1024/16, huge
-    1280/16, giant 1408/16, or 22 heads for a V-JEPA 2 ViT-g); RoPE or sin-cos (`vjepa.formats.detect_pos_embed`); num_frames and img_size from `pos_embed` (see `infer_clip_size`); the
-    predictor's width and depth from `predictor_embed.weight` and `predictor_blocks.N`.
 
-    Args:
-        networks: from `split_networks`.
-        num_frames, img_size, num_heads: overrides for what the shapes cannot tell.
-        source: the file, named in errors.
-        pos_embed: "sincos" or "rope" if known; else detected (`vjepa.formats.detect_pos_embed`).
+# Settings a resume may change: how the run executes, not what it learns. `optim.steps` may grow (a
+# longer schedule) and `data.batch_size` is per process, so it changes with the number of processes.
+RESUME_MAY_CHANGE = ("run.", "optim.steps", "data.batch_size", "data.num_workers", "data.decoder", "data.strict")
+RESUME_MUST_MATCH = ("run.seed",)
 
-    Returns:
-        A `vjepa.config.Config` (data.num_frames / crop_size set to the clip size, the rest default).
 
-    Raises:
-        CheckpointError: naming what is missing or ambiguous (e.g. an unknown width without num_heads).
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_mismatches(saved: dict[str, Any], cfg: Config, where: str = "the checkpoint") -> list[str]:
+    """Settings of `cfg` that differ from a checkpoint's saved config, as "key: old -> new" lines.
+
+    Only settings that change what the run learns count (`RESUME_MAY_CHANGE` lists those that may
+    change on resume), and only keys both configs have: a checkpoint written before a setting
+    existed is not refused for lacking it. Keys that moved since (`config.MOVED_KEYS`) are compared
+    under their new names (`where`, the file, is named in the warning that says so).
     """
-    from vjepa.config import ENCODER_SIZES, Config
-    from vjepa.formats import block_width, check_encoders_agree, detect_pos_embed, numbered
+    old, new = _flatten(migrate_stored(saved, where)), _flatten(to_dict(cfg))
+    changed = []
+    for key in sorted(old.keys() & new.keys()):
+        free = key.startswith(RESUME_MAY_CHANGE) and key not in RESUME_MUST_MATCH
+        if not free and old[key] != new[key]:
+            changed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    return changed
 
-    check_encoders_agree(networks, source)  # the architecture is read from one: the other must agree
-    name = "target_encoder" if networks.get("target_encoder") else "encoder"
-    encoder = networks.get(name)
-    if not encoder or "patch_embed.proj.weight" not in encoder:
-        raise CheckpointError("cannot infer the architecture: no encoder with a patch_embed.proj.weight")
-    weight = encoder["patch_embed.proj.weight"]
-    if weight.ndim != 5:
-        raise CheckpointError(
-            f"patch_embed.proj.weight has shape {tuple(weight.shape)}; a video encoder's is 5-D "
-            "[D, C, tubelet, patch, patch] (image checkpoints such as I-JEPA are not supported)"
+
+def check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Refuse to resume `path` with a config that would train a different run (ConfigError).
+
+    Without this check, `vjepa pretrain data.source=csv ...` after the demo in the same
+    `run.out_dir` would resume the finished demo run and train nothing on the new data.
+    """
+    changed = resume_mismatches(saved, cfg, str(path))
+    if changed:
+        shown = "; ".join(changed[:8]) + (f"; ... ({len(changed)} in all)" if len(changed) > 8 else "")
+        raise ConfigError(
+            f"{path} is a checkpoint of a different run ({shown}). Resuming would continue that run "
+            f"under the new settings. Pick another run.out_dir, or delete {path} to start this "
+            "directory over."
         )
-    cfg = Config()
-    m = cfg.model
-    m.embed_dim, m.in_chans, m.tubelet_size, m.patch_size = (int(s) for s in weight.shape[:4])
-    where = f"{source} [{name}]"
-    m.depth = numbered(encoder, "blocks.", where)
-    m.mlp_ratio = block_width(encoder, "blocks.", where) / m.embed_dim
-    seen_size = img_size
-    if "pos_embed" in encoder and img_size is None:  # a table built for 256 px marks V-JEPA 2
-        seen_size = infer_clip_size(encoder["pos_embed"], m.tubelet_size, m.patch_size, num_frames, None)[1]
-    m.pos_embed = detect_pos_embed(networks, seen_size, pos_embed)
-    rope = m.pos_embed == "rope"
-    heads_by_width = {width: heads for size, (width, _, heads) in ENCODER_SIZES.items() if not size.endswith("_v2")}
-    if rope:
-        heads_by_width[ENCODER_SIZES["giant_v2"][0]] = ENCODER_SIZES["giant_v2"][2]  # released ViT-g: 22 heads
-    m.num_heads = num_heads or heads_by_width.get(m.embed_dim, 0)
-    if not m.num_heads:
-        raise CheckpointError(
-            f"embed_dim {m.embed_dim} is not an official ViT width ({sorted(heads_by_width)}): pass num_heads"
+
+
+def check_resume_step(step: int, cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint already past `optim.steps` (ConfigError; nothing is written).
+
+    `optim.steps` may grow on resume (a longer schedule) but not shrink below what was trained:
+    the run cannot be un-trained, and continuing would train nothing while claiming a result.
+    """
+    if step > cfg.optim.steps:
+        raise ConfigError(
+            f"{path} already finished at step {step}, past optim.steps={cfg.optim.steps}: nothing to train. "
+            f"Use optim.steps={step} or more to continue it, or another run.out_dir for a new run"
         )
-    if "pos_embed" in encoder:
-        if rope and img_size is None:  # the unused table of a V-JEPA 2 file: try its release sizes first
-            for size in (256, 384):
-                try:
-                    num_frames, img_size, _ = infer_clip_size(encoder["pos_embed"], m.tubelet_size, m.patch_size,
-                                                              num_frames, size)
-                    break
-                except CheckpointError:
-                    continue
-        num_frames, img_size, uniform = infer_clip_size(
-            encoder["pos_embed"], m.tubelet_size, m.patch_size, num_frames, img_size
-        )
-        m.uniform_power = m.uniform_power if uniform is None else uniform
-    m.num_frames, m.img_size = num_frames or 16, img_size or (256 if rope else 224)
-    cfg.data.num_frames, cfg.data.crop_size = m.num_frames, m.img_size
-    predictor = networks.get("predictor")
-    if predictor and "predictor_embed.weight" in predictor:
-        m.predictor_embed_dim = int(predictor["predictor_embed.weight"].shape[0])
-        m.predictor_depth = numbered(predictor, "predictor_blocks.", f"{source} [predictor]")
-        m.predictor_mlp_ratio = block_width(predictor, "predictor_blocks.", f"{source} [predictor]") / m.predictor_embed_dim
-        m.predictor_num_heads = 12 if rope else 0  # V-JEPA 2's predictor: 12 heads; V-JEPA 1: the encoder's
-    return cfg

@@ -6,6 +6,7 @@
     vjepa eval RUN_DIR_OR_CHECKPOINT
     vjepa prepare data.source=csv data.path=videos.csv --out cache/
     vjepa embed VIDEO_OR_DIR_OR_CSV --checkpoint CKPT -o features.safetensors
+    vjepa classify VIDEO_OR_DIR_OR_CSV --probe probe.safetensors [--checkpoint CKPT] [--top-k 5]
     vjepa visualize pca|masks|curves ...
     vjepa bench [--preset demo]
 
@@ -49,7 +50,8 @@ def _config_args(parser: argparse.ArgumentParser, default_preset: str = "demo") 
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from vjepa.train import final_effective_rank_ok, train
+    from vjepa.jepa import final_effective_rank_ok
+    from vjepa.train import train
 
     cfg = build_config(args)
     summary = train(cfg)
@@ -183,7 +185,7 @@ def _probe_config(args: argparse.Namespace):
                 "cache_dir": args.cache_dir, "device": args.device, "seed": args.seed, "data": args.data,
                 "source": args.source, "frame_step": args.frame_step, "fps": args.fps, "streaming": args.stream,
                 "num_workers": args.workers, "folds": args.folds, "group_by": args.group_by,
-                "checkpoint_every": args.checkpoint_every}
+                "checkpoint_every": args.checkpoint_every, "depth": args.depth, "variant": args.variant}
     chosen = {k: v for k, v in settings.items() if v is not None}
     return make_probe_config(**({**probe_preset(args.preset), **chosen} if args.preset else chosen))
 
@@ -215,6 +217,9 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="probe epochs on cached features (default 100)")
     p.add_argument("--batch-size", type=int, help="probe batch size (default 16)")
     p.add_argument("--lr", type=float, help="probe peak learning rate (default 1e-3)")
+    p.add_argument("--depth", type=int, help="attentive probe blocks (default 1; V-JEPA 2 uses 4 with --variant vjepa2)")
+    p.add_argument("--variant", choices=["vjepa1", "vjepa2"],
+                   help="extra blocks on the query after cross-attention (vjepa1, default) or on the tokens before")
     p.add_argument("--segments", type=int, help="temporal segments per clip (default 1)")
     p.add_argument("--crops", type=int, choices=[1, 3], help="spatial crops per segment at test time")
     p.add_argument("--attend-across-segments", action="store_true", default=None,
@@ -245,7 +250,8 @@ def _probe(args: argparse.Namespace) -> int:
     probe_cfg.task = args.task or ("" if not args.preset else probe_cfg.task)  # "": the data's default task
     probe_cfg.kind = args.probe or probe_cfg.kind
     probe_cfg.label_fraction = args.label_fraction
-    result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output)
+    save = False if args.no_save_probe else (args.save_probe or True)
+    result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output, save)
     if "output" not in result:  # under torchrun only rank 0 reports
         return 0
     print(describe(result))
@@ -255,6 +261,8 @@ def _probe(args: argparse.Namespace) -> int:
         for path in skipped["skipped_files"]:
             print(f"skipped {path} ({split} split; unreadable or too short, see the warnings)", file=sys.stderr)
     print(f"wrote {result['output']}")
+    if "probe_file" in result:
+        print(f"wrote {result['probe_file']} (the trained probe: `vjepa classify VIDEO --probe` it)")
     return 0
 
 
@@ -265,6 +273,8 @@ def _add_probe(sub) -> None:
                         "(default: label with --data or on a run's real data, else motion)")
     p.add_argument("--probe", choices=["attentive", "linear"], help="default attentive")
     p.add_argument("--label-fraction", type=float, default=1.0, help="class-balanced share of labels, e.g. 0.05")
+    p.add_argument("--save-probe", help="probe file to write (default: beside the JSON, .safetensors)")
+    p.add_argument("--no-save-probe", action="store_true", help="do not keep the trained probe")
     _probe_args(p)
     p.set_defaults(func=_probe)
 
@@ -345,6 +355,43 @@ def _add_embed(sub) -> None:
     p.set_defaults(func=_embed)
 
 
+def _classify(args: argparse.Namespace) -> int:
+    from vjepa.classify import classify_videos, describe_prediction, load_probe, write_classification
+    from vjepa.eval import list_videos
+
+    encoder = _load_encoder(args) if args.checkpoint else None
+    official = {"head": args.probe_head, **({"num_heads": args.probe_heads} if args.probe_heads else {})}
+    probe = load_probe(args.probe, encoder, args.device, args.precision, **official)
+    if probe.encoder is None:
+        raise ValueError(f"{args.probe} names no encoder that still exists: pass --checkpoint")
+    videos = list_videos(args.input)
+    out = classify_videos(probe, videos, args.top_k, args.batch_size, progress=not args.no_progress)
+    for entry in out["results"]:
+        print(describe_prediction(entry))
+    for skip in out["skipped"]:
+        print(f"skipped {skip['reason']}", file=sys.stderr)
+    payload = {"probe": str(args.probe), "checkpoint": probe.encoder.source, "protocol": vars(probe.protocol),
+               **out}
+    print(f"classified {len(out['results'])} of {len(videos)} videos -> {write_classification(args.output, payload)}"
+          + (f" ({len(out['skipped'])} skipped, listed above)" if out["skipped"] else ""))
+    return 0 if out["results"] else 1
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="top-k classes of videos with a trained probe (prints, writes JSON)")
+    p.add_argument("input", help="video file, folder of videos, or CSV/TXT list (`path [label]` per line)")
+    p.add_argument("--probe", required=True,
+                   help="probe file from `vjepa probe` (.safetensors), official .pt, or a Hugging Face classifier folder")
+    _encoder_args(p, checkpoint_required=False)
+    p.add_argument("--top-k", type=int, default=5, help="classes reported per video")
+    p.add_argument("--output", default="classify.json", help="JSON file to write")
+    p.add_argument("--batch-size", type=int, default=16, help="views per encoder call")
+    p.add_argument("--probe-heads", type=int, help="official probe checkpoints: attention heads (they use 16)")
+    p.add_argument("--probe-head", type=int, default=0, help="official vjepa2 checkpoints: which of their probes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_classify)
+
+
 def _export(args: argparse.Namespace) -> int:
     from vjepa.api import export, export_hf
 
@@ -406,8 +453,8 @@ def _add_visualize(sub) -> None:
         kind.set_defaults(func=_visualize)
 
 
-REGISTRY = [_add_prepare, _add_pretrain, _add_config, _add_bench, _add_probe, _add_eval, _add_embed, _add_export,
-            _add_visualize]
+REGISTRY = [_add_prepare, _add_pretrain, _add_config, _add_bench, _add_probe, _add_eval, _add_embed, _add_classify,
+            _add_export, _add_visualize]
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class ModelConfig:
     rescale_residual: bool = True
     drop_path: float = 0.0
     # Keep the tubelet embedding at its random init (MoCo v3's fix for unstable ViT training; off in
-    # the official code). On demo64 its weights grow and turn low-rank within a few hundred steps.
+    # the official code). Why it matters on short CPU runs: docs/results/2026-11-30-tubelet-embedding.md
     freeze_patch_embed: bool = False
 
 
@@ -148,6 +149,19 @@ class DataConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What the predictor learns to predict, and the loss on its predictions."""
+
+    kind: str = "jepa"  # jepa (predict target-encoder features) | pixel (predict normalised pixels)
+    loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
+    # Target features: layer (official: LayerNorm over D) | layer_center (then subtract each clip's
+    # mean token, so the clip-level part of the target, such as its colours, is not predicted) |
+    # layer_instance (then normalise each dimension over the clip's tokens, as data2vec does)
+    target_norm: str = "layer"
+    reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
+
+
+@dataclass
 class OptimConfig:
     """Optimiser and the step-indexed schedules (all pure functions of the step)."""
 
@@ -165,14 +179,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 10.0
     # The predictor's LR is lr x this (official: 1). Short runs: the predictor learns to place its
-    # predictions far more slowly than the encoder finds clip-level codes (docs/results/).
+    # predictions far more slowly than the encoder finds clip-level codes
+    # (docs/results/2026-11-29-predictor-shortcut.md).
     predictor_lr_scale: float = 1.0
-    loss_exp: float = 1.0  # 1: L1 (V-JEPA), 2: L2
-    reg_coeff: float = 0.0  # variance regulariser on predictions (off in the paper)
-    # Target features: layer (official: LayerNorm over D) | layer_center (then subtract each clip's
-    # mean token, so the clip-level part of the target, such as its colours, is not predicted) |
-    # layer_instance (then normalise each dimension over the clip's tokens, as data2vec does)
-    target_norm: str = "layer"
 
 
 @dataclass
@@ -181,7 +190,6 @@ class RunConfig:
 
     out_dir: str = "runs/demo"
     seed: int = 0
-    objective: str = "jepa"  # jepa (predict target features) | pixel (predict normalised pixels)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "bf16"  # bf16 (autocast) | fp32
     threads: int = 0  # torch intra-op threads (0: leave PyTorch's default)
@@ -202,7 +210,7 @@ class RunConfig:
 
 # The networks a checkpoint can be read as: the EMA target encoder (what the paper evaluates), the
 # online encoder, or "init": the encoder as training initialised it, rebuilt from the run's seed
-# (the run's own random-init baseline; `vjepa.train.initial_encoder`)
+# (the run's own random-init baseline; `vjepa.models.factory.initial_encoder`)
 ENCODER_NETWORKS = ("target_encoder", "encoder", "init")
 
 
@@ -223,7 +231,8 @@ class ProbeConfig:
     final_lr: float = 0.0
     warmup_epochs: int = 10  # linear warmup from 0 (capped at a tenth of the epochs), then cosine to final_lr
     weight_decay: float = 0.01
-    depth: int = 1  # attentive probe: 1 cross-attention block (+ depth-1 query self-attention blocks)
+    depth: int = 1  # attentive probe blocks: 1 cross-attention block (+ depth-1 self-attention blocks)
+    variant: str = "vjepa1"  # vjepa1: extra blocks on the query, after; vjepa2: on the tokens, before (V-JEPA 2: depth 4)
     num_heads: int = 0  # 0: the encoder's
     label_fraction: float = 1.0  # < 1: class-balanced low-shot subset of the training labels
     max_train_clips: int = 0  # 0: the whole train split (quick probes use fewer)
@@ -263,6 +272,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -292,10 +302,10 @@ def _debug() -> Config:
 
 
 def _demo64() -> Config:
-    """The first CPU demo: a narrow ViT on 16x64x64 synthetic clips, ~5 minutes on 2 cores.
+    """The first CPU demo: a narrow ViT on 16x64x64 synthetic clips, a few minutes on 2 cores.
 
-    Measured (docs/results/): at this cost per clip a few thousand clips are all a CPU
-    run affords, and no variant then beats random init on motion; `demo` moved to 32 px.
+    Kept for the studies that used it; `demo` moved to 32 px clips because a CPU run affords too
+    few 64 px clips (docs/results/2026-11-29-demo64-seeds.md).
     """
     cfg = Config()
     m = cfg.model
@@ -303,15 +313,12 @@ def _demo64() -> Config:
     m.patch_size, m.num_frames, m.img_size = 8, 16, 64
     m.predictor_embed_dim, m.predictor_depth = 96, 4
     cfg.data.num_frames, cfg.data.crop_size, cfg.data.batch_size = 16, 64, 8
-    # 300 steps: half the time of the earlier 600, and better on the motion probe (seed 0: 70.5 vs
-    # 60.5 on test). Over three seeds it is still only level with random init (docs/results/).
+    # 300 steps (not 600) and a 4x lower LR than the paper's (which is for batch 3072, and
+    # collapsed the features at batch 8): docs/results/2026-11-29-demo64-diagnosis.md
     cfg.optim.steps, cfg.optim.warmup_steps = 300, 30
-    # The paper's LRs are for batch 3072; at batch 8 they collapsed the features (effective rank
-    # 44 -> 12, motion probe below random init). A 4x lower LR slows that but does not remove it.
     cfg.optim.start_lr, cfg.optim.lr = 3e-5, 1.5e-4
     # Motion as a large part of every clip: 1-3 sprites that sweep across the frame (4-6 px per
-    # frame), turn and resize fast. Measured (docs/results/): the slower single-sprite
-    # default set left the trained encoder 6 points under random init on motion, this set 2.
+    # frame), turn and resize fast; why: docs/results/2026-11-29-demo64-diagnosis.md
     syn = cfg.data.synthetic
     syn.max_sprites, syn.translate_speed = 3, (4.0, 6.0)
     syn.rotate_speed, syn.scale_speed = (0.35, 0.55), (0.06, 0.09)
@@ -321,15 +328,12 @@ def _demo64() -> Config:
 
 
 def _demo32() -> Config:
-    """`demo64`'s data and objective at 8x32x32 (64 tokens per clip), so ~4e5 clips fit a CPU run.
+    """`demo64`'s data and objective at 8x32x32 (64 tokens per clip): many more, cheaper clips.
 
     The paper's multi-block masks (blocks over all frames); `demo` is this with causal masks.
-    Measured (docs/results/, 64 px 16-frame demo): no variant there beats random init
-    on motion in a few thousand clips, and supervised training with labels stays at chance for
-    40,000. At 64 tokens a clip costs ~25x less (~165 against 6.5 clips/s on one core), labels
-    learn motion after ~45,000 clips, and 12,000 steps of batch 32 (384,000 clips, ~25-33 min on
-    2 cores) fit. Without the frozen embedding and the 10x predictor LR the features collapse
-    within clips here too (target encoder far below random init); with them they do not.
+    12,000 steps of batch 32 (384,000 clips) on a CPU; the frozen tubelet embedding and the 10x
+    predictor LR keep the features from collapsing within clips. Why each choice, with the
+    figures: docs/results/2026-11-30-demo32.md and docs/results/2026-11-30-tubelet-embedding.md.
     """
     cfg = _demo64()
     m = cfg.model
@@ -345,19 +349,17 @@ def _demo32() -> Config:
     cfg.optim.predictor_lr_scale = 10.0
     cfg.run.out_dir = "runs/demo32"
     cfg.run.keep_every = 3000
-    cfg.run.probe_after_clips = 4096  # 1024 left every probe short of labels (docs/results/)
+    cfg.run.probe_after_clips = 4096  # 1024 left every probe short of labels (docs/results/2026-11-30-demo32.md)
     return cfg
 
 
 def _demo() -> Config:
-    """The CPU demo (~30 min on 2 cores): `demo32` with causal masks.
+    """The CPU demo (about half an hour on 2 cores): `demo32` with causal masks.
 
     The context is what the multi-block masks leave visible in the first 4 of the 8 frames; the
     predictor fills in every other token, the whole second half included (the paper's causal
     multi-block variant; its default, blocks over all frames and no causal cut, is `demo32`).
-    Measured (docs/results/; motion, attentive probe, 4096 clips, test split): each of
-    six causal runs beats its own random init (+1.8 to +10.7 points, +6.7 on average), where
-    multi-block runs gain +4.3 on average and not on every seed.
+    How it compares with its own random init and with `demo32`: docs/results/2026-11-30-demo-causal.md.
     """
     cfg = _demo32()
     cfg.mask.kind, cfg.mask.causal_context_frames = "causal", 4
@@ -490,6 +492,53 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
+# Keys that moved, old -> new. User input (a YAML file, an override) naming an old key is refused
+# with the new name; a stored config (a checkpoint's, an export's, a run directory's config.yaml) is
+# read with the keys renamed and a warning, so old runs still load and resume.
+MOVED_KEYS = {
+    "run.objective": "objective.kind",
+    "optim.loss_exp": "objective.loss_exp",
+    "optim.target_norm": "objective.target_norm",
+    "optim.reg_coeff": "objective.reg_coeff",
+}
+
+
+def _refuse_moved(path: str) -> None:
+    """ConfigError naming the new key when `path` (e.g. "optim.loss_exp") is a key that moved."""
+    if path in MOVED_KEYS:
+        raise ConfigError(f"{path} is now {MOVED_KEYS[path]} (the objective settings have their own "
+                          f"section, objective:); write {MOVED_KEYS[path]} instead")
+
+
+def migrate_stored(tree: dict[str, Any], where: str) -> dict[str, Any]:
+    """A copy of a stored config dict with moved keys (`MOVED_KEYS`) renamed, warning once if any.
+
+    Args:
+        tree: nested dict as `to_dict` wrote it, possibly before a key moved.
+        where: the file it came from, named in the warning.
+    """
+    tree = copy.deepcopy(tree)
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = tree.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            target = tree.setdefault(new_section, {})
+            if isinstance(target, dict) and new_key not in target:  # a stored new key wins
+                target[new_key] = value
+            moved.append(f"{old} -> {new}")
+    if moved:
+        warnings.warn(f"{where} was written before the objective settings moved; read with {', '.join(moved)}",
+                      stacklevel=2)
+    return tree
+
+
+def config_from_stored(tree: dict[str, Any], where: str) -> Config:
+    """The `Config` a checkpoint or export stored (`to_dict` output), old key names migrated."""
+    return from_dict(Config, migrate_stored(tree, where))
+
+
 def from_dict(kind: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass `kind` from a (possibly partial) dict; unknown keys are errors."""
     hints = typing.get_type_hints(kind)
@@ -497,6 +546,7 @@ def from_dict(kind: type, data: dict[str, Any], where: str = "") -> Any:
     unknown = [k for k in data if k not in names]
     if unknown:
         prefix = f"{where}." if where else ""
+        _refuse_moved(f"{prefix}{unknown[0]}")
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {', '.join(names)}"
         )
@@ -512,6 +562,7 @@ def merge(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
+            _refuse_moved(path)
             raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(names)}")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
@@ -521,10 +572,12 @@ def merge(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     return cfg
 
 
-def load_yaml(path: str | Path, base: Config | None = None) -> Config:
+def load_yaml(path: str | Path, base: Config | None = None, stored: bool = False) -> Config:
     """Read a YAML config file on top of `base` (default: the default Config).
 
-    A top-level `preset: NAME` key starts from that preset instead.
+    A top-level `preset: NAME` key starts from that preset instead. With `stored=True` the file is
+    a run directory's config.yaml, written by an earlier version maybe: moved keys are renamed
+    (`migrate_stored`) instead of refused.
     """
     path = Path(path)
     if path.is_dir():
@@ -541,6 +594,8 @@ def load_yaml(path: str | Path, base: Config | None = None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if stored:
+        data = migrate_stored(data, str(path))
     if "preset" in data:
         base = preset(str(data.pop("preset")))
     try:
@@ -603,8 +658,8 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
         "steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "schedule_scale": POSITIVE, "start_lr": AT_LEAST_0,
         "lr": AT_LEAST_0, "final_lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "final_weight_decay": AT_LEAST_0,
         "ema": UNIT, "betas": (0, 1, True), "grad_clip": AT_LEAST_0, "predictor_lr_scale": POSITIVE,
-        "loss_exp": POSITIVE, "reg_coeff": AT_LEAST_0,
     },
+    "objective": {"loss_exp": POSITIVE, "reg_coeff": AT_LEAST_0},
     "run": {
         "threads": AT_LEAST_0, "log_every": AT_LEAST_1, "monitor_every": AT_LEAST_1,
         "checkpoint_every": AT_LEAST_1, "keep_every": AT_LEAST_0, "probe_after_clips": AT_LEAST_0,
@@ -679,7 +734,7 @@ def check_device(name: str, key: str = "run.device", allowed: str = RUN_DEVICES)
 
 def _check_ranges(cfg: Config) -> None:
     sections = {"model": cfg.model, "mask": cfg.mask, "data": cfg.data, "data.synthetic": cfg.data.synthetic,
-                "optim": cfg.optim, "run": cfg.run}
+                "objective": cfg.objective, "optim": cfg.optim, "run": cfg.run}
     for section, fields in RANGES.items():
         if section == "mask.generators":
             for number, generator in enumerate(cfg.mask.generators):
@@ -724,8 +779,8 @@ def validate(cfg: Config) -> Config:
         "mask.kind": (cfg.mask.kind, ("multiblock", "tube", "causal")),
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
         "run.dtype": (cfg.run.dtype, ("bf16", "fp32")),
-        "run.objective": (cfg.run.objective, ("jepa", "pixel")),
-        "optim.target_norm": (cfg.optim.target_norm, ("layer", "layer_center", "layer_instance")),
+        "objective.kind": (cfg.objective.kind, ("jepa", "pixel")),
+        "objective.target_norm": (cfg.objective.target_norm, ("layer", "layer_center", "layer_instance")),
         "run.distributed": (cfg.run.distributed, ("ddp", "fsdp", "hsdp")),
         "data.short_video_policy": (d.short_video_policy, ("skip", "loop", "pad")),
         "data.source": (d.source, ("synthetic", "csv", "folder", "frames", "tiff", "mixture", "cache")),
@@ -734,7 +789,8 @@ def validate(cfg: Config) -> Config:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
-    if cfg.optim.target_norm != "layer" and cfg.run.objective != "jepa":
-        raise ConfigError(f"optim.target_norm={cfg.optim.target_norm!r} needs run.objective=jepa (pixel targets are normalised per tubelet)")
+    if cfg.objective.target_norm != "layer" and cfg.objective.kind != "jepa":
+        raise ConfigError(f"objective.target_norm={cfg.objective.target_norm!r} needs objective.kind=jepa "
+                          "(pixel targets are normalised per tubelet)")
     check_device(cfg.run.device, "run.device")
     return cfg

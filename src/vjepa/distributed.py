@@ -348,7 +348,8 @@ def broadcast_state(state: dict[str, Any] | None, env: DistEnv) -> dict[str, Any
     return fill(box[0])  # depth-first, the same order on every rank
 
 
-def resume_state(path: Path, env: DistEnv, load: Callable[[Path], dict[str, Any]]) -> dict[str, Any] | None:
+def resume_state(path: Path, env: DistEnv, load: Callable[[Path], dict[str, Any]],
+                 error_type: type[Exception] = RuntimeError) -> dict[str, Any] | None:
     """The checkpoint every rank resumes from, as rank 0 sees it (a collective under torchrun).
 
     Rank 0 decides: it loads `path` (or finds none) and tells the others the step. A rank whose
@@ -360,12 +361,14 @@ def resume_state(path: Path, env: DistEnv, load: Callable[[Path], dict[str, Any]
         path: the checkpoint (e.g. `<run.out_dir>/latest.pt`) on each rank's filesystem.
         env: this process's `DistEnv`.
         load: reads a checkpoint file (`vjepa.checkpoint.load_checkpoint`).
+        error_type: what the other ranks raise when rank 0 cannot read its file (`CheckpointError`;
+            passed in so this module never imports `vjepa.checkpoint`, which imports it).
 
     Returns:
         The state dict, or None when rank 0 has nothing to resume (then every rank starts afresh).
 
     Raises:
-        CheckpointError: on every rank when rank 0 cannot read its checkpoint.
+        error_type: on every rank when rank 0 cannot read its checkpoint (rank 0 re-raises its own).
     """
     state, error = None, None
     if env.is_main:
@@ -383,9 +386,7 @@ def resume_state(path: Path, env: DistEnv, load: Callable[[Path], dict[str, Any]
     if message is not None:
         if error is not None:
             raise error
-        from vjepa.checkpoint import CheckpointError
-
-        raise CheckpointError(f"rank 0 could not read its checkpoint, so no rank resumes: {message}")
+        raise error_type(f"rank 0 could not read its checkpoint, so no rank resumes: {message}")
     if step is None:
         return None
     if not env.is_main:

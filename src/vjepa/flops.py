@@ -110,11 +110,11 @@ def step_flops(cfg: Config, masks: Sequence[MaskBatch], num_tokens: int) -> Step
     D, P = m.embed_dim, m.predictor_embed_dim
     mlp, predictor_mlp = int(D * m.mlp_ratio), int(P * m.predictor_mlp_ratio)
     patch_dim = m.in_chans * m.tubelet_size * m.patch_size**2
-    out_dim = patch_dim if cfg.run.objective == "pixel" else D
+    out_dim = patch_dim if cfg.objective.kind == "pixel" else D
     embed = 2 * num_tokens * patch_dim * D  # tubelet embedding of one clip
     flops = StepFlops()
     batch = masks[0].context_idx.shape[0]
-    if cfg.run.objective == "jepa":
+    if cfg.objective.kind == "jepa":
         flops.target_forward = batch * (embed + encoder_flops(num_tokens, D, m.depth, mlp))
     context = batch * embed  # the clip is embedded once for every generator
     predictor = 0

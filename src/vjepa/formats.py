@@ -1,8 +1,8 @@
-"""Foreign weight layouts: official V-JEPA 2 checkpoints and Hugging Face `transformers` V-JEPA 2 models.
+"""Foreign weight layouts: official V-JEPA 1 / V-JEPA 2 checkpoints and Hugging Face `transformers` V-JEPA 2 models.
 
 Our state-dict names are the official facebookresearch/jepa and vjepa2 names (below their `module.` /
-`module.backbone.` prefixes), so official files need only prefix stripping (`checkpoint.strip_prefixes`)
-plus the checks here: which position scheme a file uses, and that its networks agree with each other.
+`module.backbone.` prefixes), so official files need only prefix stripping (`strip_prefixes`,
+`split_networks`), the architecture read off the tensor shapes (`infer_model_config`), plus the checks here: which position scheme a file uses, and that its networks agree with each other.
 Hugging Face files (`VJEPA2Model`, `VJEPA2ForVideoClassification`: config.json + model.safetensors)
 use other names and split q/k/v; `hf_to_networks` / `networks_to_hf` map both ways.
 
@@ -12,6 +12,7 @@ Shapes: D encoder width, P predictor width, M mask tokens.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from vjepa.checkpoint import CheckpointError
+from vjepa.config import ENCODER_SIZES, Config, ModelConfig
+from vjepa.models.pos_embed import sincos_3d
 
 ENCODER_NETWORK_NAMES = ("encoder", "target_encoder")
 V2_IMG_SIZES = (256, 384)  # V-JEPA 2 releases; no V-JEPA 1 release used 256 px
@@ -127,6 +130,212 @@ def drop_unused_tables(networks: dict[str, dict[str, torch.Tensor]]) -> list[str
                 del state[key]
                 dropped.append(f"{name}.{key}")
     return dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# official facebookresearch/jepa checkpoints
+#
+# `app/vjepa/train.py` saves {encoder, predictor, target_encoder, opt, scaler, epoch, loss, ...}, each
+# network's keys prefixed by the DDP and multi-mask wrappers: `module.backbone.blocks.0.attn.qkv.weight`.
+# Below the prefixes the names are ours (`vit.py` and `predictor.py` keep the official names), so
+# importing is: strip the prefixes, read the architecture off the tensor shapes, load strictly.
+
+NETWORKS = ("encoder", "target_encoder", "predictor")
+WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, MultiMaskWrapper, torch.compile
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (`module.`, `backbone.`, `_orig_mod.`, in any order) from every key."""
+    stripped = {}
+    for key, value in state.items():
+        name = key
+        while name.startswith(WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        if name in stripped:
+            raise CheckpointError(f"keys {key!r} and another both become {name!r} without wrapper prefixes")
+        stripped[name] = value
+    return stripped
+
+
+def split_networks(state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """The network state dicts in a loaded checkpoint, prefixes stripped.
+
+    A dict with `encoder` / `target_encoder` / `predictor` entries (ours or the official layout)
+    gives those entries (empty or None ones are left out); a bare state dict (tensor values only,
+    e.g. `torch.save(model.state_dict())`) is taken as an `encoder`.
+
+    Raises:
+        CheckpointError: when the dict holds neither.
+    """
+    networks = {name: state[name] for name in NETWORKS if isinstance(state.get(name), dict) and state[name]}
+    if networks:
+        return {name: strip_prefixes(sub) for name, sub in networks.items()}
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return {"encoder": strip_prefixes(state)}
+    raise CheckpointError(
+        f"no network weights found: expected entries {', '.join(NETWORKS)} or a bare state dict, "
+        f"got keys {sorted(state)[:12]}"
+    )
+
+
+def _grid_candidates(num_tokens: int, tubelet: int, patch: int) -> list[tuple[int, int]]:
+    """Every (num_frames, img_size) whose square token grid has `num_tokens` tokens."""
+    found = []
+    for steps in range(1, num_tokens + 1):
+        if num_tokens % steps == 0:
+            side = math.isqrt(num_tokens // steps)
+            if side * side == num_tokens // steps:
+                found.append((steps * tubelet, side * patch))
+    return found
+
+
+def infer_clip_size(
+    pos_embed: torch.Tensor,
+    tubelet: int,
+    patch: int,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+) -> tuple[int, int, bool | None]:
+    """Find the clip size a position table was built for.
+
+    A fixed sin-cos table fixes its grid: the candidate grids with the right number of tokens are
+    rebuilt and compared with the stored one, so the answer is exact for official checkpoints. A
+    table that matches none (learned positions) falls back to 16 frames, the official clip length.
+
+    Args:
+        pos_embed: the stored table [1, N, D].
+        tubelet, patch: frames and pixels per token side.
+        num_frames, img_size: known values (restrict the candidates); None to infer.
+
+    Returns:
+        (num_frames, img_size, uniform_power), uniform_power None when no sin-cos table matched.
+
+    Raises:
+        CheckpointError: when no square grid with the given sizes has N tokens.
+    """
+    num_tokens, dim = pos_embed.shape[-2:]
+    candidates = [
+        (frames, size)
+        for frames, size in _grid_candidates(num_tokens, tubelet, patch)
+        if num_frames in (None, frames) and img_size in (None, size)
+    ]
+    if not candidates:
+        options = ", ".join(f"{f}x{s}x{s}" for f, s in _grid_candidates(num_tokens, tubelet, patch))
+        raise CheckpointError(
+            f"pos_embed has {num_tokens} tokens, which no clip of num_frames={num_frames}, "
+            f"img_size={img_size} gives (tubelet {tubelet}, patch {patch}); possible clips: {options}"
+        )
+    stored = pos_embed.reshape(num_tokens, dim).float()
+    for frames, size in candidates:
+        for uniform_power in (True, False):
+            table = sincos_3d(dim, size // patch, frames // tubelet, uniform_power)
+            if torch.allclose(table, stored, atol=1e-4):
+                return frames, size, uniform_power
+    frames, size = min(candidates, key=lambda c: (c[0] != 16, abs(c[0] - 16)))
+    return frames, size, None
+
+
+def infer_model_config(
+    networks: dict[str, dict[str, torch.Tensor]],
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    num_heads: int | None = None,
+    source: str = "checkpoint",
+    pos_embed: str | None = None,
+) -> Config:
+    """Build a `Config` whose model matches checkpoint tensors (official or ours), from shapes alone.
+
+    Reads: embed_dim, in_chans, tubelet and patch from `patch_embed.proj.weight` [D, C, t, p, p];
+    depth from the number of `blocks.N`; MLP ratio from `blocks.0.mlp.fc1.weight`; num_heads from
+    the official size table by width (tiny 192/3, small 384/6, base 768/12, large 1024/16, huge
+    1280/16, giant 1408/16, or 22 heads for a V-JEPA 2 ViT-g); RoPE or sin-cos (`detect_pos_embed`); num_frames and img_size from `pos_embed` (see `infer_clip_size`); the
+    predictor's width and depth from `predictor_embed.weight` and `predictor_blocks.N`.
+
+    Args:
+        networks: from `split_networks`.
+        num_frames, img_size, num_heads: overrides for what the shapes cannot tell.
+        source: the file, named in errors.
+        pos_embed: "sincos" or "rope" if known; else detected (`detect_pos_embed`).
+
+    Returns:
+        A `vjepa.config.Config` (data.num_frames / crop_size set to the clip size, the rest default).
+
+    Raises:
+        CheckpointError: naming what is missing or ambiguous (e.g. an unknown width without num_heads).
+    """
+    check_encoders_agree(networks, source)  # the architecture is read from one: the other must agree
+    name = "target_encoder" if networks.get("target_encoder") else "encoder"
+    encoder = networks.get(name) or {}
+    cfg = Config()
+    m = cfg.model
+    m.embed_dim, m.in_chans, m.tubelet_size, m.patch_size = (int(s) for s in _patch_weight(encoder).shape[:4])
+    where = f"{source} [{name}]"
+    m.depth = numbered(encoder, "blocks.", where)
+    m.mlp_ratio = block_width(encoder, "blocks.", where) / m.embed_dim
+    seen_size = img_size
+    if "pos_embed" in encoder and img_size is None:  # a table built for 256 px marks V-JEPA 2
+        seen_size = infer_clip_size(encoder["pos_embed"], m.tubelet_size, m.patch_size, num_frames, None)[1]
+    m.pos_embed = detect_pos_embed(networks, seen_size, pos_embed)
+    m.num_heads = _official_num_heads(m.embed_dim, m.pos_embed == "rope", num_heads)
+    _set_clip_size(cfg, encoder, num_frames, img_size)
+    _set_predictor_shape(m, networks.get("predictor"), source)
+    return cfg
+
+
+def _patch_weight(encoder: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The tubelet embedding's weight [D, C, tubelet, patch, patch], or a CheckpointError saying why not."""
+    if "patch_embed.proj.weight" not in encoder:
+        raise CheckpointError("cannot infer the architecture: no encoder with a patch_embed.proj.weight")
+    weight = encoder["patch_embed.proj.weight"]
+    if weight.ndim != 5:
+        raise CheckpointError(
+            f"patch_embed.proj.weight has shape {tuple(weight.shape)}; a video encoder's is 5-D "
+            "[D, C, tubelet, patch, patch] (image checkpoints such as I-JEPA are not supported)"
+        )
+    return weight
+
+
+def _official_num_heads(embed_dim: int, rope: bool, num_heads: int | None) -> int:
+    """`num_heads` if given, else the official size table's heads for this width (CheckpointError if none)."""
+    heads_by_width = {width: heads for size, (width, _, heads) in ENCODER_SIZES.items() if not size.endswith("_v2")}
+    if rope:
+        heads_by_width[ENCODER_SIZES["giant_v2"][0]] = ENCODER_SIZES["giant_v2"][2]  # released ViT-g: 22 heads
+    heads = num_heads or heads_by_width.get(embed_dim, 0)
+    if not heads:
+        raise CheckpointError(
+            f"embed_dim {embed_dim} is not an official ViT width ({sorted(heads_by_width)}): pass num_heads"
+        )
+    return heads
+
+
+def _set_clip_size(cfg: Config, encoder: dict[str, torch.Tensor], num_frames: int | None, img_size: int | None) -> None:
+    """Set the model's and the data's clip size (and the table layout) from the encoder's `pos_embed`."""
+    m = cfg.model
+    rope = m.pos_embed == "rope"
+    if "pos_embed" in encoder:
+        if rope and img_size is None:  # the unused table of a V-JEPA 2 file: try its release sizes first
+            for size in (256, 384):
+                try:
+                    num_frames, img_size, _ = infer_clip_size(encoder["pos_embed"], m.tubelet_size, m.patch_size,
+                                                              num_frames, size)
+                    break
+                except CheckpointError:
+                    continue
+        num_frames, img_size, uniform = infer_clip_size(
+            encoder["pos_embed"], m.tubelet_size, m.patch_size, num_frames, img_size
+        )
+        m.uniform_power = m.uniform_power if uniform is None else uniform
+    m.num_frames, m.img_size = num_frames or 16, img_size or (256 if rope else 224)
+    cfg.data.num_frames, cfg.data.crop_size = m.num_frames, m.img_size
+
+
+def _set_predictor_shape(m: ModelConfig, predictor: dict[str, torch.Tensor] | None, source: str) -> None:
+    """Set the predictor's width, depth, MLP ratio and heads from its weights, if any."""
+    if predictor and "predictor_embed.weight" in predictor:
+        m.predictor_embed_dim = int(predictor["predictor_embed.weight"].shape[0])
+        m.predictor_depth = numbered(predictor, "predictor_blocks.", f"{source} [predictor]")
+        m.predictor_mlp_ratio = block_width(predictor, "predictor_blocks.", f"{source} [predictor]") / m.predictor_embed_dim
+        m.predictor_num_heads = 12 if m.pos_embed == "rope" else 0  # V-JEPA 2's predictor: 12 heads; V-JEPA 1: the encoder's
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,10 @@ from torch import nn
 
 from vjepa.config import Config, OptimConfig
 from vjepa.masks import MaskBatch
+from vjepa.models.factory import build_encoder, token_grid
 from vjepa.models.patch_embed import patchify
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import build_encoder, gather_tokens
+from vjepa.models.vit import gather_tokens
 
 # Implementation switches (speed only; see vjepa.bench, which flips them to time alternatives).
 BATCH_GENERATORS = True  # pad collation: every generator's predictor pass in one [G*B, N] batch
@@ -60,8 +62,8 @@ def ema_init_share(steps: int, optim: OptimConfig) -> float:
 
     Update k (k = 1..steps, as `train_step` applies them) keeps a `ema_momentum(k)` share of the old
     target, so the initial weights keep the product of the momenta. The paper's 90k steps leave ~0;
-    a few hundred CPU steps leave most of it (0.70 after demo64's 300), which is why a short
-    run's target encoder is partly its random init (docs/results/2026-11-29-demo64-seeds.md).
+    a few hundred steps leave most of it, which is why a short run's target encoder is partly its
+    random init (docs/results/2026-11-29-demo64-seeds.md).
     """
     return math.exp(sum(math.log(ema_momentum(k, optim)) for k in range(1, steps + 1)))
 
@@ -78,9 +80,10 @@ def layer_norm_targets(features: torch.Tensor) -> torch.Tensor:
 def center_tokens(features: torch.Tensor) -> torch.Tensor:
     """Subtract each clip's mean token: [B, N, D] -> [B, N, D] with zero mean over N per clip.
 
-    With `optim.target_norm=layer_center` the predictor regresses what sets a token apart from the
+    With `objective.target_norm=layer_center` the predictor regresses what sets a token apart from the
     rest of its clip; the clip-level part of the target (its colours, its background) carries no
-    loss, so an encoder cannot lower the loss by broadcasting clip-level codes (docs/results/).
+    loss, so an encoder cannot lower the loss by broadcasting clip-level codes
+    (docs/results/2026-11-29-predictor-shortcut.md).
     """
     return features - features.mean(dim=1, keepdim=True)
 
@@ -89,7 +92,7 @@ def instance_norm_tokens(features: torch.Tensor, eps: float = 1e-5) -> torch.Ten
     """Normalise each feature over its clip's tokens: [B, N, D] -> [B, N, D], zero mean and unit
     variance over N for every (clip, dimension), as data2vec normalises its teacher's outputs.
 
-    With `optim.target_norm=layer_instance` the predictor regresses how each token differs from
+    With `objective.target_norm=layer_instance` the predictor regresses how each token differs from
     the rest of its clip, at a fixed scale: a target encoder whose tokens converge on one code per
     clip cannot make the targets easier (with `layer_center` it could: centred targets of a
     clip-constant encoder are all zero).
@@ -169,15 +172,15 @@ class JEPA(nn.Module):
     def __init__(self, cfg: Config, num_mask_generators: int):
         super().__init__()
         m = cfg.model
-        self.objective = cfg.run.objective
-        self.loss_exp = cfg.optim.loss_exp
-        self.reg_coeff = cfg.optim.reg_coeff
-        self.target_norm = cfg.optim.target_norm
+        self.objective = cfg.objective.kind
+        self.loss_exp = cfg.objective.loss_exp
+        self.reg_coeff = cfg.objective.reg_coeff
+        self.target_norm = cfg.objective.target_norm
         self.tubelet_size, self.patch_size = m.tubelet_size, m.patch_size
-        self.encoder = build_encoder(m, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+        self.encoder = build_encoder(cfg)
         pixel_dim = m.in_chans * m.tubelet_size * m.patch_size**2
         out_dim = pixel_dim if self.objective == "pixel" else None
-        self.predictor = build_predictor(m, num_mask_generators, self.encoder.grid, out_dim=out_dim)
+        self.predictor = build_predictor(m, num_mask_generators, token_grid(cfg), out_dim=out_dim)
         self.target_encoder = copy.deepcopy(self.encoder) if self.objective == "jepa" else None
         if self.target_encoder is not None:
             self.target_encoder.requires_grad_(False)
@@ -222,7 +225,7 @@ class JEPA(nn.Module):
 
     def regression_targets(self, features: torch.Tensor) -> torch.Tensor:
         """What the predictor regresses, from `targets(video)` [B, N, D]: centred per clip with
-        `optim.target_norm=layer_center`, normalised per clip and dimension with
+        `objective.target_norm=layer_center`, normalised per clip and dimension with
         `layer_instance`, else (`layer`, official) unchanged."""
         if self.target_norm == "layer_center":
             return center_tokens(features)
@@ -386,3 +389,37 @@ def collapse_warning(stats: CollapseStats, initial: CollapseStats | None) -> str
             f"(of {stats.dim} dims): representations are collapsing"
         )
     return None
+
+
+@dataclass
+class CollapseMonitor:
+    """The collapse statistics of a run: those of its first monitored step and of the latest one."""
+
+    initial: CollapseStats | None = None
+    last: CollapseStats | None = None
+
+    def due(self, done: int, cfg: Config) -> bool:
+        """Whether step `done` (1-based) is monitored: the first logged step, every `run.monitor_every`, the last."""
+        return self.initial is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps
+
+    def update(self, targets: torch.Tensor) -> tuple[dict[str, float], str | None]:
+        """Measure a step's targets [B, N, D]: (the fields for its log record, a collapse warning or None)."""
+        self.last = collapse_stats(targets)
+        self.initial = self.initial or self.last
+        fields = {"target_std": self.last.std, "effective_rank": self.last.effective_rank,
+                  "within_clip": self.last.within_clip}
+        return fields, collapse_warning(self.last, self.initial)
+
+    def summary(self) -> dict[str, float]:
+        """Start and end figures for the run's summary (empty when nothing was monitored)."""
+        if not (self.initial and self.last):
+            return {}
+        return {"effective_rank_start": self.initial.effective_rank, "effective_rank_end": self.last.effective_rank,
+                "target_std_end": self.last.std, "within_clip_start": self.initial.within_clip,
+                "within_clip_end": self.last.within_clip}
+
+
+def final_effective_rank_ok(summary: dict[str, Any]) -> bool:
+    """True when the run's effective rank stayed above a quarter of its start (no collapse)."""
+    start, end = summary.get("effective_rank_start"), summary.get("effective_rank_end")
+    return bool(start and end and not math.isnan(end) and end >= 0.25 * start)

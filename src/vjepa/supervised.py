@@ -21,12 +21,14 @@ import torch.nn.functional as F
 
 from vjepa.checkpoint import save_checkpoint
 from vjepa.config import Config, ConfigError, to_dict, validate
+from vjepa.data.loader import build_train_loader
 from vjepa.distributed import resolve_device
 from vjepa.jepa import param_groups, set_schedules
+from vjepa.models.factory import build_encoder, init_seed
 from vjepa.models.probe import AttentiveClassifier
-from vjepa.models.vit import build_encoder
 from vjepa.precision import autocast
-from vjepa.train import RunLog, build_train_loader, init_seed, prepare_run_dir
+from vjepa.rundir import prepare_run_dir
+from vjepa.runlog import RunLog
 
 
 def num_classes_for(cfg: Config, task: str, dataset: Any) -> int:
@@ -92,7 +94,7 @@ def train_supervised(cfg: Config, task: str = "motion") -> dict[str, Any]:
     torch.manual_seed(init_seed(cfg))
     out_dir = prepare_run_dir(cfg, is_main=True)
     loader, dataset = build_train_loader(cfg, 0, 0, 1, device)
-    encoder = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames).to(device)
+    encoder = build_encoder(cfg).to(device)
     num_classes = num_classes_for(cfg, task, dataset)
     classifier = AttentiveClassifier(encoder.embed_dim, encoder.num_heads, num_classes).to(device)
     optimizer = torch.optim.AdamW(param_groups(encoder, classifier), lr=cfg.optim.lr, betas=cfg.optim.betas)

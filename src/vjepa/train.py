@@ -7,46 +7,46 @@ Shapes: B batch, C channels, T frames, H/W pixels, N tokens.
 
 from __future__ import annotations
 
-import errno
-import json
 import math
-import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vjepa import distributed as dist_utils
 from vjepa.checkpoint import (
     BackgroundSaver,
-    atomic_write,
+    CheckpointError,
+    check_resume_config,
+    check_resume_step,
     describe_nonfinite,
     load_checkpoint,
-    load_state_strict,
     nonfinite_tensors,
     remove_stale_temps,
-    write_failure,
+    restore_networks,
+    save_step,
 )
-from vjepa.config import Config, ConfigError, to_dict, to_yaml, validate
+from vjepa.config import Config, validate
+from vjepa.data.loader import build_train_loader
 from vjepa.jepa import (
     JEPA,
+    CollapseMonitor,
     build_optimizer,
-    collapse_stats,
-    collapse_warning,
     ema_init_share,
     ema_momentum,
     ema_update,
     set_schedules,
 )
-from vjepa.masks import MaskBatch, collate_masks, num_generators, target_masks
-from vjepa.models.vit import build_encoder
+from vjepa.masks import MaskBatch, num_generators
+from vjepa.masks.step import masks_for_step
+from vjepa.models.factory import init_seed, token_grid
 from vjepa.precision import allow_tf32, autocast
+from vjepa.rundir import RunLock, StopRequest, write_config
+from vjepa.runlog import RunLog, trim_metrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,10 +63,6 @@ class TrainingInterrupted(RuntimeError):
     exit_code = 128 + signal.SIGTERM
 
 
-class RunDirLocked(RuntimeError):
-    """Another live process is training in the same run directory; the message names its pid."""
-
-
 # ---------------------------------------------------------------------------------------------
 # devices and precision
 
@@ -76,148 +72,12 @@ def compile_blocks(model: JEPA, backend: str = "inductor") -> None:
 
     Block by block, as torchtitan does: a few small graphs (grad or not, padding mask or not, per
     width) and the mask bookkeeping stays eager. Compiling the whole JEPA instead returned a loss
-    without a gradient in torch 2.13. Apply before wrapping for DDP/FSDP. `backend` "aot_eager"
-    traces the same graphs without generating code (checks on machines without a C++ toolchain).
+    without a gradient in torch 2.13. Apply before wrapping for DDP/FSDP. `backend` "eager" or
+    "aot_eager" traces the same graphs without generating code (checks without a C++ toolchain).
     """
     for network in (model.encoder, model.target_encoder, model.predictor):
         for block in getattr(network, "blocks", getattr(network, "predictor_blocks", [])):
             block.compile(dynamic=True, backend=backend)
-
-
-# ---------------------------------------------------------------------------------------------
-# deterministic data order
-
-
-def mix_seed(*parts: int) -> int:
-    """Combine integers into one 63-bit seed (splitmix-style), stable across runs and platforms."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (int(part) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**64 - 1)
-        value = (value * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    return value >> 1
-
-
-def init_seed(cfg: Config) -> int:
-    """The torch seed `train(cfg)` sets right before building the model (the encoder comes first)."""
-    return mix_seed(cfg.run.seed, 1)
-
-
-def initial_encoder(cfg: Config) -> torch.nn.Module:
-    """The encoder exactly as `train(cfg)` initialises it, before any step (the random-init baseline).
-
-    `train` seeds every generator and builds the encoder on the CPU, so seeding the CPU generator
-    alone draws the same weights and leaves a GPU's random stream as it was.
-    """
-    torch.random.default_generator.manual_seed(init_seed(cfg))
-    return build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
-
-
-class StepBatchSampler(Sampler):
-    """Yields, for steps start_step, start_step+1, ..., this rank's list of (index, item_seed).
-
-    Sample k of global step s is element (s*G + k) mod n of the epoch's permutation (G = global
-    batch), so the order depends only on (seed, step) and resuming at any step is exact.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
-        if num_items < 1:
-            raise ValueError("the training dataset is empty")
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.num_items, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))}
-        return self._perms[epoch]
-
-    def batch(self, step: int) -> list[tuple[int, int]]:
-        """This rank's (index, item_seed) pairs for global step `step`."""
-        global_batch = self.batch_size * self.world_size
-        items = []
-        for k in range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size):
-            flat = step * global_batch + k
-            index = int(self._perm(flat // self.num_items)[flat % self.num_items])
-            items.append((index, mix_seed(self.seed, step, k)))
-        return items
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step = self.start_step
-        while True:
-            yield self.batch(step)
-            step += 1
-
-
-class SeededItems(Dataset):
-    """Wraps a dataset so item (index, seed) is drawn with the global RNG seeded by `seed`.
-
-    Augmentations that use torch's global RNG become reproducible, in any worker, without
-    disturbing the caller's RNG state.
-    """
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
-
-
-def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int,
-                       device: torch.device | str = "cpu") -> tuple[DataLoader, Dataset]:
-    """The training DataLoader: deterministic step batches from the configured source.
-
-    On CUDA (`device`) batches go to pinned memory and `data.num_workers=-1` picks the workers
-    from the machine (`vjepa.data.resolve_workers`).
-    """
-    from vjepa.data import build_dataset, collate, resolve_workers
-
-    dataset = build_dataset(cfg.data, split="train", train=True)
-    sampler = StepBatchSampler(len(dataset), cfg.data.batch_size, cfg.run.seed, start_step, rank, world_size)
-    workers = resolve_workers(cfg.data.num_workers, device)
-    loader = DataLoader(
-        SeededItems(dataset),
-        batch_sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=workers > 0,
-        # its own generator: starting the iterator draws worker seeds from it, not from the global
-        # generator drop path uses, which a resume restores (items are seeded by SeededItems)
-        generator=torch.Generator().manual_seed(mix_seed(cfg.run.seed, 11)),
-    )
-    return loader, dataset
-
-
-def masks_for_step(
-    cfg: Config, grid: tuple[int, int, int], batch_size: int, step: int, rank: int = 0, world_size: int = 1
-) -> list[MaskBatch]:
-    """This rank's masks for one step: rows rank*B..(rank+1)*B-1 of the global batch's masks.
-
-    The global batch's masks are a pure function of (seed, step), drawn with one generator, so N
-    ranks x B clips see exactly the masks of one process with N*B clips (truncation, a property of
-    the whole batch, is applied before slicing).
-    """
-    generator = torch.Generator().manual_seed(mix_seed(cfg.run.seed, step, 0, 7))  # the 0: pre-slicing seeds
-    masks = target_masks(cfg.mask, grid, batch_size * world_size, generator, cfg.model.tubelet_size)
-    rows = slice(rank * batch_size, (rank + 1) * batch_size)
-    if cfg.mask.collate == "truncate":
-        return [select_rows(collate_masks(mask, "truncate"), rows) for mask in masks]
-    return [collate_masks(mask[rows], cfg.mask.collate) for mask in masks]
-
-
-def select_rows(masks: MaskBatch, rows: slice) -> MaskBatch:
-    """The MaskBatch of a slice of the batch's rows."""
-
-    def pick(x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x[rows]
-
-    return MaskBatch(pick(masks.context_idx), pick(masks.target_idx), pick(masks.context_valid), pick(masks.target_valid))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,250 +122,6 @@ def train_step(
     return StepResult(out["prediction_loss"], out["generator_losses"], out["targets"], lr, wd, momentum)
 
 
-# ---------------------------------------------------------------------------------------------
-# run directory
-
-
-@dataclass
-class RunLog:
-    """Appends metrics to metrics.jsonl (and TensorBoard if enabled) on rank 0 only."""
-
-    out_dir: Path
-    enabled: bool = True
-    tensorboard: bool = False
-    _writer: Any = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.enabled and self.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install 'vjepa[tensorboard]'") from None
-            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (must contain `step`)."""
-        if not self.enabled:
-            return
-        path = self.out_dir / "metrics.jsonl"
-        try:
-            with open(path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        except OSError as err:
-            raise write_failure(err, path) from None
-        if self._writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._writer.add_scalar(key, value, record["step"])
-            self._writer.flush()
-
-    def close(self) -> None:
-        """Flush and close TensorBoard output."""
-        if self._writer is not None:
-            self._writer.close()
-
-
-def checkpoint_state(model: JEPA, optimizer: torch.optim.Optimizer, step: int, cfg: Config, loss: float,
-                     device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Everything needed to resume at `step` (official top-level key names, plus `rng`).
-
-    Under FSDP every rank must call this (it gathers the shards); rank 0 gets the full state.
-    `rng` holds the generators drop path draws from (the CPU's, and `device`'s on CUDA).
-    """
-    networks, opt = dist_utils.full_state_dicts(model, optimizer)
-    rng = dist_utils.rng_state(torch.device(device))
-    return {**networks, "opt": opt, "step": step, "loss": loss, "config": to_dict(cfg), "rng": rng}
-
-
-def restore_networks(model: JEPA, state: dict[str, Any], path: Path) -> None:
-    """Load a checkpoint's encoder, predictor and target encoder into the (unwrapped) model, strictly."""
-    load_state_strict(model.encoder, state["encoder"], f"{path} [encoder]")
-    load_state_strict(model.predictor, state["predictor"], f"{path} [predictor]")
-    if model.target_encoder is not None:
-        load_state_strict(model.target_encoder, state["target_encoder"], f"{path} [target_encoder]")
-
-
-# Settings a resume may change: how the run executes, not what it learns. `optim.steps` may grow (a
-# longer schedule) and `data.batch_size` is per process, so it changes with the number of processes.
-RESUME_MAY_CHANGE = ("run.", "optim.steps", "data.batch_size", "data.num_workers", "data.decoder", "data.strict")
-RESUME_MUST_MATCH = ("run.seed", "run.objective")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def resume_mismatches(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """Settings of `cfg` that differ from a checkpoint's saved config, as "key: old -> new" lines.
-
-    Only settings that change what the run learns count (`RESUME_MAY_CHANGE` lists those that may
-    change on resume), and only keys both configs have: a checkpoint written before a setting
-    existed is not refused for lacking it.
-    """
-    old, new = _flatten(saved), _flatten(to_dict(cfg))
-    changed = []
-    for key in sorted(old.keys() & new.keys()):
-        free = key.startswith(RESUME_MAY_CHANGE) and key not in RESUME_MUST_MATCH
-        if not free and old[key] != new[key]:
-            changed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
-    return changed
-
-
-def check_resume_config(saved: dict[str, Any], cfg: Config, path: Path) -> None:
-    """Refuse to resume `path` with a config that would train a different run (ConfigError).
-
-    Without this check, `vjepa pretrain data.source=csv ...` after the demo in the same
-    `run.out_dir` would resume the finished demo run and train nothing on the new data.
-    """
-    changed = resume_mismatches(saved, cfg)
-    if changed:
-        shown = "; ".join(changed[:8]) + (f"; ... ({len(changed)} in all)" if len(changed) > 8 else "")
-        raise ConfigError(
-            f"{path} is a checkpoint of a different run ({shown}). Resuming would continue that run "
-            f"under the new settings. Pick another run.out_dir, or delete {path} to start this "
-            "directory over."
-        )
-
-
-def write_config(cfg: Config, out_dir: Path) -> None:
-    """Write the resolved config to `out_dir/config.yaml` atomically (a full disk leaves the old one)."""
-    atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
-
-
-def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
-    """Create the run directory and write the resolved config there (for runs that never resume)."""
-    out_dir = Path(cfg.run.out_dir)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out_dir)
-    return out_dir
-
-
-def trim_metrics(out_dir: Path, step: int) -> int:
-    """Drop metrics.jsonl records past `step` (a resumed run logs those steps again). Returns how many."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        try:
-            keep = int(json.loads(line).get("step", 0)) <= step
-        except (ValueError, AttributeError):  # a line cut short by a kill: drop it
-            keep = False
-        if keep:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) != len(lines):
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
-    return len(lines) - len(kept)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-class RunLock:
-    """An exclusive lock on a run directory: `out_dir/.lock`, holding the owner's pid.
-
-    On POSIX an `flock` on the file (the kernel drops it when the process dies, however it dies);
-    elsewhere the file's existence plus a liveness check of the pid in it. A lock file left by a
-    dead process is taken over.
-
-    Raises:
-        RunDirLocked: naming the directory and the live holder's pid.
-    """
-
-    def __init__(self, out_dir: Path):
-        self.path = Path(out_dir) / ".lock"
-        self._fd: int | None = None
-
-    def _holder(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
-    def _refuse(self) -> None:
-        holder = self._holder()
-        who = f"process {holder}" if holder else "another process"
-        raise RunDirLocked(
-            f"{self.path.parent} is in use by {who} (lock {self.path}): two runs in one run.out_dir would "
-            "overwrite each other's checkpoints and log every step twice. Wait for it, stop it, or pick "
-            "another run.out_dir"
-        )
-
-    def acquire(self) -> RunLock:
-        """Take the lock (RunDirLocked if a live process holds it)."""
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): trust a pid file whose process is alive
-            holder = self._holder()
-            if holder and holder != os.getpid() and _pid_alive(holder):
-                self._refuse()
-            self.path.write_text(f"{os.getpid()}\n")
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                self._refuse()
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Drop the lock (the file stays; its pid is stale and the next run takes it over)."""
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
-
-
-class StopRequest:
-    """Turns SIGTERM into a flag the loop checks at every step boundary (main thread only).
-
-    The previous handler is restored on exit, so library callers keep their own signal handling.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def install(self) -> None:
-        """Catch SIGTERM from now on (signals can only be caught in the main thread)."""
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def restore(self) -> None:
-        """Put back the handler that was there before `install`."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-# ---------------------------------------------------------------------------------------------
-# the loop
-
 
 def train(cfg: Config) -> dict[str, Any]:
     """Pretrain per `cfg`, resuming from `<out_dir>/latest.pt` if present. Returns a summary dict.
@@ -548,7 +164,7 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     if is_main:
         remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
     # rank 0 decides (a node-local run.out_dir may lack it elsewhere); any world size wrote it
-    state = dist_utils.resume_state(latest, env, lambda path: load_checkpoint(path, mmap=True))
+    state = dist_utils.resume_state(latest, env, lambda path: load_checkpoint(path, mmap=True), CheckpointError)
     if state is not None:  # checked before anything is written, so a refused resume changes nothing
         check_resume_config(state.get("config", {}), cfg, latest)
         check_resume_step(int(state["step"]), cfg, latest)
@@ -571,7 +187,7 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size, device)
     if rng is not None:  # drop path continues the interrupted run's random stream
         dist_utils.set_rng_state(rng, device)
-    grid = model.encoder.patch_embed.grid(cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
+    grid = token_grid(cfg)
     if is_main:  # the settings are accepted: only now is the run directory changed
         write_config(cfg, out_dir)
         trim_metrics(out_dir, start)
@@ -589,19 +205,6 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     return {**summary, "rank": env.rank, "world_size": env.world_size}  # the CLI probes on rank 0 only
 
 
-def check_resume_step(step: int, cfg: Config, path: Path) -> None:
-    """Refuse to resume a checkpoint already past `optim.steps` (ConfigError; nothing is written).
-
-    `optim.steps` may grow on resume (a longer schedule) but not shrink below what was trained:
-    the run cannot be un-trained, and continuing would train nothing while claiming a result.
-    """
-    if step > cfg.optim.steps:
-        raise ConfigError(
-            f"{path} already finished at step {step}, past optim.steps={cfg.optim.steps}: nothing to train. "
-            f"Use optim.steps={step} or more to continue it, or another run.out_dir for a new run"
-        )
-
-
 def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop=None,
              saver: BackgroundSaver | None = None) -> dict[str, Any]:
     """Iterate steps start..steps-1: train, log, monitor collapse, checkpoint; stop on NaN/inf.
@@ -614,7 +217,7 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
     bar = make_progress(cfg, start, is_main)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, found without syncing
     loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
-    initial_stats, last_stats, last_loss, last_good = None, None, float("nan"), None
+    monitor, last_loss, last_good = CollapseMonitor(), float("nan"), None
     batches = iter(loader)
     for step in range(start, cfg.optim.steps):
         batch = next(batches)
@@ -632,55 +235,56 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
         if is_log or is_ckpt:
             check_finite(first_bad, out_dir, last_good, cfg, env)
         if is_log:
-            mean_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1), env).item()
+            last_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1), env).item()
             rate = clips * env.world_size / max(time.perf_counter() - t0, 1e-9)
-            record = {"step": done, "loss": mean_loss, "lr": result.lr, "weight_decay": result.weight_decay,
-                      "momentum": result.momentum, "clips_per_s": rate,
-                      "generator_losses": [round(v, 5) for v in dist_utils.all_reduce_mean(result.generator_losses, env).tolist()]}
-            last_loss = mean_loss
-            skipped = getattr(dataset, "skipped", None)  # bad files replaced so far, by reason
-            if skipped:
-                record["skipped_files"] = dict(skipped)
+            record = log_record(done, last_loss, rate, result, env, dataset)
             loss_sum, loss_count, clips, t0 = torch.zeros((), device=device), 0, 0, time.perf_counter()
-            if initial_stats is None or done % cfg.run.monitor_every == 0 or done == cfg.optim.steps:
-                last_stats = collapse_stats(result.targets)
-                initial_stats = initial_stats or last_stats
-                record.update(target_std=last_stats.std, effective_rank=last_stats.effective_rank,
-                              within_clip=last_stats.within_clip)
-                warning = collapse_warning(last_stats, initial_stats)
+            if monitor.due(done, cfg):
+                fields, warning = monitor.update(result.targets)
+                record.update(fields)
                 if warning and is_main:
                     record["warning"] = warning
                     bar.write(f"WARNING step {done}: {warning}")
             log.write(record)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{result.lr:.2e}", clips_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{result.lr:.2e}", clips_s=f"{rate:.1f}")
         bar.update(1)
         if is_ckpt:
             check_weights_finite(model, optimizer, done, out_dir, last_good, cfg, env)
-            state = checkpoint_state(model, optimizer, done, cfg, last_loss, device)  # a collective under FSDP
-            path = out_dir / "latest.pt"
-            if is_main:  # one write per save: on keep steps latest.pt becomes a link to step_N.pt
-                saver.save(path, state, keep=out_dir / f"step_{done}.pt" if is_keep else None)
-            last_good, state = (path, done), None
-        if is_ckpt:
+            last_good = (save_step(model, optimizer, done, cfg, last_loss, env, is_keep, saver), done)
             dist_utils.barrier(env)
         if stopping:
-            saver.wait()  # the message below says the checkpoint is saved
+            saver.wait()  # the message says the checkpoint is saved
             bar.close()
-            message = (f"received SIGTERM: saved {out_dir / 'latest.pt'} at step {done} of {cfg.optim.steps}; "
-                       f"stopping with exit status {TrainingInterrupted.exit_code}. Run the same command again "
-                       "to resume exactly from there")
-            if is_main:
-                print(message, file=sys.stderr, flush=True)
-            raise TrainingInterrupted(message)
+            raise interrupted(cfg, done, is_main)
     bar.close()
-    summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir)}
-    if initial_stats and last_stats:
-        summary.update(effective_rank_start=initial_stats.effective_rank, effective_rank_end=last_stats.effective_rank,
-                       target_std_end=last_stats.std, within_clip_start=initial_stats.within_clip,
-                       within_clip_end=last_stats.within_clip)
+    summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir), **monitor.summary()}
     if model.target_encoder is not None:
         summary["target_init_share"] = ema_init_share(cfg.optim.steps, cfg.optim)
     return summary
+
+
+def log_record(done: int, mean_loss: float, rate: float, result: StepResult, env: dist_utils.DistEnv,
+               dataset: Any) -> dict[str, Any]:
+    """The metrics.jsonl record of step `done`: loss averaged over ranks and steps since the last
+    record, schedules, speed, per-generator losses, and the bad files skipped so far."""
+    generator_losses = dist_utils.all_reduce_mean(result.generator_losses, env).tolist()
+    record = {"step": done, "loss": mean_loss, "lr": result.lr, "weight_decay": result.weight_decay,
+              "momentum": result.momentum, "clips_per_s": rate,
+              "generator_losses": [round(v, 5) for v in generator_losses]}
+    skipped = getattr(dataset, "skipped", None)  # bad files replaced so far, by reason
+    if skipped:
+        record["skipped_files"] = dict(skipped)
+    return record
+
+
+def interrupted(cfg: Config, done: int, is_main: bool) -> TrainingInterrupted:
+    """The TrainingInterrupted to raise after SIGTERM's checkpoint at step `done` (rank 0 also prints it)."""
+    message = (f"received SIGTERM: saved {Path(cfg.run.out_dir) / 'latest.pt'} at step {done} of {cfg.optim.steps}; "
+               f"stopping with exit status {TrainingInterrupted.exit_code}. Run the same command again "
+               "to resume exactly from there")
+    if is_main:
+        print(message, file=sys.stderr, flush=True)
+    return TrainingInterrupted(message)
 
 
 def stop_requested(stop: StopRequest | None, env: dist_utils.DistEnv) -> bool:
@@ -761,9 +365,3 @@ def make_progress(cfg: Config, start: int, is_main: bool):
 
     return tqdm(total=cfg.optim.steps, initial=start, desc="pretrain", unit="step",
                 disable=not (is_main and cfg.run.progress), dynamic_ncols=True, mininterval=1.0)
-
-
-def final_effective_rank_ok(summary: dict[str, Any]) -> bool:
-    """True when the run's effective rank stayed above a quarter of its start (no collapse)."""
-    start, end = summary.get("effective_rank_start"), summary.get("effective_rank_end")
-    return bool(start and end and not math.isnan(end) and end >= 0.25 * start)

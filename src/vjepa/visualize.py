@@ -111,9 +111,9 @@ def crop_frames(frames: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
 def read_clip(video: str | Path | np.ndarray, num_frames: int, frame_step: int, start: int = 0) -> np.ndarray:
     """The window of a video starting at (or after) frame `start`: uint8 [num_frames, H, W, 3].
 
-    Windows are those of `vjepa.api.window_indices` (the last one if `start` is past them all).
+    Windows are those of `vjepa.encoder.window_indices` (the last one if `start` is past them all).
     """
-    from vjepa.api import window_indices
+    from vjepa.encoder import window_indices
 
     if isinstance(video, (str, Path)):
         from vjepa.data.decode import probe_video, read_frames
@@ -146,7 +146,7 @@ def pca_figure(
     parts keep their colour as they move when the encoder has learned something.
 
     Args:
-        encoder: a `vjepa.api.Encoder`.
+        encoder: a `vjepa.encoder.Encoder`.
         video: a path or uint8 frames [T, H, W, C]; one window of it is shown.
         output: .png or .gif.
         start: first frame of the window to show (the first window starting at or after it).

@@ -2,29 +2,74 @@
 
 Every dataset yields dicts: `video` float [C, T, H, W] (train) or [V, C, T, H, W] (eval views),
 `label` int (-1 when unlabelled), plus source-specific keys (`motion`, `appearance`, `path`).
+`build_dataset` is the one factory: every command and script gets its dataset from it.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-MAX_AUTO_WORKERS = 8  # decoding past ~8 workers per GPU stops paying at vitl16's ~0.2 s steps (issue 25)
+from vjepa.config import DataConfig
+
+# The source modules are imported where they are used, so `import vjepa.data` stays light and no
+# source module needs the factory (none imports this package's namespace).
 
 
-def build_dataset(cfg, split: str = "train", train: bool = True) -> Dataset:
-    """The dataset named by `cfg.source` (a DataConfig), with its train or eval transform."""
+def build_dataset(
+    cfg: DataConfig,
+    split: str = "train",
+    train: bool = True,
+    transform: Callable[..., torch.Tensor] | None = None,
+) -> Dataset:
+    """The dataset that `cfg.source` names (a DataConfig), with `build_transform(cfg, train)` unless given.
+
+    Sources: synthetic (built in), csv (`path label` list), folder (videos in class sub-folders),
+    frames (folders of images), tiff (TIFF stacks), images (class folders of still images, each a
+    clip of one repeated frame; see `data.images`), mixture (comma-separated paths, one weight each
+    in `cfg.weights`), cache (a folder written by `prepare_cache`). `cfg.path` may hold `{split}`,
+    or be a folder with a `split` sub-folder or `split.csv` (see `datasets.resolve_split_path`).
+
+    Raises:
+        DataError: for an unknown source or a path that does not exist.
+    """
+    from vjepa.data.datasets import (
+        SOURCES,
+        DataError,
+        MixtureDataset,
+        detect_source,
+        file_dataset,
+        resolve_split_path,
+    )
+    from vjepa.data.sampling import ClipSpec
+    from vjepa.data.transforms import build_transform
+
+    transform = build_transform(cfg, train) if transform is None else transform
     if cfg.source == "synthetic":
         from vjepa.data.synthetic import SyntheticVideoDataset
-        from vjepa.data.transforms import build_transform
 
-        return SyntheticVideoDataset(cfg.synthetic, split, build_transform(cfg, train))
-    from vjepa.data import datasets
+        return SyntheticVideoDataset(cfg.synthetic, split, transform)
+    if cfg.source == "images":
+        from vjepa.data.images import ImageFolderDataset
 
-    return datasets.build_dataset(cfg, split, train)
+        return ImageFolderDataset(resolve_split_path(cfg.path, split), cfg.num_frames, transform, train, cfg.strict)
+    spec = ClipSpec.from_config(cfg)
+    if cfg.source == "cache":
+        from vjepa.data.prepare import build_cached_dataset
+
+        cache_dir = resolve_split_path(cfg.path, split)
+        return build_cached_dataset(cache_dir, spec, transform, train, cfg.weights, cfg.strict)
+    if cfg.source == "mixture":
+        paths = [p.strip() for p in cfg.path.split(",") if p.strip()]
+        parts = [file_dataset(cfg, spec, detect_source(resolve_split_path(p, split)), p, split, train, transform)
+                 for p in paths]
+        return MixtureDataset(parts, cfg.weights, train)
+    if cfg.source in ("csv", "folder", "frames", "tiff"):
+        return file_dataset(cfg, spec, cfg.source, cfg.path, split, train, transform)
+    raise DataError(f"data.source={cfg.source!r}; choose one of {', '.join(SOURCES)}")
 
 
 def collate(items: list[Any]) -> dict[str, Any]:
@@ -36,23 +81,3 @@ def collate(items: list[Any]) -> dict[str, Any]:
         raise RuntimeError("every clip in this batch came from an unreadable file; see the warnings above")
     return batch
 
-
-def resolve_workers(num_workers: int, device: torch.device | str) -> int:
-    """The DataLoader workers `data.num_workers` means on `device` (-1: auto).
-
-    Auto is 0 on the CPU (a worker competes with the model for the same cores) and, on CUDA, the
-    CPUs this process may use divided among the GPUs of its node (torchrun's LOCAL_WORLD_SIZE),
-    less one for the main process, at most `MAX_AUTO_WORKERS`: a vitl16 step needs 24 PyAV
-    decodes of 50-200 ms each, far more than its ~0.2 s of GPU work in one process.
-
-    Args:
-        num_workers: the configured count; -1 for auto.
-        device: where training runs.
-    """
-    if num_workers >= 0:
-        return num_workers
-    if torch.device(device).type != "cuda":
-        return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = cpus // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-    return max(0, min(MAX_AUTO_WORKERS, per_rank - 1))

@@ -13,7 +13,7 @@ from the next good video instead (index + 1, + 2, ... so it stays deterministic)
 length (`too_short`, `too_long`) are counted the same way, with one warning per reason. With
 `strict=True` the first bad file raises `DecodeError` naming it (filtering never raises).
 
-`build_dataset(cfg, split, train)` turns a `DataConfig` into the right dataset.
+`vjepa.data.build_dataset(cfg, split, train)` (the one factory) turns a `DataConfig` into the right dataset.
 
 Shape legend: C channels (3), T frames per clip, h/w crop pixels, V views.
 """
@@ -500,57 +500,10 @@ def collate_clips(items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
 
 
 # ---------------------------------------------------------------------------------------------
-# the factory
+# file datasets (the factory, `vjepa.data.build_dataset`, picks one per `data.source`)
 
 
-def build_dataset(
-    cfg: DataConfig,
-    split: str = "train",
-    train: bool = True,
-    transform: Callable[..., torch.Tensor] | None = None,
-) -> Dataset:
-    """The dataset that `cfg.source` names, with `build_transform(cfg, train)` unless given.
-
-    Sources: synthetic (built in), csv (`path label` list), folder (videos in class sub-folders),
-    frames (folders of images), tiff (TIFF stacks), images (class folders of still images, each a
-    clip of one repeated frame; see `data.images`), mixture (comma-separated paths, one weight each
-    in `cfg.weights`), cache (a folder written by `prepare_cache`). `cfg.path` may hold `{split}`,
-    or be a folder with a `split` sub-folder or `split.csv` (see `resolve_split_path`).
-
-    Raises:
-        DataError: for an unknown source or a path that does not exist.
-    """
-    if transform is None:
-        from vjepa.data.transforms import build_transform
-
-        transform = build_transform(cfg, train)
-    if cfg.source == "synthetic":
-        from vjepa.data.synthetic import SyntheticVideoDataset
-
-        return SyntheticVideoDataset(cfg.synthetic, split, transform)
-    if cfg.source == "images":
-        from vjepa.data.images import ImageFolderDataset
-
-        return ImageFolderDataset(resolve_split_path(cfg.path, split), cfg.num_frames, transform, train, cfg.strict)
-    spec = ClipSpec.from_config(cfg)
-    if cfg.source == "cache":
-        from vjepa.data.prepare import build_cached_dataset
-
-        cache_dir = resolve_split_path(cfg.path, split)
-        return build_cached_dataset(cache_dir, spec, transform, train, cfg.weights, cfg.strict)
-    if cfg.source == "mixture":
-        paths = [p.strip() for p in cfg.path.split(",") if p.strip()]
-        parts = [
-            _files_dataset(cfg, spec, detect_source(resolve_split_path(p, split)), p, split, train, transform)
-            for p in paths
-        ]
-        return MixtureDataset(parts, cfg.weights, train)
-    if cfg.source in ("csv", "folder", "frames", "tiff"):
-        return _files_dataset(cfg, spec, cfg.source, cfg.path, split, train, transform)
-    raise DataError(f"data.source={cfg.source!r}; choose one of {', '.join(SOURCES)}")
-
-
-def _files_dataset(
+def file_dataset(
     cfg: DataConfig,
     spec: ClipSpec,
     source: str,
@@ -559,6 +512,11 @@ def _files_dataset(
     train: bool,
     transform: Callable[..., torch.Tensor] | None,
 ) -> VideoClipDataset:
+    """A dataset of the videos that `path` lists (source csv, folder, frames or tiff) for `split`.
+
+    Raises:
+        DataError: when `path` is empty or does not exist.
+    """
     if not path:
         raise DataError(f"data.source={source} needs data.path")
     names = split_class_names(path, source, split)  # the same labels in every split

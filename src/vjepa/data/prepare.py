@@ -1,7 +1,7 @@
 """`vjepa prepare`: decode a dataset once into a compact cache that training reads at memory speed.
 
-Decoding a 16-frame clip from H.264 costs ~50-200 ms of one core, which on a small machine caps
-training at a few tens of clips per second. The cache stores every frame once, as uint8 RGB with
+Decoding video on the fly can cap a small machine's training speed (decoders against the cache:
+docs/results/2026-11-22-decode-throughput.md). The cache stores every frame once, as uint8 RGB with
 the short side resized to `cache_short_side(crop_size)` (= the evaluation transform's resize,
 crop_size x 256/224), in memory-mapped shards. `CachedVideoDataset` then samples clips with exactly
 the same `ClipSpec` semantics as decoding on the fly (all frames are kept, so any frame step, fps,
@@ -247,7 +247,7 @@ def _write_videos(
     from tqdm import tqdm
 
     decoded = _WholeVideos([r for r, _ in records], short_side, cfg.decoder, cfg.max_frames)
-    from vjepa.data import resolve_workers
+    from vjepa.data.workers import resolve_workers
 
     workers = resolve_workers(cfg.num_workers, "cpu")  # preparing decodes on the CPU: auto is 0
     loader = DataLoader(decoded, batch_size=None, num_workers=workers, collate_fn=_identity)

@@ -371,7 +371,7 @@ def embed_files(
     """Embed many videos, batching windows across files; a bad file is skipped, never fatal.
 
     Args:
-        encoder: a `vjepa.api.Encoder` (from `vjepa.load`).
+        encoder: a `vjepa.encoder.Encoder` (from `vjepa.load`).
         videos: paths, or (path, label) pairs (see `list_videos`).
         pooled, batch_size, window, frame_step, stride: as in `Encoder.embed`.
         progress: show a tqdm bar over the videos.

@@ -20,7 +20,7 @@ from vjepa.config import ConfigError, ProbeConfig
 from vjepa.distributed import resolve_device
 from vjepa.eval.features import Features, pool_tokens
 from vjepa.eval.metrics import aggregate_views, class_names, confusion_matrix, per_class_top1, top1
-from vjepa.models.probe import build_probe
+from vjepa.models.probe import PROBE_VARIANTS, build_probe
 from vjepa.precision import autocast
 
 PROBE_KINDS = ("attentive", "linear")
@@ -222,8 +222,14 @@ def predict(
 
 
 def probe_features(
-    train: Features, test: Features, task: str, probe_cfg: ProbeConfig, embed_dim: int, num_heads: int
-) -> dict[str, Any]:
+    train: Features,
+    test: Features,
+    task: str,
+    probe_cfg: ProbeConfig,
+    embed_dim: int,
+    num_heads: int,
+    return_probe: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Train one probe on `train` features and score it on `test` features.
 
     Args:
@@ -231,12 +237,13 @@ def probe_features(
         task: the label to predict (a key of `Features.labels`).
         probe_cfg: probe kind, optimisation, label_fraction (class-balanced low-shot), seed.
         embed_dim, num_heads: the encoder's width and heads (the probe's heads default to them).
+        return_probe: also return the trained probe (on the CPU), e.g. to save it.
 
     Returns:
         dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
         the test split has none), confusion ([K, K] counts, row = true class), class_names (K labels:
         class folder names, the built-in set's names, or indices), num_train, num_test, num_classes,
-        final_loss, probe_seconds.
+        num_heads, final_loss, probe_seconds; with return_probe, (that dict, the trained probe).
 
     Raises:
         DataError: for unlabelled training clips or test labels outside the training classes.
@@ -253,15 +260,18 @@ def probe_features(
     device = resolve_device(probe_cfg.device)
     history = train_probe(probe, train, train.labels[task], probe_cfg, device)
     result = score(predict(probe, test, probe_cfg, device), test_labels, num_classes, task, train.class_names)
-    return {**result, "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
-            "num_train": len(train), "num_test": len(test), "final_loss": history[-1] if history else float("nan"),
-            "probe_seconds": time.perf_counter() - start}
+    result = {**result, "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
+              "num_train": len(train), "num_test": len(test), "final_loss": history[-1] if history else float("nan"),
+              "probe_seconds": time.perf_counter() - start, "num_heads": probe_cfg.num_heads or num_heads}
+    return (result, probe.cpu()) if return_probe else result
 
 
 def new_probe(probe_cfg: ProbeConfig, embed_dim: int, num_heads: int, num_classes: int) -> nn.Module:
-    """The probe `probe_cfg` names, initialised from its seed (heads default to the encoder's)."""
+    """The probe `probe_cfg` names (kind, depth, variant), initialised from its seed (heads default to the
+    encoder's)."""
     torch.manual_seed(probe_cfg.seed)
-    return build_probe(probe_cfg.kind, embed_dim, probe_cfg.num_heads or num_heads, num_classes, probe_cfg.depth)
+    return build_probe(probe_cfg.kind, embed_dim, probe_cfg.num_heads or num_heads, num_classes, probe_cfg.depth,
+                       probe_cfg.variant)
 
 
 def score(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, task: str, names: list[str]) -> dict[str, Any]:
@@ -374,6 +384,10 @@ def validate_probe(probe_cfg: ProbeConfig) -> ProbeConfig:
         raise ConfigError(f"label_fraction must be in (0, 1], got {probe_cfg.label_fraction}")
     if probe_cfg.feature_dtype not in ("bf16", "fp32"):
         raise ConfigError(f"feature_dtype must be bf16 or fp32, got {probe_cfg.feature_dtype!r}")
+    if probe_cfg.variant not in PROBE_VARIANTS:
+        raise ConfigError(f"probe variant {probe_cfg.variant!r}; choose one of {', '.join(PROBE_VARIANTS)}")
+    if probe_cfg.depth < 1:
+        raise ConfigError(f"probe depth must be >= 1, got {probe_cfg.depth}")
     if probe_cfg.epochs < 1 or probe_cfg.batch_size < 1 or probe_cfg.num_segments < 1:
         raise ConfigError("epochs, batch_size and num_segments must be >= 1")
     if probe_cfg.frame_step < 1 or probe_cfg.fps < 0:

@@ -41,8 +41,9 @@ def probe_encoder(
     probe_cfg: ProbeConfig | None = None,
     cache: FeatureCache | None = None,
     env: Any = None,
+    return_probe: bool = False,
     **overrides: Any,
-) -> dict[str, Any]:
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Probe a frozen encoder (trained or random-init) on the run's data; report held-out top-1.
 
     Args:
@@ -54,29 +55,34 @@ def probe_encoder(
         probe_cfg: further settings (epochs, views, eval_split, ...); defaults `ProbeConfig()`.
         cache: a `FeatureCache` of this encoder to reuse across calls (made if None).
         env: under torchrun, the `distributed.DistEnv` (streaming probes only: ranks share the clips).
+        return_probe: also return the trained probe (on the CPU), e.g. to save it as a probe file.
         **overrides: any `ProbeConfig` field, e.g. epochs=50, num_crops=3.
 
     Returns:
         dict with task, probe, top1 (percent, on `eval_split`), train_top1, label_fraction, sizes,
-        seconds (feature_seconds for the encoder, probe_seconds for the probe) and the settings.
+        seconds (feature_seconds for the encoder, probe_seconds for the probe) and the settings; with
+        return_probe, (that dict, the trained probe).
     """
     settings = {"kind": probe, "task": task, "label_fraction": label_fraction, **overrides}
     probe_cfg = make_probe_config(probe_cfg, **settings)
     if env is not None and env.distributed and not probe_cfg.streaming:
         raise ConfigError("under torchrun a probe streams (each rank encodes its share): pass --stream")
     if probe_cfg.streaming:  # no cache: the encoder runs on every batch of every epoch
-        result = probe_streaming(freeze(encoder), cfg, probe_cfg, encoder.embed_dim, encoder.num_heads, env)
-        return {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
-                "eval_split": probe_cfg.eval_split, "feature_seconds": 0.0, "settings": to_dict(probe_cfg)}
-    if cache is None:
-        cache = FeatureCache(encoder, cfg, probe_cfg)
-    cache.probe_cfg = dataclasses.replace(cache.probe_cfg, **_view_settings(probe_cfg))
-    before = cache.seconds
-    train, test = cache.get("train", train=True), cache.get(probe_cfg.eval_split, train=False)
-    result = probe_features(train, test, task, probe_cfg, encoder.embed_dim, encoder.num_heads)
-    return {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
-            "eval_split": probe_cfg.eval_split, "feature_seconds": cache.seconds - before,
-            "settings": to_dict(probe_cfg)}
+        out = probe_streaming(freeze(encoder), cfg, probe_cfg, encoder.embed_dim, encoder.num_heads, env,
+                              return_probe)
+        feature_seconds = 0.0
+    else:
+        if cache is None:
+            cache = FeatureCache(encoder, cfg, probe_cfg)
+        cache.probe_cfg = dataclasses.replace(cache.probe_cfg, **_view_settings(probe_cfg))
+        before = cache.seconds
+        train, test = cache.get("train", train=True), cache.get(probe_cfg.eval_split, train=False)
+        out = probe_features(train, test, task, probe_cfg, encoder.embed_dim, encoder.num_heads, return_probe)
+        feature_seconds = cache.seconds - before
+    result, module = out if return_probe else (out, None)
+    result = {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
+              "eval_split": probe_cfg.eval_split, "feature_seconds": feature_seconds, "settings": to_dict(probe_cfg)}
+    return (result, module) if return_probe else result
 
 
 def _view_settings(probe_cfg: ProbeConfig) -> dict[str, Any]:
@@ -223,9 +229,14 @@ def _probed_step(path: str | Path, which: str) -> int | None:
 
 
 def probe_checkpoint(
-    path: str | Path, probe_cfg: ProbeConfig, overrides: list[str] = (), output: str | Path | None = None
+    path: str | Path,
+    probe_cfg: ProbeConfig,
+    overrides: list[str] = (),
+    output: str | Path | None = None,
+    save_probe: str | Path | bool = True,
 ) -> dict[str, Any]:
-    """Load a checkpoint's encoder, run one probe (or `probe_cfg.folds` of them), write the JSON result.
+    """Load a checkpoint's encoder, run one probe (or `probe_cfg.folds` of them), write the JSON result
+    and the trained probe.
 
     Args:
         path: run directory, checkpoint file, export, official checkpoint, or a preset name (random init).
@@ -236,9 +247,12 @@ def probe_checkpoint(
             working directory for a preset: probe_<task>_<kind>_<labels>[_<preset>][_<data>].json, with
             `_<split>` when not scoring the test split, `_encoder` / `_init` when probing that network,
             `_<K>fold` for cross-validation; `step` is 0 for an init).
+        save_probe: where to write the trained probe (a `vjepa.classify` probe file: weights, view
+            protocol, class names, encoder record); True: beside the JSON, `.safetensors` for `.json`;
+            False: not. Cross-validation trains K probes and saves none.
 
     Returns:
-        The result, with `output` the JSON file written.
+        The result, with `output` the JSON file written and `probe_file` the probe file (if saved).
     """
     from vjepa import distributed
     from vjepa.config import apply_overrides
@@ -256,14 +270,31 @@ def probe_checkpoint(
             if probe_cfg.folds:
                 result = cross_validate(encoder, cfg, probe_cfg)
             else:
-                result = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind, probe_cfg.label_fraction,
-                                       probe_cfg, env=env)
+                result, module = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind,
+                                               probe_cfg.label_fraction, probe_cfg, env=env, return_probe=True)
     finally:
         distributed.teardown(env)
     result.update(checkpoint=_source_name(path), step=_probed_step(path, probe_cfg.encoder))
-    if env.is_main:  # one JSON, one state file: rank 0 writes
+    if env.is_main:  # one JSON, one state file, one probe file: rank 0 writes
+        if save_probe and not probe_cfg.folds:
+            result["probe_file"] = str(_save_probe(path, output, save_probe, module, encoder, cfg, probe_cfg, result))
         result["output"] = str(write_json(output, result))
     return result
+
+
+def _save_probe(path: str | Path, output: str | Path, save_probe: str | Path | bool, module: nn.Module,
+                encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig, result: dict[str, Any]) -> Path:
+    """Write the trained probe as a probe file recording the encoder it reads (absolute path, network,
+    fingerprint), so `vjepa classify --probe FILE` finds it from any directory."""
+    from vjepa.classify import save_trained_probe
+    from vjepa.eval.features import encoder_fingerprint
+
+    probe_file = Path(output).with_suffix(".safetensors") if save_probe is True else Path(save_probe)
+    source = result["checkpoint"]
+    record = {"source": str(Path(source).resolve()) if Path(source).exists() else source,
+              "which": probe_cfg.encoder, "fingerprint": encoder_fingerprint(encoder)}
+    return save_trained_probe(probe_file, module, probe_cfg, cfg, record, result["class_names"], result["num_heads"],
+                              result)
 
 
 def _broadcast(encoder: nn.Module, env: Any) -> None:

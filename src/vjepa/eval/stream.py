@@ -111,8 +111,14 @@ def streaming_summary(dataset: Dataset) -> dict[str, Any]:
 
 
 def probe_streaming(
-    encoder: nn.Module, cfg: Any, probe_cfg: ProbeConfig, embed_dim: int, num_heads: int, env: Any = None
-) -> dict[str, Any]:
+    encoder: nn.Module,
+    cfg: Any,
+    probe_cfg: ProbeConfig,
+    embed_dim: int,
+    num_heads: int,
+    env: Any = None,
+    return_probe: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Train a probe on clips encoded on the fly and score it on `probe_cfg.eval_split` with multi-view.
 
     Args:
@@ -121,9 +127,11 @@ def probe_streaming(
         probe_cfg: the probe, its data and sampling (see `views.probe_data_config`).
         embed_dim, num_heads: the encoder's width and heads.
         env: under torchrun, the `DistEnv`: ranks share the training clips; every rank scores the test split.
+        return_probe: also return the trained probe (on the CPU), e.g. to save it.
 
     Returns:
-        The dict of `probe_train.probe_features`, plus `skipped` / `skipped_files` of both splits.
+        The dict of `probe_train.probe_features`, plus `skipped` / `skipped_files` of both splits; with
+        return_probe, (that dict, the trained probe).
     """
     import time
 
@@ -142,6 +150,7 @@ def probe_streaming(
     probs, labels, paths = predict_streaming(probe, encoder, test, probe_cfg.task, probe_cfg, device, bf16)
     result = score(probs, labels, num_classes, probe_cfg.task, names)
     skipped = {split: streaming_summary(d) for split, d in (("train", train), (probe_cfg.eval_split, test))}
-    return {**result, "num_train": len(train), "num_test": len(test), "train_top1": None,
-            "final_loss": history[-1] if history else float("nan"), "probe_seconds": time.perf_counter() - start,
-            "skipped": skipped, "test_paths": paths}
+    result = {**result, "num_train": len(train), "num_test": len(test), "train_top1": None,
+              "final_loss": history[-1] if history else float("nan"), "probe_seconds": time.perf_counter() - start,
+              "skipped": skipped, "test_paths": paths, "num_heads": probe_cfg.num_heads or num_heads}
+    return (result, probe.cpu()) if return_probe else result

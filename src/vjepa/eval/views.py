@@ -95,7 +95,7 @@ def view_dataset(cfg: Config, probe_cfg: ProbeConfig, split: str, num_crops: int
     """
     if cfg.data.source == "synthetic" and not probe_cfg.data and probe_cfg.source in ("", "synthetic"):
         return SyntheticViews(cfg, probe_cfg, split, num_crops)
-    from vjepa.data.datasets import build_dataset
+    from vjepa.data import build_dataset
 
     data = probe_data_config(cfg, probe_cfg)
     return build_dataset(data, split, augment, probe_transform(data, probe_cfg, num_crops, augment))

@@ -1,11 +1,29 @@
 """Probes read out a frozen encoder: the attentive probe of the paper and an average-pool linear probe.
 
+The attentive probe computes what the official one computes (facebookresearch/jepa and
+facebookresearch/vjepa2, `src/models/attentive_pooler.py` + `src/models/utils/modules.py`):
+- LayerNorms use PyTorch's default eps 1e-5 (the encoder's use 1e-6);
+- the cross-attention output is *not* passed through `xattn.proj`: the official forward skips it
+  (jepa re-added it in Feb 2024 and reverted it a year later because released probes were trained
+  without it; vjepa2 comments the layer out). V-JEPA 1 checkpoints still carry `xattn.proj.*`, so
+  the "vjepa1" variant keeps that parameter, frozen and unused;
+- GELU MLP with ratio 4, qkv biases, one learned query (truncated normal, std 0.02), Linear layers
+  truncated normal 0.02 with zero biases, residual projections divided by sqrt(2 * layer) as each
+  official version does, and the linear head with PyTorch's default Linear init (the official
+  classifier never re-initialises it).
+
+Variants (`variant`):
+- "vjepa1": query <- cross-attention block(query, tokens), then `depth - 1` self-attention blocks on
+  the query. The paper's probe is depth 1.
+- "vjepa2": `depth - 1` self-attention blocks on the tokens first, then the cross-attention block.
+  V-JEPA 2 evaluates with depth 4 (`num_probe_blocks: 4` in its eval configs).
+
 Shapes: B batch, L tokens the probe reads (N per clip, or S*N when segments are concatenated),
 n learned queries, D width, h heads, K classes.
 
-State-dict keys follow the official `src/models/attentive_pooler.py`: `pooler.query_tokens`,
-`pooler.cross_attention_block.{norm1,xattn.q,xattn.kv,xattn.proj,norm2,mlp.fc1,mlp.fc2}`,
-`pooler.blocks.i.*` (depth > 1), `linear`.
+State-dict keys follow the official layout: `pooler.query_tokens`,
+`pooler.cross_attention_block.{norm1,xattn.q,xattn.kv,norm2,mlp.fc1,mlp.fc2}` (+ `xattn.proj` in
+"vjepa1"), `pooler.blocks.i.*` (depth > 1), `linear`.
 """
 
 from __future__ import annotations
@@ -16,28 +34,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vjepa.models.vit import MLP, Block, init_weights
+from vjepa.models.vit import MLP, Block, init_weights, key_padding_mask
+
+PROBE_VARIANTS = ("vjepa1", "vjepa2")
+LAYER_NORM_EPS = 1e-5  # the official pooler's nn.LayerNorm default
 
 
 class CrossAttention(nn.Module):
-    """Learned queries attend to tokens. Keys `q.*`, `kv.*` (k then v, heads contiguous), `proj.*`.
+    """Learned queries attend to tokens. Keys `q.*`, `kv.*` (k then v, heads contiguous), and
+    `proj.*` when `keep_proj` (V-JEPA 1 checkpoints carry it; the official forward never applies it,
+    so it is stored frozen and unused here too).
 
     `forward` never projects the L tokens to keys and values. With few queries it is cheaper to
     move the projections onto the query side (same result up to float rounding):
         q . (W_k y_j + b_k) = (W_k^T q) . y_j + const,
         sum_j a_j (W_v y_j + b_v) = W_v (sum_j a_j y_j) + b_v,
-    so each head costs O(L*D) instead of O(L*D^2). A one-query probe on 512 cached tokens of width
-    192 trains ~100x faster this way; `forward_reference` is the textbook form (used in tests).
+    so each head costs O(L*D) instead of O(L*D^2), which is most of a one-query probe's training
+    time on cached tokens; `forward_reference` is the textbook form (used in tests).
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, keep_proj: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        if keep_proj:
+            self.proj = nn.Linear(dim, dim)
+            self.proj.requires_grad_(False)  # unused by the forward: it must not look trainable
 
     def _split_heads(self, query: torch.Tensor) -> torch.Tensor:
         """[B, n, D] -> per-head queries [B, h, n, D/h]."""
@@ -64,7 +89,7 @@ class CrossAttention(nn.Module):
             norm: the LayerNorm applied to the tokens first (e.g. the block's `norm1`).
 
         Returns:
-            [B, n, D].
+            [B, n, D]: the heads' outputs concatenated (no output projection, as in the official code).
         """
         b, n, d = query.shape
         h, dh = self.num_heads, d // self.num_heads
@@ -83,7 +108,7 @@ class CrossAttention(nn.Module):
         out = torch.einsum("bhnd,hcd->bnhc", mixed.view(b, h, n, d), w_v).reshape(b, n, d)  # [B, n, h*dh]
         if self.kv.bias is not None:
             out = out + self.kv.bias[d:]
-        return self.proj(out)
+        return out
 
     def forward_reference(
         self, query: torch.Tensor, x: torch.Tensor, valid: torch.Tensor | None = None
@@ -95,17 +120,19 @@ class CrossAttention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, L, dh]
         mask = None if valid is None else valid[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, h, n, dh]
-        return self.proj(out.transpose(1, 2).reshape(b, query.shape[1], d))
+        return out.transpose(1, 2).reshape(b, query.shape[1], d)
 
 
 class CrossAttentionBlock(nn.Module):
     """queries + xattn(queries, norm1(tokens)), then queries + mlp(norm2(queries)) (official layout)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, keep_proj: bool = False
+    ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.xattn = CrossAttention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.xattn = CrossAttention(dim, num_heads, qkv_bias, keep_proj)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
     def forward(
@@ -116,17 +143,26 @@ class CrossAttentionBlock(nn.Module):
         return query + self.mlp(self.norm2(query))
 
 
+def _probe_block(dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool) -> Block:
+    """The encoder's pre-norm block with the probe's LayerNorm eps (the official probe's default)."""
+    block = Block(dim, num_heads, mlp_ratio, qkv_bias)
+    block.norm1.eps = block.norm2.eps = LAYER_NORM_EPS
+    return block
+
+
 class AttentivePooler(nn.Module):
-    """Learned query tokens cross-attend to all tokens, then `depth - 1` self-attention blocks.
+    """Learned query tokens read all tokens through a cross-attention block; `depth - 1` self-attention
+    blocks run on the queries after it ("vjepa1") or on the tokens before it ("vjepa2").
 
     Args:
         embed_dim: token width D.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width / D.
-        depth: 1 = the cross-attention block alone; more adds query self-attention blocks.
+        depth: 1 = the cross-attention block alone; more adds self-attention blocks.
         num_queries: learned queries n (the classifier uses one).
         qkv_bias: biases on the q / kv projections.
         init_std: std of the truncated-normal init of queries and Linear weights.
+        variant: "vjepa1" or "vjepa2" (see the module docstring).
     """
 
     def __init__(
@@ -138,13 +174,19 @@ class AttentivePooler(nn.Module):
         num_queries: int = 1,
         qkv_bias: bool = True,
         init_std: float = 0.02,
+        variant: str = "vjepa1",
     ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"probe depth must be >= 1, got {depth}")
+        if variant not in PROBE_VARIANTS:
+            raise ValueError(f"probe variant {variant!r}; choose one of {', '.join(PROBE_VARIANTS)}")
+        self.variant = variant
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, embed_dim))
-        self.cross_attention_block = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio, qkv_bias)
-        blocks = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth - 1)]
+        self.cross_attention_block = CrossAttentionBlock(
+            embed_dim, num_heads, mlp_ratio, qkv_bias, keep_proj=variant == "vjepa1"
+        )
+        blocks = [_probe_block(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth - 1)]
         self.blocks = nn.ModuleList(blocks)
         nn.init.trunc_normal_(self.query_tokens, std=init_std)
         self.apply(init_weights)  # truncated normal 0.02, zero biases, unit LayerNorm
@@ -152,19 +194,35 @@ class AttentivePooler(nn.Module):
 
     @torch.no_grad()
     def _rescale_residuals(self) -> None:
-        """Divide residual projections by sqrt(2 * layer): layer 1 is the cross-attention block."""
-        self.cross_attention_block.xattn.proj.weight.div_(math.sqrt(2.0))
-        self.cross_attention_block.mlp.fc2.weight.div_(math.sqrt(2.0))
-        for layer, block in enumerate(self.blocks, start=2):
+        """Divide residual projections by sqrt(2 * layer), numbering layers as each official version does.
+
+        vjepa1: the cross-attention block is layer 1 and block i (from 1) is layer i + 1.
+        vjepa2: block i (from 1) is layer i, and the cross-attention MLP shares the last block's
+        layer (1 when there are no blocks); its output has no projection to rescale.
+        """
+        cross = self.cross_attention_block
+        if self.variant == "vjepa1":
+            cross.xattn.proj.weight.div_(math.sqrt(2.0))
+            cross.mlp.fc2.weight.div_(math.sqrt(2.0))
+            first = 2
+        else:
+            cross.mlp.fc2.weight.div_(math.sqrt(2.0 * max(len(self.blocks), 1)))
+            first = 1
+        for layer, block in enumerate(self.blocks, start=first):
             block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
             block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens [B, L, D] (valid [B, L] or None) -> pooled queries [B, n, D]."""
+        if self.variant == "vjepa2":
+            mask = key_padding_mask(valid)  # padded tokens are never keys
+            for block in self.blocks:
+                x = block(x, mask)  # [B, L, D]
         query = self.query_tokens.expand(x.shape[0], -1, -1)
         query = self.cross_attention_block(query, x, valid)
-        for block in self.blocks:
-            query = block(query)
+        if self.variant == "vjepa1":
+            for block in self.blocks:
+                query = block(query)
         return query
 
 
@@ -175,17 +233,24 @@ class AttentiveClassifier(nn.Module):
         embed_dim: token width D.
         num_heads: attention heads of the pooler.
         num_classes: K.
-        depth: pooler depth (1: one cross-attention block, as in the paper).
+        depth: pooler depth (1: one cross-attention block, as in the V-JEPA paper; 4 in V-JEPA 2).
         mlp_ratio: MLP hidden width / D.
+        variant: "vjepa1" (self-attention blocks on the query, after the cross-attention) or
+            "vjepa2" (self-attention blocks on the tokens, before it).
     """
 
     def __init__(
-        self, embed_dim: int, num_heads: int, num_classes: int, depth: int = 1, mlp_ratio: float = 4.0
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_classes: int,
+        depth: int = 1,
+        mlp_ratio: float = 4.0,
+        variant: str = "vjepa1",
     ):
         super().__init__()
-        self.pooler = AttentivePooler(embed_dim, num_heads, mlp_ratio, depth, num_queries=1)
-        self.linear = nn.Linear(embed_dim, num_classes)
-        init_weights(self.linear)
+        self.pooler = AttentivePooler(embed_dim, num_heads, mlp_ratio, depth, num_queries=1, variant=variant)
+        self.linear = nn.Linear(embed_dim, num_classes)  # PyTorch's default init, as in the official code
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens [B, L, D] -> logits [B, K]."""
@@ -216,10 +281,12 @@ class LinearProbe(nn.Module):
         return self.linear(self.norm(pooled))
 
 
-def build_probe(kind: str, embed_dim: int, num_heads: int, num_classes: int, depth: int = 1) -> nn.Module:
-    """`AttentiveClassifier` (kind "attentive") or `LinearProbe` (kind "linear")."""
+def build_probe(
+    kind: str, embed_dim: int, num_heads: int, num_classes: int, depth: int = 1, variant: str = "vjepa1"
+) -> nn.Module:
+    """`AttentiveClassifier` (kind "attentive", of `depth` and `variant`) or `LinearProbe` (kind "linear")."""
     if kind == "attentive":
-        return AttentiveClassifier(embed_dim, num_heads, num_classes, depth)
+        return AttentiveClassifier(embed_dim, num_heads, num_classes, depth, variant=variant)
     if kind == "linear":
         return LinearProbe(embed_dim, num_classes)
     raise ValueError(f"unknown probe {kind!r}; choose attentive or linear")

@@ -9,13 +9,13 @@ padded tokens never act as attention keys.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vjepa.config import ModelConfig
 from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 from vjepa.models.rope import RoPETable, apply_rope, rope_table
@@ -175,26 +175,6 @@ def stochastic_depth_rates(rate: float, depth: int) -> list[float]:
     return [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
 
 
-@dataclass
-class EncoderSpec:
-    """Arguments of `VisionTransformer` (mirrors the model part of the config)."""
-
-    img_size: int = 224
-    patch_size: int = 16
-    num_frames: int = 16
-    tubelet_size: int = 2
-    in_chans: int = 3
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    drop_path: float = 0.0
-    uniform_power: bool = True
-    rescale_residual: bool = True
-    pos_embed: str = "sincos"  # sincos (V-JEPA 1: fixed table added to the tokens) | rope (V-JEPA 2)
-
-
 POS_EMBEDS = ("sincos", "rope")
 
 
@@ -210,28 +190,29 @@ class VisionTransformer(nn.Module):
     target encoder, feature extraction).
     """
 
-    def __init__(self, spec: EncoderSpec | None = None, **kwargs):
+    def __init__(self, cfg: ModelConfig, img_size: int | None = None, num_frames: int | None = None):
+        """Build from the model section of the config; `img_size` / `num_frames` (default `cfg`'s)
+        fix the built token grid (the sin-cos table's size; other clip sizes are interpolated)."""
         super().__init__()
-        spec = spec or EncoderSpec(**kwargs)
-        self.spec = spec
-        self.embed_dim = spec.embed_dim
-        self.num_heads = spec.num_heads
+        img_size, num_frames = img_size or cfg.img_size, num_frames or cfg.num_frames
+        self.embed_dim = cfg.embed_dim
+        self.num_heads = cfg.num_heads
         self.activation_checkpointing = False
-        self.patch_embed = PatchEmbed3D(spec.patch_size, spec.tubelet_size, spec.in_chans, spec.embed_dim)
-        self.grid = self.patch_embed.grid(spec.num_frames, spec.img_size, spec.img_size)
-        if spec.pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed={spec.pos_embed!r}; choose one of {', '.join(POS_EMBEDS)}")
-        self.use_rope = spec.pos_embed == "rope"
+        self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.tubelet_size, cfg.in_chans, cfg.embed_dim)
+        self.grid = self.patch_embed.grid(num_frames, img_size, img_size)
+        if cfg.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed={cfg.pos_embed!r}; choose one of {', '.join(POS_EMBEDS)}")
+        self.use_rope = cfg.pos_embed == "rope"
         if not self.use_rope:
-            table = sincos_3d(spec.embed_dim, self.grid[1], self.grid[0], spec.uniform_power)
+            table = sincos_3d(cfg.embed_dim, self.grid[1], self.grid[0], cfg.uniform_power)
             self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
-        rates = stochastic_depth_rates(spec.drop_path, spec.depth)
+        rates = stochastic_depth_rates(cfg.drop_path, cfg.depth)
         self.blocks = nn.ModuleList(
-            Block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, spec.qkv_bias, rate) for rate in rates
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, True, rate) for rate in rates  # qkv bias: always
         )
-        self.norm = nn.LayerNorm(spec.embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.apply(init_weights)
-        if spec.rescale_residual:
+        if cfg.rescale_residual:
             rescale_residuals(self.blocks)
 
     def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -299,31 +280,3 @@ class VisionTransformer(nn.Module):
             Features [B, K, D] (or [B, N, D]) after the final LayerNorm.
         """
         return self.encode(self.embed(x), keep_idx, keep_valid, self.patch_embed.grid(*x.shape[2:]))
-
-
-def build_encoder(model_cfg, img_size: int | None = None, num_frames: int | None = None) -> VisionTransformer:
-    """Build a `VisionTransformer` from a `ModelConfig` (img_size / num_frames override the built grid).
-
-    With `model_cfg.freeze_patch_embed` the tubelet embedding's parameters do not require gradients,
-    so no optimiser ever sees them and they keep their (seeded) random init.
-    """
-    encoder = VisionTransformer(
-        EncoderSpec(
-            img_size=img_size or model_cfg.img_size,
-            patch_size=model_cfg.patch_size,
-            num_frames=num_frames or model_cfg.num_frames,
-            tubelet_size=model_cfg.tubelet_size,
-            in_chans=model_cfg.in_chans,
-            embed_dim=model_cfg.embed_dim,
-            depth=model_cfg.depth,
-            num_heads=model_cfg.num_heads,
-            mlp_ratio=model_cfg.mlp_ratio,
-            drop_path=model_cfg.drop_path,
-            uniform_power=model_cfg.uniform_power,
-            rescale_residual=model_cfg.rescale_residual,
-            pos_embed=model_cfg.pos_embed,
-        )
-    )
-    if model_cfg.freeze_patch_embed:
-        encoder.patch_embed.requires_grad_(False)
-    return encoder
