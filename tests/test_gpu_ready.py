@@ -139,7 +139,7 @@ def test_rank_zero_failing_to_read_its_checkpoint_fails_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_with_the_divergence_message(tmp_path):
-    cfgs = [cfg_for(tmp_path / "run", 2, 4, "run.dist_timeout_s=30", "run.checkpoint_every=4")] * 2
+    cfgs = [cfg_for(tmp_path / "run", 2, 4, "run.dist_timeout_s=120", "run.checkpoint_every=4")] * 2
     run_ranks(_train_rank, (cfgs, tmp_path, 1, 1))  # rank 1's loss is NaN at step index 1 (step 2)
     errors = [(tmp_path / f"error{r}.txt").read_text() for r in (0, 1)]
     for error in errors:  # before: rank 0 died in the next all-reduce (a gloo error or timeout)
