@@ -71,6 +71,13 @@ class ModelConfig:
     # Keep the tubelet embedding at its random init (MoCo v3's fix for unstable ViT training; off in
     # the official code). On demo64 its weights grow and turn low-rank within a few hundred steps.
     freeze_patch_embed: bool = False
+    # Start from the weights in this file (anything `vjepa.load` reads) instead of random ones:
+    # continued pretraining, or a cooldown stage at more frames/pixels (docs/finetune.md). The
+    # optimiser and schedules start fresh; a resume of the run restores latest.pt, not this file.
+    init_from: str = ""
+    init_from_arch: bool = False  # take the architecture keys from init_from's file, not this config
+    # sha256 of the init_from file, recorded by the run (config.yaml); set it to pin the file
+    init_from_sha256: str = ""
 
 
 @dataclass
@@ -733,5 +740,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
     if cfg.optim.target_norm != "layer" and cfg.run.objective != "jepa":
         raise ConfigError(f"optim.target_norm={cfg.optim.target_norm!r} needs run.objective=jepa (pixel targets are normalised per tubelet)")
+    if m.init_from_arch and not m.init_from.strip():
+        raise ConfigError("model.init_from_arch=true needs model.init_from=PATH (the file to take the architecture from)")
     check_device(cfg.run.device, "run.device")
     return cfg

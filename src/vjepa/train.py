@@ -34,6 +34,7 @@ from vjepa.checkpoint import (
     write_failure,
 )
 from vjepa.config import Config, ConfigError, to_dict, to_yaml, validate
+from vjepa.init_from import initial_weights_into, load_initial_weights, prepare_init
 from vjepa.jepa import (
     JEPA,
     collapse_stats,
@@ -102,13 +103,17 @@ def init_seed(cfg: Config) -> int:
 
 
 def initial_encoder(cfg: Config) -> torch.nn.Module:
-    """The encoder exactly as `train(cfg)` initialises it, before any step (the random-init baseline).
+    """The encoder exactly as `train(cfg)` initialises it, before any step (the random-init baseline,
+    or for a `model.init_from` run the file's target encoder it started from).
 
     `train` seeds every generator and builds the encoder on the CPU, so seeding the CPU generator
     alone draws the same weights and leaves a GPU's random stream as it was.
     """
     torch.random.default_generator.manual_seed(init_seed(cfg))
-    return build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+    encoder = build_encoder(cfg.model, img_size=cfg.data.crop_size, num_frames=cfg.data.num_frames)
+    if cfg.model.init_from:  # the run started from a file: its init is that file's target encoder
+        initial_weights_into(encoder, cfg)
+    return encoder
 
 
 class StepBatchSampler(Sampler):
@@ -534,12 +539,15 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     if is_main:
         remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
     state = load_checkpoint(latest) if latest.exists() else None  # any world size wrote it
+    cfg, init = prepare_init(cfg, state.get("config", {}) if state is not None else None)
     if state is not None:  # checked before anything is written, so a refused resume changes nothing
         check_resume_config(state.get("config", {}), cfg, latest)
         check_resume_step(int(state["step"]), cfg, latest)
     model = JEPA(cfg, num_generators(cfg.mask)).to(device)
     if state is not None:
         restore_networks(model, state, latest)
+    elif init is not None:  # model.init_from: start from the file's weights (fresh optimiser, step 0)
+        load_initial_weights(model, init, model.encoder.grid)
     if cfg.run.activation_checkpointing:
         model.encoder.activation_checkpointing = model.predictor.activation_checkpointing = True
     if cfg.run.compile:
