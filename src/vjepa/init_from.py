@@ -211,6 +211,12 @@ def initial_weights_into(encoder: nn.Module, cfg: Config) -> None:
         raise CheckpointError(f"the run started from {m.init_from} (sha256 {m.init_from_sha256}); the file "
                               "there now differs, so the run's initial weights are unknown")
     _, init = prepare_init(Config(model=type(m)(init_from=m.init_from), data=cfg.data))
+    load_target_into(encoder, init, token_grid(cfg))
+
+
+def load_target_into(encoder: nn.Module, init: InitWeights, grid: tuple[int, int, int]) -> None:
+    """Load the file's target encoder (else its only encoder) into one encoder, strictly (fine-tuning
+    and `which="init"` start from the network the paper evaluates)."""
     holder = nn.Module()
     holder.target_encoder = encoder
-    load_initial_weights(holder, init, token_grid(cfg))
+    load_initial_weights(holder, init, grid)

@@ -1,0 +1,129 @@
+"""vjepa finetune: starts from the file (or scratch), layer-wise LR decay, exact resume, readable output."""
+
+import json
+
+import pytest
+import torch
+
+from vjepa.checkpoint import load_checkpoint
+from vjepa.cli import main
+from vjepa.config import ConfigError, apply_overrides, preset
+from vjepa.finetune import finetune, finetune_config, layer_decay_groups
+from vjepa.jepa import set_schedules
+from vjepa.models.probe import build_probe
+from vjepa.train import train
+
+QUIET = ["run.progress=false", "run.log_every=1", "data.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained")
+    train(apply_overrides(preset("debug"), [f"run.out_dir={out}", "run.progress=false", "optim.steps=2"]))
+    return out
+
+
+def config(source, out, *overrides, scratch=False, preset_name="ssv2"):
+    return finetune_config(str(source), [f"run.out_dir={out}", *QUIET, *overrides], preset_name, scratch)
+
+
+def test_starts_from_the_files_target_encoder_or_from_scratch(source_run, tmp_path):
+    frozen = ["optim.start_lr=0", "optim.lr=0", "optim.final_lr=0", "optim.steps=1", "finetune.eval_split="]
+    cfg, settings = config(source_run, tmp_path / "pre", *frozen)
+    assert settings.task == "motion" and cfg.model.drop_path == 0.1 and not cfg.data.horizontal_flip
+    finetune(cfg, settings)
+    start = load_checkpoint(source_run / "latest.pt")["target_encoder"]
+    tuned = load_checkpoint(tmp_path / "pre" / "latest.pt")
+    assert all(torch.equal(tuned["encoder"][k], start[k]) for k in start)
+    assert tuned["config"]["model"]["init_from"] == str(source_run)
+    cfg, settings = config(source_run, tmp_path / "scratch", *frozen, scratch=True)
+    finetune(cfg, settings)
+    scratch = load_checkpoint(tmp_path / "scratch" / "latest.pt")
+    assert not torch.equal(scratch["encoder"]["blocks.0.attn.qkv.weight"], start["blocks.0.attn.qkv.weight"])
+    assert scratch["config"]["model"]["init_from"] == "" and scratch["finetune"]["scratch"]
+
+
+def test_layer_decay_scales_each_blocks_learning_rate(source_run, tmp_path):
+    from vjepa.finetune import build_classifier
+
+    cfg, settings = config(source_run, tmp_path, "finetune.layer_decay=0.5")
+    model = build_classifier(cfg, settings, num_classes=8)
+    optimizer = torch.optim.AdamW(layer_decay_groups(model.encoder, model.head, 0.5), lr=1.0)
+    lr, _ = set_schedules(optimizer, 500, cfg.optim)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    depth = cfg.model.depth  # 2
+    assert lr_of[id(model.encoder.blocks[0].attn.qkv.weight)] == pytest.approx(lr * 0.5**depth)
+    assert lr_of[id(model.encoder.blocks[1].mlp.fc1.bias)] == pytest.approx(lr * 0.5)
+    assert lr_of[id(model.encoder.norm.weight)] == pytest.approx(lr)
+    assert lr_of[id(model.head.linear.weight)] == pytest.approx(lr)
+    assert len(lr_of) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_resume_repeats_the_uninterrupted_run(source_run, tmp_path, monkeypatch):
+    import vjepa.finetune as module
+
+    args = ["optim.steps=6", "optim.warmup_steps=2", "run.checkpoint_every=3", "finetune.eval_split="]
+    full, part = tmp_path / "full", tmp_path / "part"
+    finetune(*config(source_run, full, *args))
+    real = module.finetune_step
+
+    def interrupt_at_step_4(model, optimizer, video, labels, step, *rest):
+        if step == 4:
+            raise KeyboardInterrupt  # dies after the step-3 checkpoint
+        return real(model, optimizer, video, labels, step, *rest)
+
+    monkeypatch.setattr(module, "finetune_step", interrupt_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(*config(source_run, part, *args))
+    monkeypatch.undo()
+    finetune(*config(source_run, part, *args))
+    records = {d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, part)}
+    loss = {d: {r["step"]: r["loss"] for r in rs if "loss" in r} for d, rs in records.items()}
+    assert loss[full] == loss[part] and len(loss[full]) == 6
+    assert [r["event"] for r in records[part] if "event" in r] == ["start", "resume"]
+    a, b = (load_checkpoint(d / "latest.pt") for d in (full, part))
+    for name in ("encoder", "classifier"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    with pytest.raises(ConfigError, match="other settings"):
+        finetune(*config(source_run, part, *args, "finetune.label_smoothing=0.3"))
+
+
+def test_output_is_an_encoder_vjepa_load_reads_and_a_probe_layout_head(source_run, tmp_path, capsys):
+    from vjepa.api import load
+
+    out = tmp_path / "run"
+    assert main(["finetune", str(source_run), "--head", "linear", f"run.out_dir={out}", *QUIET,
+                 "optim.steps=2", "finetune.label_smoothing=0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 0 <= summary["eval_top1"] <= 100 and summary["eval_split"] == "test"
+    assert json.loads((out / "result.json").read_text())["eval_top1"] == summary["eval_top1"]
+    state = load_checkpoint(out / "latest.pt")
+    encoder = load(out, which="encoder", device="cpu")
+    assert all(torch.equal(encoder.model.state_dict()[k], v) for k, v in state["encoder"].items())
+    info = state["head"]
+    head = build_probe(info["kind"], info["embed_dim"], info["num_heads"], info["num_classes"], info["depth"])
+    head.load_state_dict(state["classifier"], strict=True)
+    assert info["num_classes"] == len(info["class_names"]) == 8 and info["task"] == "motion"
+    # user errors are one line and exit status 2
+    assert main(["finetune", str(source_run), f"run.out_dir={tmp_path / 'x'}", "finetune.head=mlp"]) == 2
+    assert "finetune.head='mlp'" in capsys.readouterr().err
+    assert main(["finetune", str(source_run), "--preset", "k400", f"run.out_dir={tmp_path / 'y'}"]) == 2
+    assert "horizontal_flip" in capsys.readouterr().err
+
+
+def test_labelled_real_video_folders(source_run, tmp_path):
+    from vjepa.config import SyntheticConfig
+    from vjepa.data.synthetic import MOTION_CLASSES, render_clip, write_mp4
+
+    for split in ("train", "test"):
+        for i in range(4):
+            frames, motion, _ = render_clip(SyntheticConfig(size=32, num_frames=20), split, i)
+            folder = tmp_path / "videos" / split / f"class{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_mp4(frames, folder / f"v{i}_{MOTION_CLASSES[motion]}.mp4")
+    cfg, settings = finetune_config(str(source_run), [f"run.out_dir={tmp_path / 'run'}", *QUIET, "optim.steps=2",
+                                                      "data.frame_step=2"], "k400", data=str(tmp_path / "videos"))
+    assert cfg.data.source == "folder" and settings.task == "label" and cfg.data.horizontal_flip
+    summary = finetune(cfg, settings)
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["head"]["class_names"] == ["class0", "class1"]
+    assert summary["eval_split"] == "test" and 0 <= summary["eval_top1"] <= 100
