@@ -429,7 +429,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("--data", help="labelled videos: class folders or a CSV (`path label`); {split} allowed. "
                                   "Default: the encoder's data (the built-in set: motion labels)")
     p.add_argument("--source", help="what --data holds (csv, folder, frames, tiff, images; default: guessed)")
-    p.add_argument("--preset", choices=list(FINETUNE_PRESETS), help="fine-tuning recipe (docs/finetune.md)")
+    p.add_argument("--preset", choices=list(FINETUNE_PRESETS), default="ssv2",
+                   help="fine-tuning recipe (docs/finetune.md); default ssv2: no flips, safe for any labels")
     p.add_argument("--from", dest="start", choices=("weights", "scratch"), default="weights",
                    help="start from the encoder's weights, or from random weights of its architecture")
     p.add_argument("--head", choices=list(HEADS), help="classification head (default attentive)")
