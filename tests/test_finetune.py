@@ -109,6 +109,8 @@ def test_output_is_an_encoder_vjepa_load_reads_and_a_probe_layout_head(source_ru
     assert "finetune.head='mlp'" in capsys.readouterr().err
     assert main(["finetune", str(source_run), "--preset", "k400", f"run.out_dir={tmp_path / 'y'}"]) == 2
     assert "horizontal_flip" in capsys.readouterr().err
+    assert main(["finetune", "debug", f"run.out_dir={tmp_path / 'z'}"]) == 2
+    assert "add --from scratch" in capsys.readouterr().err
 
 
 def test_labelled_real_video_folders(source_run, tmp_path):
@@ -127,3 +129,31 @@ def test_labelled_real_video_folders(source_run, tmp_path):
     summary = finetune(cfg, settings)
     assert load_checkpoint(tmp_path / "run" / "latest.pt")["head"]["class_names"] == ["class0", "class1"]
     assert summary["eval_split"] == "test" and 0 <= summary["eval_top1"] <= 100
+
+
+def _ddp_worker(rank, world_size, port, cfg, settings):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    finetune(cfg, settings)
+
+
+def test_two_ddp_ranks_match_one_process(source_run, tmp_path):
+    import torch.multiprocessing as mp
+
+    from test_distributed import LOSS_TOL, assert_close_states, free_port
+
+    args = ["optim.steps=3", "run.dtype=fp32", "run.threads=1", "model.drop_path=0", "finetune.eval_split=",
+            "optim.warmup_steps=0", "optim.start_lr=1e-3", "optim.lr=1e-3"]  # steps that move the weights
+    one = config(source_run, tmp_path / "one", *args)
+    two = config(source_run, tmp_path / "two", *args, "data.batch_size=2")  # per process: 2 x 2 = 4
+    finetune(*one)
+    mp.spawn(_ddp_worker, args=(2, free_port(), *two), nprocs=2, join=True)
+    loss = [{r["step"]: r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r} for d in (tmp_path / "one", tmp_path / "two")]
+    assert [loss[1][s] for s in (1, 2, 3)] == pytest.approx([loss[0][s] for s in (1, 2, 3)], rel=LOSS_TOL)
+    a, b = (load_checkpoint(tmp_path / d / "latest.pt") for d in ("one", "two"))
+    assert b["step"] == 3
+    for name in ("encoder", "classifier"):
+        assert_close_states(a[name], b[name])

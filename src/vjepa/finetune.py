@@ -122,7 +122,10 @@ def finetune_config(
         CheckpointError: an unreadable source.
     """
     from vjepa.api import load_config
+    from vjepa.config import PRESETS
 
+    if not scratch and str(source) in PRESETS and not Path(source).exists():
+        raise ConfigError(f"{source} is a preset: it has no weights to fine-tune; add --from scratch")
     cfg = load_config(source)
     cfg.run = merge(cfg.run, _RUN_RESET)
     cfg.model = merge(cfg.model, {"init_from": "", "init_from_arch": False, "init_from_sha256": ""})
