@@ -157,3 +157,20 @@ def test_two_ddp_ranks_match_one_process(source_run, tmp_path):
     assert b["step"] == 3
     for name in ("encoder", "classifier"):
         assert_close_states(a[name], b[name])
+
+
+def test_every_parameter_learns_and_one_batch_is_fitted(source_run, tmp_path):
+    from vjepa.finetune import FinetuneSettings, build_classifier, finetune_step
+
+    cfg, _ = config(source_run, tmp_path, "optim.warmup_steps=0", "optim.start_lr=1e-3", "optim.lr=1e-3",
+                    "optim.final_lr=1e-3", "model.drop_path=0", "run.dtype=fp32")
+    settings = FinetuneSettings(label_smoothing=0.0, layer_decay=0.75)
+    model = build_classifier(cfg, settings, num_classes=4)
+    optimizer = torch.optim.AdamW(layer_decay_groups(model.encoder, model.head, 0.75), lr=1e-3)
+    video, labels = torch.randn(8, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 4
+    before = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
+    losses = [finetune_step(model, optimizer, video, labels, step, cfg, settings, torch.device("cpu"))[0].item()
+              for step in range(40)]
+    assert losses[-1] < 0.1 * losses[0], losses  # memorises 8 clips: gradients reach head and encoder
+    unchanged = [k for k, v in model.named_parameters() if v.requires_grad and torch.equal(v, before[k])]
+    assert not unchanged
