@@ -79,6 +79,16 @@ def test_a_mismatched_architecture_is_refused_naming_the_keys(source_run, tmp_pa
     assert_equal_states(networks(tmp_path / "e" / "latest.pt")["encoder"], networks(source_run / "latest.pt")["encoder"])
 
 
+def test_a_relative_path_is_recorded_absolute_and_resumes(source_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(source_run.parent)
+    args = ["optim.steps=2", "run.checkpoint_every=1", f"model.init_from={source_run.name}"]
+    train(debug_cfg(tmp_path, *args))
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["init_from"]
+    assert recorded == str(source_run)
+    train(debug_cfg(tmp_path, *args[1:], "optim.steps=3"))  # the same relative path resumes the run
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 3
+
+
 def test_an_exported_encoder_starts_both_encoders(source_run, tmp_path):
     from vjepa.api import export
 

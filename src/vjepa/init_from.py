@@ -107,6 +107,7 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
         return cfg, None
     cfg = copy.deepcopy(cfg)  # the caller's config stays as given
     m = cfg.model
+    m.init_from = str(Path(m.init_from).expanduser().resolve())  # recorded absolute: valid from any cwd
     if saved_config is not None:  # a resume: latest.pt holds the weights; keep what the run recorded
         saved = saved_config.get("model", {})
         if saved.get("init_from") == m.init_from:
