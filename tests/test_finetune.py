@@ -5,12 +5,19 @@ import json
 import pytest
 import torch
 
-from vjepa.checkpoint import load_checkpoint
+from vjepa.checkpoint import CheckpointError, load_checkpoint
 from vjepa.cli import main
-from vjepa.config import ConfigError, apply_overrides, preset
-from vjepa.finetune import finetune, finetune_config, layer_decay_groups
+from vjepa.config import Config, ConfigError, apply_overrides, from_dict, preset
+from vjepa.finetune import (
+    FinetuneSettings,
+    build_classifier,
+    finetune,
+    finetune_config,
+    layer_decay_groups,
+    load_head,
+)
 from vjepa.jepa import set_schedules
-from vjepa.models.probe import build_probe
+from vjepa.models.probe import LinearProbe
 from vjepa.train import train
 
 QUIET = ["run.progress=false", "run.log_every=1", "data.batch_size=4"]
@@ -100,10 +107,17 @@ def test_output_is_an_encoder_vjepa_load_reads_and_a_probe_layout_head(source_ru
     state = load_checkpoint(out / "latest.pt")
     encoder = load(out, which="encoder", device="cpu")
     assert all(torch.equal(encoder.model.state_dict()[k], v) for k, v in state["encoder"].items())
-    info = state["head"]
-    head = build_probe(info["kind"], info["embed_dim"], info["num_heads"], info["num_classes"], info["depth"])
-    head.load_state_dict(state["classifier"], strict=True)
+    head, info = load_head(out)
+    assert isinstance(head, LinearProbe) and all(torch.equal(head.state_dict()[k], v) for k, v in state["classifier"].items())
     assert info["num_classes"] == len(info["class_names"]) == 8 and info["task"] == "motion"
+    clip = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():  # encoder + head reproduce the fine-tuned classifier's logits
+        expected = build_classifier(from_dict(Config, state["config"]), FinetuneSettings(head="linear"), 8)
+        expected.encoder.load_state_dict(state["encoder"])
+        expected.head.load_state_dict(state["classifier"])
+        assert torch.allclose(head(encoder(clip)), expected.eval()(clip), atol=1e-5)
+    with pytest.raises(CheckpointError, match="no fine-tuned head"):
+        load_head(source_run)
     # user errors are one line and exit status 2
     assert main(["finetune", str(source_run), f"run.out_dir={tmp_path / 'x'}", "finetune.head=mlp"]) == 2
     assert "finetune.head='mlp'" in capsys.readouterr().err
