@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from vjepa.api import load_head
 from vjepa.checkpoint import CheckpointError, load_checkpoint
 from vjepa.cli import main
 from vjepa.config import Config, ConfigError, apply_overrides, from_dict, preset
@@ -14,7 +15,6 @@ from vjepa.finetune import (
     finetune,
     finetune_config,
     layer_decay_groups,
-    load_head,
 )
 from vjepa.jepa import set_schedules
 from vjepa.models.probe import LinearProbe

@@ -523,3 +523,26 @@ def export_hf(source: str | Path, output: str | Path, which: str = "target_encod
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return folder
+
+
+def load_head(source: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The classification head of a `vjepa finetune` run (directory or checkpoint), strictly loaded, in eval mode.
+
+    Returns:
+        (the probe module of `vjepa.models.probe.build_probe`, its description: kind, depth,
+        embed_dim, num_heads, num_classes, class_names, task), what a probe file needs; the
+        encoder is `vjepa.load(source, which="encoder")`.
+
+    Raises:
+        CheckpointError: a missing file, or a checkpoint that is not a fine-tune's.
+    """
+    from vjepa.models.probe import build_probe
+
+    path = checkpoint_path(source)
+    state = load_checkpoint(path)
+    info = state.get("head")
+    if not isinstance(info, dict) or "classifier" not in state:
+        raise CheckpointError(f"{path} holds no fine-tuned head (expected `head` and `classifier` entries)")
+    head = build_probe(info["kind"], info["embed_dim"], info["num_heads"], info["num_classes"], info["depth"])
+    load_state_strict(head, state["classifier"], f"{path} [classifier]")
+    return head.eval(), info

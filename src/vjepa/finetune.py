@@ -403,26 +403,3 @@ def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device:
     model.train()
     return 100.0 * hits / max(total, 1)
 
-
-def load_head(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The classification head of a fine-tune run (directory or checkpoint), strictly loaded, in eval mode.
-
-    Returns:
-        (the probe module of `vjepa.models.probe.build_probe`, its description: kind, depth,
-        embed_dim, num_heads, num_classes, class_names, task), what a probe file needs; the
-        encoder is `vjepa.load(source, which="encoder")`.
-
-    Raises:
-        CheckpointError: a missing file, or a checkpoint that is not a fine-tune's.
-    """
-    from vjepa.api import checkpoint_path
-    from vjepa.checkpoint import CheckpointError
-
-    path = checkpoint_path(source)
-    state = load_checkpoint(path)
-    info = state.get("head")
-    if not isinstance(info, dict) or "classifier" not in state:
-        raise CheckpointError(f"{path} holds no fine-tuned head (expected `head` and `classifier` entries)")
-    head = build_probe(info["kind"], info["embed_dim"], info["num_heads"], info["num_classes"], info["depth"])
-    load_state_strict(head, state["classifier"], f"{path} [classifier]")
-    return head.eval(), info
