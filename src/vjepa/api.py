@@ -25,23 +25,17 @@ from vjepa.checkpoint import (
     CheckpointError,
     atomic_write,
     load_checkpoint,
-    load_safetensors,
     load_state_strict,
-    read_safetensors_metadata,
     save_safetensors,
 )
-from vjepa.config import ENCODER_NETWORKS, PRESETS, Config, config_from_stored, load_yaml, preset, to_dict
+from vjepa.config import ENCODER_NETWORKS, Config, load_yaml, to_dict
 from vjepa.encoder import Encoder
 from vjepa.formats import (
-    drop_unused_tables,
-    hf_model_config,
-    hf_to_networks,
-    infer_model_config,
-    is_hf,
+    _read_weights,
+    checkpoint_path,
     mask_token_count,
     networks_to_hf,
-    read_hf,
-    split_networks,
+    read_weights,
 )
 from vjepa.masks.sample import num_generators
 from vjepa.models.factory import build_encoder, initial_encoder
@@ -54,92 +48,6 @@ WHICH = ENCODER_NETWORKS  # which network `load` returns (see its docstring)
 
 # ---------------------------------------------------------------------------------------------
 # loading
-
-
-def read_weights(
-    source: str | Path,
-    num_frames: int | None = None,
-    img_size: int | None = None,
-    num_heads: int | None = None,
-) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str]:
-    """Read a checkpoint of any supported kind without building a model.
-
-    Args:
-        source: a run directory (its latest.pt), our .pt checkpoint, a .safetensors export, an
-            official .pth.tar, or a preset name (then there are no weights).
-        num_frames, img_size, num_heads: architecture hints for checkpoints without a config.
-
-    Returns:
-        (config, {network name: state dict without wrapper prefixes}, a description of the source).
-
-    Raises:
-        CheckpointError: for a missing or unreadable file, or hints that contradict a stored config.
-    """
-    cfg, networks, description, _ = _read_weights(source, num_frames, img_size, num_heads)
-    return cfg, networks, description
-
-
-def checkpoint_path(source: str | Path) -> Path:
-    """The file `load` reads for `source`: a run directory's latest.pt, or the file itself.
-
-    Raises:
-        CheckpointError: naming `source` when there is no such file (or the folder has no latest.pt).
-    """
-    path = Path(source)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {source} (and it is not a preset: {', '.join(PRESETS)})")
-    if path.is_dir():
-        path = path / "latest.pt"
-        if not path.is_file():
-            raise CheckpointError(f"{source} is a folder without latest.pt (pass a run directory or a file)")
-    return path
-
-
-def _read_hf(path: Path) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool] | None:
-    """A Hugging Face V-JEPA 2 folder or file as (config, networks incl. `probe` if any, file, False); else None."""
-    if is_hf(path):
-        hf_config, tensors, where = read_hf(path)
-        networks, probe = hf_to_networks(hf_config, tensors, where)
-        if probe:
-            networks["probe"] = probe
-        return hf_model_config(hf_config), networks, f"Hugging Face {where}", False
-    return None
-
-
-def _read_weights(
-    source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None,
-    pos_embed: str | None = None,
-) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool]:
-    """`read_weights` plus whether the config is the run's own (stored, or a preset's) rather
-    than inferred from tensor shapes (official checkpoints, bare state dicts, Hugging Face)."""
-    if not Path(source).exists() and str(source) in PRESETS:
-        return preset(str(source)), {}, f"preset {source!r} (random init)", True
-    foreign = _read_hf(Path(source)) if Path(source).exists() else None
-    if foreign:
-        return foreign
-    path = checkpoint_path(source)
-    if path.suffix == ".safetensors":
-        tensors, config = load_safetensors(path)
-        which = read_safetensors_metadata(path).get("which", "encoder")
-        networks = {which: {k: v for k, v in tensors.items() if not k.startswith("predictor.")}}
-        predictor = {k[len("predictor."):]: v for k, v in tensors.items() if k.startswith("predictor.")}
-        networks.update({"predictor": predictor} if predictor else {})
-    else:
-        state = load_checkpoint(path)
-        networks = split_networks(state)
-        config = state.get("config") if isinstance(state.get("config"), dict) else None
-    if not config:
-        cfg = infer_model_config(networks, num_frames, img_size, num_heads, str(path), pos_embed)
-        if cfg.model.pos_embed == "rope":
-            drop_unused_tables(networks)  # released V-JEPA 2 files still carry a sin-cos table
-        return cfg, networks, str(path), False
-    cfg = config_from_stored(config, str(path))
-    hints = {"num_frames": (num_frames, cfg.data.num_frames), "img_size": (img_size, cfg.data.crop_size),
-             "num_heads": (num_heads, cfg.model.num_heads)}
-    wrong = [f"{name}={given} (stored {stored})" for name, (given, stored) in hints.items() if given not in (None, stored)]
-    if wrong:
-        raise CheckpointError(f"{path} stores its config; these hints contradict it: {', '.join(wrong)}")
-    return cfg, networks, str(path), True
 
 
 def _choose_network(networks: dict[str, Any], which: str, description: str, warn: bool = True) -> str | None:
@@ -234,9 +142,15 @@ def load(
 
 
 def _initial_model(cfg: Config) -> VisionTransformer:
-    """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state."""
+    """The encoder `train(cfg)` starts from, drawn without disturbing the caller's random state: a
+    seeded random init, or for a `model.init_from` run the file's target encoder it started from."""
     with torch.random.fork_rng(devices=[]):  # initial_encoder seeds only the CPU generator
-        return initial_encoder(cfg)
+        encoder = initial_encoder(cfg)
+    if cfg.model.init_from:
+        from vjepa.init_from import initial_weights_into
+
+        initial_weights_into(encoder, cfg)
+    return encoder
 
 
 def load_config(source: str | Path) -> Config:
@@ -300,3 +214,26 @@ def export_hf(source: str | Path, output: str | Path, which: str = "target_encod
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return folder
+
+
+def load_head(source: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The classification head of a `vjepa finetune` run (directory or checkpoint), strictly loaded, in eval mode.
+
+    Returns:
+        (the probe module of `vjepa.models.probe.build_probe`, its description: kind, depth,
+        embed_dim, num_heads, num_classes, class_names, task), what a probe file needs; the
+        encoder is `vjepa.load(source, which="encoder")`.
+
+    Raises:
+        CheckpointError: a missing file, or a checkpoint that is not a fine-tune's.
+    """
+    from vjepa.models.probe import build_probe
+
+    path = checkpoint_path(source)
+    state = load_checkpoint(path)
+    info = state.get("head")
+    if not isinstance(info, dict) or "classifier" not in state:
+        raise CheckpointError(f"{path} holds no fine-tuned head (expected `head` and `classifier` entries)")
+    head = build_probe(info["kind"], info["embed_dim"], info["num_heads"], info["num_classes"], info["depth"])
+    load_state_strict(head, state["classifier"], f"{path} [classifier]")
+    return head.eval(), info

@@ -9,6 +9,7 @@
     vjepa classify VIDEO_OR_DIR_OR_CSV --probe probe.safetensors [--checkpoint CKPT] [--top-k 5]
     vjepa visualize pca|masks|curves ...
     vjepa bench [--preset demo]
+    vjepa finetune ENCODER [--data videos/] [--preset k400|ssv2] [--from scratch]
 
 Each subcommand is registered by one `_add_*` function; errors the user can fix (bad config,
 missing file) print one line naming the problem and exit with status 2.
@@ -453,8 +454,39 @@ def _add_visualize(sub) -> None:
         kind.set_defaults(func=_visualize)
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from vjepa.finetune import finetune, finetune_config
+
+    cfg, settings = finetune_config(args.encoder, args.overrides, args.preset or "", args.start == "scratch",
+                                    args.data or "", args.source or "")
+    if args.head:
+        settings.head = args.head
+    summary = finetune(cfg, settings)
+    if summary.get("rank", 0) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_finetune(sub) -> None:
+    from vjepa.finetune import FINETUNE_PRESETS, HEADS
+
+    p = sub.add_parser("finetune", help="train an encoder and a classification head end to end on labels")
+    p.add_argument("encoder", help="where the encoder starts: run directory, checkpoint, export, official or "
+                                   "Hugging Face file, or a preset name (with --from scratch)")
+    p.add_argument("--data", help="labelled videos: class folders or a CSV (`path label`); {split} allowed. "
+                                  "Default: the encoder's data (the built-in set: motion labels)")
+    p.add_argument("--source", help="what --data holds (csv, folder, frames, tiff, images; default: guessed)")
+    p.add_argument("--preset", choices=list(FINETUNE_PRESETS), default="ssv2",
+                   help="fine-tuning recipe (docs/finetune.md); default ssv2: no flips, safe for any labels")
+    p.add_argument("--from", dest="start", choices=("weights", "scratch"), default="weights",
+                   help="start from the encoder's weights, or from random weights of its architecture")
+    p.add_argument("--head", choices=list(HEADS), help="classification head (default attentive)")
+    p.add_argument("overrides", nargs="*", help="section.key=value (finetune.key=value for the fine-tune settings)")
+    p.set_defaults(func=_finetune)
+
+
 REGISTRY = [_add_prepare, _add_pretrain, _add_config, _add_bench, _add_probe, _add_eval, _add_embed, _add_classify,
-            _add_export, _add_visualize]
+            _add_export, _add_visualize, _add_finetune]
 
 
 def make_parser() -> argparse.ArgumentParser:

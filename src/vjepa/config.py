@@ -72,6 +72,13 @@ class ModelConfig:
     # Keep the tubelet embedding at its random init (MoCo v3's fix for unstable ViT training; off in
     # the official code). Why it matters on short CPU runs: docs/results/2026-11-30-tubelet-embedding.md
     freeze_patch_embed: bool = False
+    # Start from the weights in this file (anything `vjepa.load` reads) instead of random ones:
+    # continued pretraining, or a cooldown stage at more frames/pixels (docs/finetune.md). The
+    # optimiser and schedules start fresh; a resume of the run restores latest.pt, not this file.
+    init_from: str = ""
+    init_from_arch: bool = False  # take the architecture keys from init_from's file, not this config
+    # sha256 of the init_from file, recorded by the run (config.yaml); set it to pin the file
+    init_from_sha256: str = ""
 
 
 @dataclass
@@ -792,5 +799,7 @@ def validate(cfg: Config) -> Config:
     if cfg.objective.target_norm != "layer" and cfg.objective.kind != "jepa":
         raise ConfigError(f"objective.target_norm={cfg.objective.target_norm!r} needs objective.kind=jepa "
                           "(pixel targets are normalised per tubelet)")
+    if m.init_from_arch and not m.init_from.strip():
+        raise ConfigError("model.init_from_arch=true needs model.init_from=PATH (the file to take the architecture from)")
     check_device(cfg.run.device, "run.device")
     return cfg

@@ -4,7 +4,10 @@ Our state-dict names are the official facebookresearch/jepa and vjepa2 names (be
 `module.backbone.` prefixes), so official files need only prefix stripping (`strip_prefixes`,
 `split_networks`), the architecture read off the tensor shapes (`infer_model_config`), plus the checks here: which position scheme a file uses, and that its networks agree with each other.
 Hugging Face files (`VJEPA2Model`, `VJEPA2ForVideoClassification`: config.json + model.safetensors)
-use other names and split q/k/v; `hf_to_networks` / `networks_to_hf` map both ways.
+use other names and split q/k/v; `hf_to_networks` / `networks_to_hf` map both ways. `read_weights`
+reads any supported file (a run directory, our checkpoints and exports, official and Hugging Face
+files, a preset name) into (config, networks) without building a model: the one reader behind
+`vjepa.load`, `model.init_from` and fine-tuning.
 
 Shapes: D encoder width, P predictor width, M mask tokens.
 """
@@ -19,8 +22,8 @@ from typing import Any
 
 import torch
 
-from vjepa.checkpoint import CheckpointError
-from vjepa.config import ENCODER_SIZES, Config, ModelConfig
+from vjepa.checkpoint import CheckpointError, load_checkpoint, load_safetensors, read_safetensors_metadata
+from vjepa.config import ENCODER_SIZES, PRESETS, Config, ModelConfig, config_from_stored, preset
 from vjepa.models.pos_embed import sincos_3d
 
 ENCODER_NETWORK_NAMES = ("encoder", "target_encoder")
@@ -510,3 +513,94 @@ def networks_to_hf(cfg, encoder: dict[str, torch.Tensor], predictor: dict[str, t
         "layer_norm_eps": 1e-6, "qkv_bias": True, "hidden_act": "gelu",
     }
     return {k: v.detach().contiguous().clone() for k, v in out.items()}, config
+
+
+# ---------------------------------------------------------------------------------------------
+# any supported file -> (config, networks): the one reader `vjepa.load`, `model.init_from` and
+# fine-tuning share
+
+
+def read_weights(
+    source: str | Path,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    num_heads: int | None = None,
+) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str]:
+    """Read a checkpoint of any supported kind without building a model.
+
+    Args:
+        source: a run directory (its latest.pt), our .pt checkpoint, a .safetensors export, an
+            official .pth.tar, or a preset name (then there are no weights).
+        num_frames, img_size, num_heads: architecture hints for checkpoints without a config.
+
+    Returns:
+        (config, {network name: state dict without wrapper prefixes}, a description of the source).
+
+    Raises:
+        CheckpointError: for a missing or unreadable file, or hints that contradict a stored config.
+    """
+    cfg, networks, description, _ = _read_weights(source, num_frames, img_size, num_heads)
+    return cfg, networks, description
+
+
+def checkpoint_path(source: str | Path) -> Path:
+    """The file `load` reads for `source`: a run directory's latest.pt, or the file itself.
+
+    Raises:
+        CheckpointError: naming `source` when there is no such file (or the folder has no latest.pt).
+    """
+    path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {source} (and it is not a preset: {', '.join(PRESETS)})")
+    if path.is_dir():
+        path = path / "latest.pt"
+        if not path.is_file():
+            raise CheckpointError(f"{source} is a folder without latest.pt (pass a run directory or a file)")
+    return path
+
+
+def _read_hf(path: Path) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool] | None:
+    """A Hugging Face V-JEPA 2 folder or file as (config, networks incl. `probe` if any, file, False); else None."""
+    if is_hf(path):
+        hf_config, tensors, where = read_hf(path)
+        networks, probe = hf_to_networks(hf_config, tensors, where)
+        if probe:
+            networks["probe"] = probe
+        return hf_model_config(hf_config), networks, f"Hugging Face {where}", False
+    return None
+
+
+def _read_weights(
+    source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None,
+    pos_embed: str | None = None,
+) -> tuple[Config, dict[str, dict[str, torch.Tensor]], str, bool]:
+    """`read_weights` plus whether the config is the run's own (stored, or a preset's) rather
+    than inferred from tensor shapes (official checkpoints, bare state dicts, Hugging Face)."""
+    if not Path(source).exists() and str(source) in PRESETS:
+        return preset(str(source)), {}, f"preset {source!r} (random init)", True
+    foreign = _read_hf(Path(source)) if Path(source).exists() else None
+    if foreign:
+        return foreign
+    path = checkpoint_path(source)
+    if path.suffix == ".safetensors":
+        tensors, config = load_safetensors(path)
+        which = read_safetensors_metadata(path).get("which", "encoder")
+        networks = {which: {k: v for k, v in tensors.items() if not k.startswith("predictor.")}}
+        predictor = {k[len("predictor."):]: v for k, v in tensors.items() if k.startswith("predictor.")}
+        networks.update({"predictor": predictor} if predictor else {})
+    else:
+        state = load_checkpoint(path)
+        networks = split_networks(state)
+        config = state.get("config") if isinstance(state.get("config"), dict) else None
+    if not config:
+        cfg = infer_model_config(networks, num_frames, img_size, num_heads, str(path), pos_embed)
+        if cfg.model.pos_embed == "rope":
+            drop_unused_tables(networks)  # released V-JEPA 2 files still carry a sin-cos table
+        return cfg, networks, str(path), False
+    cfg = config_from_stored(config, str(path))
+    hints = {"num_frames": (num_frames, cfg.data.num_frames), "img_size": (img_size, cfg.data.crop_size),
+             "num_heads": (num_heads, cfg.model.num_heads)}
+    wrong = [f"{name}={given} (stored {stored})" for name, (given, stored) in hints.items() if given not in (None, stored)]
+    if wrong:
+        raise CheckpointError(f"{path} stores its config; these hints contradict it: {', '.join(wrong)}")
+    return cfg, networks, str(path), True

@@ -32,6 +32,7 @@ from vjepa.checkpoint import (
 )
 from vjepa.config import Config, validate
 from vjepa.data.loader import build_train_loader
+from vjepa.init_from import load_initial_weights, prepare_init
 from vjepa.jepa import (
     JEPA,
     CollapseMonitor,
@@ -165,12 +166,15 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
         remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
     # rank 0 decides (a node-local run.out_dir may lack it elsewhere); any world size wrote it
     state = dist_utils.resume_state(latest, env, lambda path: load_checkpoint(path, mmap=True), CheckpointError)
+    cfg, init = prepare_init(cfg, state.get("config", {}) if state is not None else None)
     if state is not None:  # checked before anything is written, so a refused resume changes nothing
         check_resume_config(state.get("config", {}), cfg, latest)
         check_resume_step(int(state["step"]), cfg, latest)
     model = JEPA(cfg, num_generators(cfg.mask)).to(device)
     if state is not None:
         restore_networks(model, state, latest)
+    elif init is not None:  # model.init_from: start from the file's weights (fresh optimiser, step 0)
+        load_initial_weights(model, init, model.encoder.grid)
     if cfg.run.activation_checkpointing:
         model.encoder.activation_checkpointing = model.predictor.activation_checkpointing = True
     if cfg.run.compile:

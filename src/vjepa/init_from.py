@@ -1,0 +1,218 @@
+"""Start pretraining from weights in a file: continued pretraining and resolution/length cooldown.
+
+`model.init_from=PATH` makes a run's context encoder, target encoder and (when the file has one)
+predictor start from any checkpoint `vjepa.load` reads: a run directory, our .pt or .safetensors,
+an official V-JEPA 1 / V-JEPA 2 .pth.tar, a Hugging Face V-JEPA 2 folder. The optimiser, its
+moments and every schedule start fresh (step 0). Loading is strict: a key or shape the config's
+architecture does not have is an error naming it (`model.init_from_arch=true` takes the
+architecture from the file instead). The run records the file's sha256 in its config.
+
+A cooldown is the same thing at a larger clip (more frames or pixels): sin-cos position tables are
+resampled trilinearly to the new token grid, exactly as the encoder does at run time for a clip of
+another size, so at step 0 the new model computes what the old one computes on the larger clip.
+RoPE models have no table: nothing changes.
+
+Shapes: T', H', W' token grid, N = T'*H'*W' tokens, D width.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vjepa.checkpoint import CheckpointError, load_state_strict
+from vjepa.config import Config, ConfigError, to_dict, validate
+from vjepa.models.factory import token_grid
+from vjepa.models.pos_embed import interpolate_3d
+
+# The model keys that describe the architecture (what `init_from_arch` copies from the file).
+ENCODER_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "in_chans",
+                     "uniform_power", "pos_embed")
+PREDICTOR_ARCH_KEYS = ("predictor_embed_dim", "predictor_depth", "predictor_num_heads", "predictor_mlp_ratio")
+# position tables of each network (buffers, resampled when the token grid changes)
+POSITION_TABLES = {"encoder": "pos_embed", "target_encoder": "pos_embed", "predictor": "predictor_pos_embed"}
+
+
+@dataclass
+class InitWeights:
+    """The networks read from `model.init_from`, and the token grid their position tables were built for."""
+
+    networks: dict[str, dict[str, torch.Tensor]]
+    grid: tuple[int, int, int]
+    source: str
+    arch_differences: tuple[str, ...] = ()  # "model.depth: file 2, config 1", named in a load error
+
+
+def weights_file(source: str | Path) -> Path:
+    """The file whose bytes identify `source`: a run directory's latest.pt, a Hugging Face folder's
+    model.safetensors, or the file itself.
+
+    Raises:
+        ConfigError: naming `source` when no such file exists.
+    """
+    path = Path(source)
+    if path.is_dir():
+        for name in ("latest.pt", "model.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise ConfigError(f"model.init_from={source}: a folder without latest.pt or model.safetensors")
+    if not path.is_file():
+        raise ConfigError(f"model.init_from={source}: no such file or folder")
+    return path
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (a multi-GB checkpoint never sits in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_arch(cfg: Config, model_values: dict[str, Any], with_predictor: bool) -> None:
+    keys = ENCODER_ARCH_KEYS + (PREDICTOR_ARCH_KEYS if with_predictor else ())
+    for key in keys:
+        if key in model_values:
+            setattr(cfg.model, key, model_values[key])
+
+
+def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tuple[Config, InitWeights | None]:
+    """Resolve `model.init_from` before a run starts: read the file, fill in what the run records.
+
+    Args:
+        cfg: the run's config (a changed copy is returned).
+        saved_config: the config stored in the run's latest.pt when the run resumes; then the file
+            is not read again (it may be gone): its architecture and fingerprint come from there.
+
+    Returns:
+        (cfg, the weights to start from), or (cfg, None) without init_from or when resuming.
+
+    Raises:
+        ConfigError: the file is missing, or its sha256 differs from a pinned `model.init_from_sha256`.
+        CheckpointError: the file cannot be read as weights.
+    """
+    if not cfg.model.init_from:
+        return cfg, None
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as given
+    m = cfg.model
+    m.init_from = str(Path(m.init_from).expanduser().resolve())  # recorded absolute: valid from any cwd
+    if saved_config is not None:  # a resume: latest.pt holds the weights; keep what the run recorded
+        saved = saved_config.get("model", {})
+        if saved.get("init_from") == m.init_from:
+            if m.init_from_arch:
+                _copy_arch(cfg, saved, with_predictor=True)
+            m.init_from_sha256 = m.init_from_sha256 or saved.get("init_from_sha256", "")
+        return cfg, None
+    from vjepa.formats import read_weights  # the one reader: every format `vjepa.load` takes
+
+    digest = sha256_of(weights_file(m.init_from))
+    if m.init_from_sha256 and m.init_from_sha256 != digest:
+        raise ConfigError(f"model.init_from={m.init_from} has sha256 {digest}, not the pinned "
+                          f"model.init_from_sha256={m.init_from_sha256}: the file changed")
+    file_cfg, networks, description = read_weights(m.init_from)
+    networks = {k: v for k, v in networks.items() if k in POSITION_TABLES}  # drop a classifier head
+    if not networks:
+        raise ConfigError(f"model.init_from={m.init_from} is a preset or holds no encoder weights")
+    file_model, keys = to_dict(file_cfg.model), ENCODER_ARCH_KEYS + PREDICTOR_ARCH_KEYS * ("predictor" in networks)
+    if m.init_from_arch:
+        _copy_arch(cfg, file_model, with_predictor="predictor" in networks)
+        validate(cfg)
+    m.init_from_sha256 = digest
+    differences = tuple(f"model.{k}: file {file_model[k]!r}, config {getattr(m, k)!r}" for k in keys
+                        if file_model[k] != getattr(m, k))
+    return cfg, InitWeights(networks, token_grid(file_cfg), description, differences)
+
+
+def resample_positions(state: dict[str, torch.Tensor], key: str, src_grid: tuple[int, int, int],
+                       dst_grid: tuple[int, int, int], what: str) -> dict[str, torch.Tensor]:
+    """A copy of `state` whose position table `key` [1, N, D] is resampled from src_grid to dst_grid.
+
+    Trilinear, as `VisionTransformer.positions` resamples at run time for another clip size. States
+    without the table (RoPE) or already at dst_grid come back unchanged.
+
+    Raises:
+        CheckpointError: when the table does not hold src_grid's N tokens.
+    """
+    table = state.get(key)
+    if table is None or tuple(src_grid) == tuple(dst_grid):
+        return state
+    num_tokens = src_grid[0] * src_grid[1] * src_grid[2]
+    if table.ndim != 3 or table.shape[1] != num_tokens:
+        raise CheckpointError(f"{what}: {key} has shape {tuple(table.shape)}, not the {num_tokens} tokens "
+                              f"of its stored token grid {tuple(src_grid)}")
+    resampled = interpolate_3d(table.float(), src_grid, dst_grid).to(table.dtype)  # [1, N', D]
+    return {**state, key: resampled}
+
+
+def _load(module: nn.Module, state: dict[str, torch.Tensor], name: str, init: InitWeights,
+          dst_grid: tuple[int, int, int]) -> None:
+    what = f"model.init_from={init.source} [{name}]"
+    state = resample_positions(state, POSITION_TABLES[name], init.grid, dst_grid, what)
+    try:
+        load_state_strict(module, state, what)
+    except CheckpointError as err:
+        differ = f" (the architectures differ: {'; '.join(init.arch_differences)})" if init.arch_differences else ""
+        raise CheckpointError(f"{err}{differ}. Make the config's architecture match the file, or set "
+                              "model.init_from_arch=true to take it from the file") from None
+
+
+def load_initial_weights(model: nn.Module, init: InitWeights, grid: tuple[int, int, int]) -> list[str]:
+    """Copy the file's networks into a fresh JEPA (unwrapped), strictly.
+
+    The context encoder takes the file's `encoder` (its only encoder for exports and Hugging Face
+    files); the target encoder takes its `target_encoder`, else the same weights as the context
+    encoder; the predictor takes the file's predictor when there is one (else keeps its init).
+
+    Args:
+        model: a `vjepa.jepa.JEPA` (or anything with encoder / target_encoder / predictor).
+        init: from `prepare_init`.
+        grid: the run's token grid (T', H', W'); sin-cos tables are resampled to it.
+
+    Returns:
+        What each network started from, e.g. ["encoder <- encoder", "target_encoder <- target_encoder"].
+    """
+    networks = init.networks
+    context_name = "encoder" if "encoder" in networks else "target_encoder"
+    target_name = "target_encoder" if "target_encoder" in networks else context_name
+    done = []
+    pairs = [("encoder", context_name), ("target_encoder", target_name), ("predictor", "predictor")]
+    for module_name, file_name in pairs:
+        module = getattr(model, module_name, None)
+        if module is None or file_name not in networks:
+            continue
+        _load(module, networks[file_name], file_name, init, grid)
+        done.append(f"{module_name} <- {file_name}")
+    return done
+
+
+def initial_weights_into(encoder: nn.Module, cfg: Config) -> None:
+    """Load the encoder an init_from run's target encoder started from (for `which="init"` probes).
+
+    Raises:
+        CheckpointError: the file is gone, changed since the run recorded it, or does not fit.
+    """
+    m = cfg.model
+    try:
+        digest = sha256_of(weights_file(m.init_from))
+    except (ConfigError, OSError) as err:
+        raise CheckpointError(f"the run started from {m.init_from}, which cannot be read now: {err}") from None
+    if m.init_from_sha256 and digest != m.init_from_sha256:
+        raise CheckpointError(f"the run started from {m.init_from} (sha256 {m.init_from_sha256}); the file "
+                              "there now differs, so the run's initial weights are unknown")
+    _, init = prepare_init(Config(model=type(m)(init_from=m.init_from), data=cfg.data))
+    load_target_into(encoder, init, token_grid(cfg))
+
+
+def load_target_into(encoder: nn.Module, init: InitWeights, grid: tuple[int, int, int]) -> None:
+    """Load the file's target encoder (else its only encoder) into one encoder, strictly (fine-tuning
+    and `which="init"` start from the network the paper evaluates)."""
+    holder = nn.Module()
+    holder.target_encoder = encoder
+    load_initial_weights(holder, init, grid)

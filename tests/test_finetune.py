@@ -1,0 +1,190 @@
+"""vjepa finetune: starts from the file (or scratch), layer-wise LR decay, exact resume, readable output."""
+
+import json
+
+import pytest
+import torch
+
+from vjepa.api import load_head
+from vjepa.checkpoint import CheckpointError, load_checkpoint
+from vjepa.cli import main
+from vjepa.config import Config, ConfigError, apply_overrides, from_dict, preset
+from vjepa.finetune import (
+    FinetuneSettings,
+    build_classifier,
+    finetune,
+    finetune_config,
+    layer_decay_groups,
+)
+from vjepa.jepa import set_schedules
+from vjepa.models.probe import LinearProbe
+from vjepa.train import train
+
+QUIET = ["run.progress=false", "run.log_every=1", "data.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained")
+    train(apply_overrides(preset("debug"), [f"run.out_dir={out}", "run.progress=false", "optim.steps=2"]))
+    return out
+
+
+def config(source, out, *overrides, scratch=False, preset_name="ssv2"):
+    return finetune_config(str(source), [f"run.out_dir={out}", *QUIET, *overrides], preset_name, scratch)
+
+
+def test_starts_from_the_files_target_encoder_or_from_scratch(source_run, tmp_path):
+    frozen = ["optim.start_lr=0", "optim.lr=0", "optim.final_lr=0", "optim.steps=1", "finetune.eval_split="]
+    cfg, settings = config(source_run, tmp_path / "pre", *frozen)
+    assert settings.task == "motion" and cfg.model.drop_path == 0.1 and not cfg.data.horizontal_flip
+    finetune(cfg, settings)
+    start = load_checkpoint(source_run / "latest.pt")["target_encoder"]
+    tuned = load_checkpoint(tmp_path / "pre" / "latest.pt")
+    assert all(torch.equal(tuned["encoder"][k], start[k]) for k in start)
+    assert tuned["config"]["model"]["init_from"] == str(source_run)
+    cfg, settings = config(source_run, tmp_path / "scratch", *frozen, scratch=True)
+    finetune(cfg, settings)
+    scratch = load_checkpoint(tmp_path / "scratch" / "latest.pt")
+    assert not torch.equal(scratch["encoder"]["blocks.0.attn.qkv.weight"], start["blocks.0.attn.qkv.weight"])
+    assert scratch["config"]["model"]["init_from"] == "" and scratch["finetune"]["scratch"]
+
+
+def test_layer_decay_scales_each_blocks_learning_rate(source_run, tmp_path):
+    from vjepa.finetune import build_classifier
+
+    cfg, settings = config(source_run, tmp_path, "finetune.layer_decay=0.5")
+    model = build_classifier(cfg, settings, num_classes=8)
+    optimizer = torch.optim.AdamW(layer_decay_groups(model.encoder, model.head, 0.5), lr=1.0)
+    lr, _ = set_schedules(optimizer, 500, cfg.optim)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    depth = cfg.model.depth  # 2
+    assert lr_of[id(model.encoder.blocks[0].attn.qkv.weight)] == pytest.approx(lr * 0.5**depth)
+    assert lr_of[id(model.encoder.blocks[1].mlp.fc1.bias)] == pytest.approx(lr * 0.5)
+    assert lr_of[id(model.encoder.norm.weight)] == pytest.approx(lr)
+    assert lr_of[id(model.head.linear.weight)] == pytest.approx(lr)
+    assert len(lr_of) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_resume_repeats_the_uninterrupted_run(source_run, tmp_path, monkeypatch):
+    import vjepa.finetune as module
+
+    args = ["optim.steps=6", "optim.warmup_steps=2", "run.checkpoint_every=3", "finetune.eval_split="]
+    full, part = tmp_path / "full", tmp_path / "part"
+    finetune(*config(source_run, full, *args))
+    real = module.finetune_step
+
+    def interrupt_at_step_4(model, optimizer, video, labels, step, *rest):
+        if step == 4:
+            raise KeyboardInterrupt  # dies after the step-3 checkpoint
+        return real(model, optimizer, video, labels, step, *rest)
+
+    monkeypatch.setattr(module, "finetune_step", interrupt_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(*config(source_run, part, *args))
+    monkeypatch.undo()
+    finetune(*config(source_run, part, *args))
+    records = {d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, part)}
+    loss = {d: {r["step"]: r["loss"] for r in rs if "loss" in r} for d, rs in records.items()}
+    assert loss[full] == loss[part] and len(loss[full]) == 6
+    assert [r["event"] for r in records[part] if "event" in r] == ["start", "resume"]
+    a, b = (load_checkpoint(d / "latest.pt") for d in (full, part))
+    for name in ("encoder", "classifier"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    with pytest.raises(ConfigError, match="other settings"):
+        finetune(*config(source_run, part, *args, "finetune.label_smoothing=0.3"))
+
+
+def test_output_is_an_encoder_vjepa_load_reads_and_a_probe_layout_head(source_run, tmp_path, capsys):
+    from vjepa.api import load
+
+    out = tmp_path / "run"
+    assert main(["finetune", str(source_run), "--head", "linear", f"run.out_dir={out}", *QUIET,
+                 "optim.steps=2", "finetune.label_smoothing=0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 0 <= summary["eval_top1"] <= 100 and summary["eval_split"] == "test"
+    assert json.loads((out / "result.json").read_text())["eval_top1"] == summary["eval_top1"]
+    state = load_checkpoint(out / "latest.pt")
+    encoder = load(out, which="encoder", device="cpu")
+    assert all(torch.equal(encoder.model.state_dict()[k], v) for k, v in state["encoder"].items())
+    head, info = load_head(out)
+    assert isinstance(head, LinearProbe) and all(torch.equal(head.state_dict()[k], v) for k, v in state["classifier"].items())
+    assert info["num_classes"] == len(info["class_names"]) == 8 and info["task"] == "motion"
+    clip = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():  # encoder + head reproduce the fine-tuned classifier's logits
+        expected = build_classifier(from_dict(Config, state["config"]), FinetuneSettings(head="linear"), 8)
+        expected.encoder.load_state_dict(state["encoder"])
+        expected.head.load_state_dict(state["classifier"])
+        assert torch.allclose(head(encoder(clip)), expected.eval()(clip), atol=1e-5)
+    with pytest.raises(CheckpointError, match="no fine-tuned head"):
+        load_head(source_run)
+    # user errors are one line and exit status 2
+    assert main(["finetune", str(source_run), f"run.out_dir={tmp_path / 'x'}", "finetune.head=mlp"]) == 2
+    assert "finetune.head='mlp'" in capsys.readouterr().err
+    assert main(["finetune", str(source_run), "--preset", "k400", f"run.out_dir={tmp_path / 'y'}"]) == 2
+    assert "horizontal_flip" in capsys.readouterr().err
+    assert main(["finetune", "debug", f"run.out_dir={tmp_path / 'z'}"]) == 2
+    assert "add --from scratch" in capsys.readouterr().err
+
+
+def test_labelled_real_video_folders(source_run, tmp_path):
+    from vjepa.config import SyntheticConfig
+    from vjepa.data.synthetic import MOTION_CLASSES, render_clip, write_mp4
+
+    for split in ("train", "test"):
+        for i in range(4):
+            frames, motion, _ = render_clip(SyntheticConfig(size=32, num_frames=20), split, i)
+            folder = tmp_path / "videos" / split / f"class{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_mp4(frames, folder / f"v{i}_{MOTION_CLASSES[motion]}.mp4")
+    cfg, settings = finetune_config(str(source_run), [f"run.out_dir={tmp_path / 'run'}", *QUIET, "optim.steps=2",
+                                                      "data.frame_step=2"], "k400", data=str(tmp_path / "videos"))
+    assert cfg.data.source == "folder" and settings.task == "label" and cfg.data.horizontal_flip
+    summary = finetune(cfg, settings)
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["head"]["class_names"] == ["class0", "class1"]
+    assert summary["eval_split"] == "test" and 0 <= summary["eval_top1"] <= 100
+
+
+def _ddp_worker(rank, world_size, port, cfg, settings):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    finetune(cfg, settings)
+
+
+def test_two_ddp_ranks_match_one_process(source_run, tmp_path):
+    import torch.multiprocessing as mp
+
+    from test_distributed import LOSS_TOL, assert_close_states, free_port
+
+    args = ["optim.steps=3", "run.dtype=fp32", "run.threads=1", "model.drop_path=0", "finetune.eval_split=",
+            "optim.warmup_steps=0", "optim.start_lr=1e-3", "optim.lr=1e-3"]  # steps that move the weights
+    one = config(source_run, tmp_path / "one", *args)
+    two = config(source_run, tmp_path / "two", *args, "data.batch_size=2")  # per process: 2 x 2 = 4
+    finetune(*one)
+    mp.spawn(_ddp_worker, args=(2, free_port(), *two), nprocs=2, join=True)
+    loss = [{r["step"]: r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r} for d in (tmp_path / "one", tmp_path / "two")]
+    assert [loss[1][s] for s in (1, 2, 3)] == pytest.approx([loss[0][s] for s in (1, 2, 3)], rel=LOSS_TOL)
+    a, b = (load_checkpoint(tmp_path / d / "latest.pt") for d in ("one", "two"))
+    assert b["step"] == 3
+    for name in ("encoder", "classifier"):
+        assert_close_states(a[name], b[name])
+
+
+def test_every_parameter_learns_and_one_batch_is_fitted(source_run, tmp_path):
+    from vjepa.finetune import FinetuneSettings, build_classifier, finetune_step
+
+    cfg, _ = config(source_run, tmp_path, "optim.warmup_steps=0", "optim.start_lr=1e-3", "optim.lr=1e-3",
+                    "optim.final_lr=1e-3", "model.drop_path=0", "run.dtype=fp32")
+    settings = FinetuneSettings(label_smoothing=0.0, layer_decay=0.75)
+    model = build_classifier(cfg, settings, num_classes=4)
+    optimizer = torch.optim.AdamW(layer_decay_groups(model.encoder, model.head, 0.75), lr=1e-3)
+    video, labels = torch.randn(8, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 4
+    before = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
+    losses = [finetune_step(model, optimizer, video, labels, step, cfg, settings, torch.device("cpu"))[0].item()
+              for step in range(40)]
+    assert losses[-1] < 0.1 * losses[0], losses  # memorises 8 clips: gradients reach head and encoder
+    unchanged = [k for k, v in model.named_parameters() if v.requires_grad and torch.equal(v, before[k])]
+    assert not unchanged
