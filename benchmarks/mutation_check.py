@@ -253,7 +253,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "batched_pass_for_truncated_masks", "the grid-ordered batched pass also runs on truncated masks",
         "forward",  # JEPA.forward
-        (("if BATCH_GENERATORS and self.full_grid:", "if BATCH_GENERATORS or self.full_grid:"),),
+        (("if self.options.batch_generators and self.full_grid:", "if self.options.batch_generators or self.full_grid:"),),
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(

@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vjepa.jepa as jepa_module
 from vjepa.config import preset
-from vjepa.jepa import JEPA, prediction_loss, sample_losses
+from vjepa.jepa import JEPA, StepOptions, official_options, prediction_loss, sample_losses
 from vjepa.masks import MaskBatch
 from vjepa.models.vit import build_encoder, gather_tokens
 from vjepa.train import masks_for_step
@@ -32,7 +31,7 @@ def clip(cfg, b: int = 3, seed: int = 1):
     return torch.randn(b, 3, cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size, generator=g)
 
 
-def test_batched_predictor_pass_equals_one_pass_per_generator(monkeypatch):
+def test_batched_predictor_pass_equals_one_pass_per_generator():
     """Bugs: mask tokens at context positions, one mask token for every generator (batched pass)."""
     cfg, model = tiny_model()
     video = clip(cfg)
@@ -49,9 +48,9 @@ def test_batched_predictor_pass_equals_one_pass_per_generator(monkeypatch):
             keep = valid[g * b:(g + 1) * b, : alone.shape[1]]
             assert torch.allclose(rows[keep], alone[keep], atol=1e-5), g
         batched = model(video, masks)
-        monkeypatch.setattr(jepa_module, "BATCH_GENERATORS", False)
+        model.set_options(StepOptions(batch_generators=False))
         per_generator = model(video, masks)
-        monkeypatch.setattr(jepa_module, "REEMBED_PER_GENERATOR", True)  # the official structure
+        model.set_options(official_options())  # the official structure (SDPA, Conv3d, re-embedding)
         official = model(video, masks)
     assert torch.allclose(batched["generator_losses"], per_generator["generator_losses"], atol=1e-5)
     assert torch.allclose(official["generator_losses"], per_generator["generator_losses"], atol=1e-5)

@@ -130,9 +130,17 @@ def _bench(args: argparse.Namespace) -> int:
     args.overrides = flags + args.overrides  # explicit overrides win
     if args.device:
         check_device(args.device, "--device")
+    if args.json:  # fail now, not after minutes of timing
+        try:
+            open(args.json, "a").close()
+        except OSError as err:
+            raise ConfigError(f"--json {args.json}: cannot write ({err.strerror})") from None
     report = benchmark(build_config(args), steps=args.steps, warmup=args.warmup, official=args.official_structure,
                        compare_official=args.compare, ablation=args.ablation, device=args.device)
     print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
     return 0
 
 
@@ -147,9 +155,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's run.device)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
-    p.add_argument("--official-structure", action="store_true", help="time the official code's step structure only")
-    p.add_argument("--compare", action="store_true", help="time ours and the official structure interleaved")
-    p.add_argument("--ablation", action="store_true", help="official structure -> ours, one change at a time")
+    p.add_argument("--official-structure", action="store_true",
+                   help="time only the official step as its configs run it (fp32, SDPA, truncation)")
+    p.add_argument("--compare", action="store_true",
+                   help="time ours, the official step and the official step under bf16 autocast, interleaved")
+    p.add_argument("--ablation", action="store_true", help="official step -> ours, one change at a time")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the report to this JSON file")
     p.set_defaults(func=_bench)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +18,31 @@ from vjepa.config import Config, OptimConfig
 from vjepa.masks import MaskBatch
 from vjepa.models.patch_embed import patchify
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import build_encoder, gather_tokens
+from vjepa.models.vit import Kernels, build_encoder, gather_tokens, set_kernels
 
-# Implementation switches (speed only; see vjepa.bench, which flips them to time alternatives).
-BATCH_GENERATORS = True  # pad collation: every generator's predictor pass in one [G*B, N] batch
-REEMBED_PER_GENERATOR = False  # the official structure: each generator re-embeds the whole clip
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How `JEPA.forward` lays the step out: speed only, the losses agree to float rounding.
+
+    `vjepa.bench` builds models with other options to time the official code's structure next to
+    ours in one process (`official_options()`).
+
+    Attributes:
+        batch_generators: pad collation: every generator's predictor pass in one [G*B, N] batch.
+        reembed_per_generator: the official structure: each generator re-embeds the whole clip.
+        kernels: attention and embedding kernels of every encoder and predictor block.
+    """
+
+    batch_generators: bool = True
+    reembed_per_generator: bool = False
+    kernels: Kernels = field(default_factory=Kernels)
+
+
+def official_options() -> StepOptions:
+    """The official code's step as its pretraining configs run it: SDPA (`use_sdpa: true`) in every
+    block, Conv3d tubelet embedding, the whole clip re-embedded and one predictor pass per generator."""
+    return StepOptions(False, True, Kernels(attention="sdpa", conv3d_patch_embed=True))
 
 # ---------------------------------------------------------------------------------------------
 # schedules (pure functions of the step)
@@ -162,11 +182,12 @@ def valid_rows(idx: torch.Tensor, valid: torch.Tensor | None, length: int) -> to
 class JEPA(nn.Module):
     """Context encoder, predictor and EMA target encoder, with the V-JEPA (or pixel) objective.
 
-    `forward(video, masks)` returns a dict with the scalar `loss` (what backward needs) and the
+    `options` (a `StepOptions`) choose how the step is laid out and which kernels run; they change
+    speed, never results beyond float rounding. `forward(video, masks)` returns a dict with the scalar `loss` (what backward needs) and the
     detached per-generator losses; `target_encoder` never receives gradients.
     """
 
-    def __init__(self, cfg: Config, num_mask_generators: int):
+    def __init__(self, cfg: Config, num_mask_generators: int, options: StepOptions | None = None):
         super().__init__()
         m = cfg.model
         self.objective = cfg.run.objective
@@ -182,10 +203,16 @@ class JEPA(nn.Module):
         if self.target_encoder is not None:
             self.target_encoder.requires_grad_(False)
         self.full_grid = cfg.mask.collate == "pad"  # context and target partition the grid
+        self.set_options(options or StepOptions())
+
+    def set_options(self, options: StepOptions) -> None:
+        """Lay the step out as `options` says from now on (kernels of every block included)."""
+        self.options = options
+        set_kernels(self, options.kernels)
 
     def contexts(self, video: torch.Tensor, masks: list[MaskBatch]) -> list[torch.Tensor]:
         """Context-encoder features of each generator's context tokens: one [B, Kc, D] per generator."""
-        if REEMBED_PER_GENERATOR:  # the official structure: the whole clip is embedded per generator
+        if self.options.reembed_per_generator:  # the official structure: the whole clip is embedded per generator
             return [self.encoder(video, m.context_idx, m.context_valid) for m in masks]
         tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
         return [self.encoder.encode(tokens, m.context_idx, m.context_valid) for m in masks]
@@ -241,7 +268,7 @@ class JEPA(nn.Module):
         grid = self.encoder.patch_embed.grid(*video.shape[2:])
         contexts = self.contexts(video, masks)  # one [B, Kc, D] per generator
         losses, reg = [], torch.zeros((), device=video.device)
-        if BATCH_GENERATORS and self.full_grid:
+        if self.options.batch_generators and self.full_grid:
             pred, target_idx, target_valid = self.predict_batched(contexts, masks, grid)  # [G*B, Kt, ...]
             b = video.shape[0]  # generator g owns rows g*B..(g+1)*B-1
             for p, idx, valid in zip(pred.split(b), target_idx.split(b), target_valid.split(b)):

@@ -20,16 +20,46 @@ from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 from vjepa.models.rope import RoPETable, apply_rope, rope_table
 
-# Implementation switches: they change speed, never results beyond float rounding. The benchmark
-# (vjepa.bench) flips them to time other choices, e.g. the official code's structure, in one process.
-# Measured A/B in one process (`vjepa bench`, demo64 preset, CPU, bf16): keeping the attention core in
-# fp32 gained nothing (1.00-1.01x) over bf16 SDPA and cost memory, so it is off; for sequences up to
-# ~768 tokens, attention as two bf16 batched matmuls beat PyTorch's CPU flash kernel 1.15-1.4x
-# (fwd+bwd; equal at 1024, slower beyond), at the price of O(K^2) saved activations.
-CPU_FP32_ATTENTION = False  # CPU bf16: run the SDPA core in fp32
-CPU_MATMUL_ATTENTION_MAX_TOKENS = 768  # CPU bf16: sequences up to this long use `matmul_attention`
-MANUAL_ATTENTION = False  # softmax(q k^T) v in plain ops, scores materialised (the official code)
-CONV3D_PATCH_EMBED = False  # tubelet embedding through nn.Conv3d (the official code) instead of one GEMM
+ATTENTION_KERNELS = ("auto", "sdpa", "manual")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """How the blocks compute: speed only, never results beyond float rounding.
+
+    Every `Attention` and `VisionTransformer` holds one (constructor argument `kernels`, or
+    `set_kernels(model, kernels)` afterwards), so the benchmark can time other choices, e.g. the
+    official code's structure, in one process without touching module globals.
+
+    Measured A/B in one process (`vjepa bench`, demo64 preset, CPU, bf16): keeping the attention core
+    in fp32 gained nothing (1.00-1.01x) over bf16 SDPA and cost memory, so it is off; for sequences up
+    to ~768 tokens, attention as two bf16 batched matmuls beat PyTorch's CPU flash kernel 1.15-1.4x
+    (fwd+bwd; equal at 1024, slower beyond), at the price of O(K^2) saved activations.
+
+    Attributes:
+        attention: "auto" (SDPA; on CPU in bf16, sequences up to `matmul_max_tokens` as two batched
+            matmuls), "sdpa" (always `F.scaled_dot_product_attention`, as the official configs'
+            `use_sdpa: true`) or "manual" (softmax(q k^T) v in plain ops, scores materialised).
+        cpu_fp32_attention: CPU bf16 with "auto": run the SDPA core in fp32.
+        matmul_max_tokens: the "auto" threshold for `matmul_attention` (CPU bf16 only).
+        conv3d_patch_embed: tubelet embedding through nn.Conv3d (the official code) instead of one GEMM.
+    """
+
+    attention: str = "auto"
+    cpu_fp32_attention: bool = False
+    matmul_max_tokens: int = 768
+    conv3d_patch_embed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel {self.attention!r}; choose one of {', '.join(ATTENTION_KERNELS)}")
+
+
+def set_kernels(model: nn.Module, kernels: Kernels) -> None:
+    """Make every submodule of `model` that holds a `kernels` attribute use `kernels`."""
+    for module in model.modules():
+        if isinstance(getattr(module, "kernels", None), Kernels):
+            module.kernels = kernels
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -60,12 +90,27 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     return scores.softmax(dim=-1) @ v
 
 
+def attention_core(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, kernels: Kernels
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v by the kernel `kernels` picks: q, k, v [B, h, K, d] -> [B, h, K, d]."""
+    cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16 and kernels.attention == "auto"
+    if kernels.attention == "manual":
+        return manual_attention(q, k, v, attn_mask)
+    if cpu_bf16 and k.shape[-2] <= kernels.matmul_max_tokens:  # see `Kernels`
+        return matmul_attention(q, k, v, attn_mask)
+    if cpu_bf16 and kernels.cpu_fp32_attention:
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention on `F.scaled_dot_product_attention`. Keys `qkv.*`, `proj.*`."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, kernels: Kernels | None = None):
         super().__init__()
         self.num_heads = num_heads
+        self.kernels = kernels or Kernels()
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -79,15 +124,7 @@ class Attention(nn.Module):
         q, key, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, K, D/heads]
         if rope is not None:
             q, key = apply_rope(q, rope), apply_rope(key, rope)
-        cpu_bf16 = x.device.type == "cpu" and q.dtype == torch.bfloat16
-        if MANUAL_ATTENTION:
-            x = manual_attention(q, key, v, attn_mask)
-        elif cpu_bf16 and k <= CPU_MATMUL_ATTENTION_MAX_TOKENS:  # see the switches at the top
-            x = matmul_attention(q, key, v, attn_mask)
-        elif CPU_FP32_ATTENTION and cpu_bf16:
-            x = F.scaled_dot_product_attention(q.float(), key.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
-        else:
-            x = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
+        x = attention_core(q, key, v, attn_mask, self.kernels)
         return self.proj(x.transpose(1, 2).reshape(b, k, d))
 
 
@@ -115,10 +152,18 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 class Block(nn.Module):
     """Pre-norm transformer block. Keys `norm1`, `attn`, `norm2`, `mlp` as in the official code."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        kernels: Kernels | None = None,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, kernels)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.drop_path = drop_path
@@ -210,10 +255,11 @@ class VisionTransformer(nn.Module):
     target encoder, feature extraction).
     """
 
-    def __init__(self, spec: EncoderSpec | None = None, **kwargs):
+    def __init__(self, spec: EncoderSpec | None = None, kernels: Kernels | None = None, **kwargs):
         super().__init__()
         spec = spec or EncoderSpec(**kwargs)
         self.spec = spec
+        self.kernels = kernels or Kernels()
         self.embed_dim = spec.embed_dim
         self.num_heads = spec.num_heads
         self.activation_checkpointing = False
@@ -227,7 +273,7 @@ class VisionTransformer(nn.Module):
             self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
         rates = stochastic_depth_rates(spec.drop_path, spec.depth)
         self.blocks = nn.ModuleList(
-            Block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, spec.qkv_bias, rate) for rate in rates
+            Block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, spec.qkv_bias, rate, self.kernels) for rate in rates
         )
         self.norm = nn.LayerNorm(spec.embed_dim, eps=1e-6)
         self.apply(init_weights)
@@ -243,7 +289,7 @@ class VisionTransformer(nn.Module):
 
         With RoPE nothing is added here: positions enter every attention layer (see `encode`).
         """
-        if CONV3D_PATCH_EMBED:  # [B, D, T', H', W'] -> [B, N, D], tokens ordered (t, h, w)
+        if self.kernels.conv3d_patch_embed:  # [B, D, T', H', W'] -> [B, N, D], tokens ordered (t, h, w)
             tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         else:
             tokens = self.patch_embed(x)
