@@ -98,7 +98,8 @@ def ablation_variants(cfg: Config) -> list[Variant]:
                       kernels={"conv3d_patch_embed": False}))
     chain.append(step("+matmul_attention_short_seqs", chain[-1], kernels={"attention": ours.kernels.attention}))
     chain.append(step("+pad_collation(keeps_all_tokens)", chain[-1], collate=cfg.mask.collate))
-    chain.append(step("+batched_grid_predictor(=ours)", chain[-1], batch_generators=ours.batch_generators))
+    chain.append(step("+batched_grid_predictor", chain[-1], batch_generators=ours.batch_generators))
+    chain.append(step("+packed_contexts(=ours)", chain[-1], pack=ours.pack))
     return chain
 
 
@@ -112,24 +113,32 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = Non
     Args:
         device: where to run.
         dtype: torch.bfloat16 or torch.float32 (fp32 on CUDA follows torch's TF32 setting).
-        size: matrix size (default 2048 on CPU, 8192 on CUDA, large enough to saturate each).
+        size: matrix size. Default: doubled from 256 until one product takes 0.05 s, at most 2048 on
+            CPU and 8192 on CUDA (large enough to saturate each). A CPU without bf16 instructions
+            (AVX2 only) multiplies bf16 ~10x slower than fp32, and a 2048^2 bf16 probe would take minutes.
         repeats: timed products; the fastest counts.
 
     Returns:
         2 * size^3 / best time.
     """
-    size = size or (8192 if device.type == "cuda" else 2048)
+    if size is None:
+        size, cap = 256, (8192 if device.type == "cuda" else 2048)
+        while size < cap and _time_matmul(device, dtype, size) < 0.05:
+            size *= 2
+    best = min(_time_matmul(device, dtype, size) for _ in range(repeats))
+    return 2.0 * size**3 / best
+
+
+def _time_matmul(device: torch.device, dtype: torch.dtype, size: int) -> float:
+    """Seconds of one [size, size] x [size, size] product (after one untimed warm-up product)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    best = float("inf")
-    for i in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        if i:  # the first product warms up
-            best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    torch.mm(a, b)
+    _sync(device)
+    start = time.perf_counter()
+    torch.mm(a, b)
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def valid_tokens(masks: list[MaskBatch]) -> int:
@@ -314,6 +323,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": name,
         "threads": torch.get_num_threads(),
+        # AVX2-only CPUs have no bf16 matmul instructions: bf16 there is far slower than fp32
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
     }
 
