@@ -47,13 +47,17 @@ def test_batched_predictor_pass_equals_one_pass_per_generator():
             rows = pred[g * b:(g + 1) * b, : alone.shape[1]]
             keep = valid[g * b:(g + 1) * b, : alone.shape[1]]
             assert torch.allclose(rows[keep], alone[keep], atol=1e-5), g
+        model.set_options(StepOptions(pack=False))  # contexts padded, one batched predictor pass
         batched = model(video, masks)
-        model.set_options(StepOptions(batch_generators=False))
+        model.set_options(StepOptions(pack=False, batch_generators=False))
         per_generator = model(video, masks)
+        model.set_options(StepOptions())  # packed contexts (the default)
+        packed = model(video, masks)
         model.set_options(official_options())  # the official structure (SDPA, Conv3d, re-embedding)
         official = model(video, masks)
     assert torch.allclose(batched["generator_losses"], per_generator["generator_losses"], atol=1e-5)
     assert torch.allclose(official["generator_losses"], per_generator["generator_losses"], atol=1e-5)
+    assert torch.allclose(packed["generator_losses"], per_generator["generator_losses"], atol=1e-5)
     # the two generators' mask tokens differ, and the predictions show it
     swapped = model.predictor(contexts[0], masks[0].context_idx, masks[0].target_idx, 1,
                               masks[0].context_valid, masks[0].target_valid, grid)

@@ -74,12 +74,19 @@ def test_loss_of_non_zero_predictions_by_hand():
     assert prediction_loss(pred, target, None, 2.0).item() == pytest.approx((2.5 + 0.5) / 2)
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_model_loss_uses_the_configured_exponent_and_regulariser(batched):
+LAYOUTS = {  # the three ways JEPA.forward lays a pad-collated step out
+    "packed": StepOptions(),
+    "batched": StepOptions(pack=False),
+    "per_generator": StepOptions(pack=False, batch_generators=False),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_model_loss_uses_the_configured_exponent_and_regulariser(layout):
     """Mutants: forward drops `loss_exp`; reg_coeff ignored, subtracted or scaled; the variance
     penalty of the wrong tensor. The loss is rebuilt by hand from the model's own predictions."""
     cfg, model = sharpened_model(loss_exp=2.0, reg_coeff=0.5)
-    model.set_options(StepOptions(batch_generators=batched))
+    model.set_options(LAYOUTS[layout])
     video = clip(cfg)
     grid, masks = padded_masks(cfg, model, video.shape[0])
     with torch.no_grad():
@@ -133,11 +140,11 @@ def test_padded_contexts_equal_each_sample_alone(reembed):
                 assert torch.allclose(contexts[g][i, m.context_valid[i]], alone[0], atol=1e-4), (g, i)
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_padded_predictions_equal_each_sample_alone(batched):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_padded_predictions_equal_each_sample_alone(layout):
     """Mutants: the per-generator predictor call drops `context_valid` or `target_valid`."""
     cfg, model = sharpened_model()
-    model.set_options(StepOptions(batch_generators=batched))
+    model.set_options(LAYOUTS[layout])
     video = clip(cfg)
     _, masks = padded_masks(cfg, model, video.shape[0])
     with torch.no_grad():
