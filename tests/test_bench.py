@@ -80,3 +80,19 @@ def test_bench_cli_rejects_an_unwritable_json_path_before_timing(tmp_path, capsy
     code = main(["bench", "--preset", "debug", "--json", str(tmp_path / "missing" / "x.json")])
     assert code == 2
     assert "--json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset_policy", [None, "ACTIVE"])
+def test_cli_lets_idle_openmp_threads_sleep_unless_the_user_chose(preset_policy):
+    """The wait policy must be in the environment before torch starts OpenMP (so: a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset_policy:
+        env["OMP_WAIT_POLICY"] = preset_policy
+    script = ("import os; from vjepa.cli import main; main(['config', 'debug']); "
+              "import torch; print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == (preset_policy or "PASSIVE")
