@@ -30,14 +30,15 @@ def test_official_baseline_is_what_the_official_configs_run():
     assert official_structure(preset("demo64"), "bf16").cfg.run.dtype == "bf16"
 
 
-def test_ablation_starts_from_the_official_baseline_and_ends_at_ours():
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_ablation_starts_from_the_official_baseline_and_ends_at_ours(dtype):
     cfg = preset("demo64")
-    cfg.run.dtype = "bf16"
+    cfg.run.dtype = dtype
     chain = ablation_variants(cfg)
     assert chain[0].options == official_options() and chain[0].cfg.run.dtype == "fp32"
     assert chain[0].cfg.mask.collate == "truncate"
     assert chain[-1].options == StepOptions() and chain[-1].cfg.mask.collate == cfg.mask.collate
-    assert chain[-1].cfg.run.dtype == "bf16"
+    assert chain[-1].cfg.run.dtype == dtype
     assert len({v.name for v in chain}) == len(chain)
     # each step changes something
     for before, after in itertools.pairwise(chain):

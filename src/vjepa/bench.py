@@ -93,7 +93,8 @@ def ablation_variants(cfg: Config) -> list[Variant]:
         return Variant(name, new, replace(base.options, kernels=kernels, **changes))
 
     chain = [official]
-    chain.append(step(f"+{cfg.run.dtype}_autocast", chain[-1], dtype=cfg.run.dtype))
+    if cfg.run.dtype != official.cfg.run.dtype:
+        chain.append(step(f"+{cfg.run.dtype}_autocast", chain[-1], dtype=cfg.run.dtype))
     chain.append(step("+embed_once_gemm", chain[-1], reembed_per_generator=False,
                       kernels={"conv3d_patch_embed": False}))
     chain.append(step("+matmul_attention_short_seqs", chain[-1], kernels={"attention": ours.kernels.attention}))
