@@ -162,9 +162,9 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "predictor_without_positions", "the predictor drops its positional embedding",
-        "forward",  # Predictor.forward: the snippet is unique to it
-        (("positions = positions.expand(b, -1, -1).to(context.dtype)  # [B, N, P]",
-          "positions = torch.zeros_like(positions.expand(b, -1, -1)).to(context.dtype)  # [B, N, P]"),),
+        "positions",  # Predictor.positions: every predictor path (padded, batched, packed) reads it
+        (("return interpolate_3d(self.predictor_pos_embed, self.grid, grid).to(dtype)",
+          "return torch.zeros_like(interpolate_3d(self.predictor_pos_embed, self.grid, grid)).to(dtype)"),),
         ("tests/test_models.py", "tests/test_objective_invariants.py"),
     ),
     Mutation(

@@ -6,9 +6,10 @@ A, B, ...), so a ratio between them is fair even on a busy machine; the dense ma
 between rounds in the same process and dtype.
 
 The baseline is the official step as the official pretraining configs run it (`official_structure`):
-fp32, SDPA attention (`use_sdpa: true`), Conv3d tubelet embedding, the encoder re-embedding the
+SDPA attention (`use_sdpa: true`), Conv3d tubelet embedding, the encoder re-embedding the
 whole clip for each mask generator, one predictor pass per generator, and truncation collation
-(every row cut to the batch's shortest). `--compare` also times that step under bf16 autocast.
+(every row cut to the batch's shortest), in fp32 (the configs' `dtype: bfloat16` goes through
+`torch.cuda.amp.autocast`, a no-op on a CPU) and under bf16 autocast (what the configs run on a GPU).
 
 Valid tokens per step: each sample's real context plus target tokens, summed over the mask
 generators (truncation drops some, padding slots do not count): the work the objective covers.
@@ -62,8 +63,10 @@ def official_structure(cfg: Config, dtype: str = "fp32") -> Variant:
     SDPA in every block (the configs set `use_sdpa: true`), Conv3d tubelet embedding, the clip
     re-embedded per mask generator, one predictor pass per generator over context + target rows,
     and truncation collation (every row cut to the batch's shortest, as the official collator
-    does). fp32 is how the configs run; `dtype="bf16"` is the same step under CPU/CUDA bf16
-    autocast (a one-line change to the official code).
+    does). The configs set `dtype: bfloat16`, which the official code applies through
+    `torch.cuda.amp.autocast`: bf16 on a GPU, a no-op on a CPU. So on a CPU the official step
+    runs in fp32 (`dtype="fp32"`), and `dtype="bf16"` is the one-line change that gives it CPU
+    autocast; on a GPU `dtype="bf16"` is what the configs run.
 
     Args:
         cfg: the config to mirror (model, data, batch stay as they are).
