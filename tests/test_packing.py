@@ -125,3 +125,11 @@ def test_padded_lengths_are_multiples_of_8():
     even[:, :21] = True
     idx, valid = mask_to_indices(even, "pad")
     assert idx.shape[1] == 21 and valid is None  # nothing padded, so no attention mask to align
+
+
+def test_compiled_runs_keep_the_padded_layout():
+    """Packed rows change length every step, which would re-trace compiled blocks."""
+    cfg = preset("debug")
+    assert JEPA(cfg, 2).options.pack
+    cfg.run.compile = True
+    assert not JEPA(cfg, 2).options.pack and JEPA(cfg, 2).options.batch_generators

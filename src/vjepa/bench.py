@@ -35,7 +35,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -54,7 +54,7 @@ class Variant:
 
     name: str
     cfg: Config
-    options: StepOptions = field(default_factory=StepOptions)
+    options: StepOptions | None = None  # None: the model's default for `cfg` (see `JEPA`)
 
 
 def official_structure(cfg: Config, dtype: str = "fp32") -> Variant:
@@ -259,7 +259,7 @@ class _Run:
             "name": self.variant.name,
             "dtype": cfg.run.dtype,
             "collate": cfg.mask.collate,
-            "options": asdict(self.variant.options),
+            "options": asdict(self.model.options),
             "compile": cfg.run.compile,
             "activation_checkpointing": cfg.run.activation_checkpointing,
             "batch_size": d.batch_size,

@@ -193,7 +193,8 @@ def valid_rows(idx: torch.Tensor, valid: torch.Tensor | None, length: int) -> to
 class JEPA(nn.Module):
     """Context encoder, predictor and EMA target encoder, with the V-JEPA (or pixel) objective.
 
-    `options` (a `StepOptions`) choose how the step is laid out and which kernels run; they change
+    `options` (a `StepOptions`; default: packed contexts, or the padded batched layout when
+    `run.compile` is on) choose how the step is laid out and which kernels run; they change
     speed, never results beyond float rounding. `forward(video, masks)` returns a dict with the scalar `loss` (what backward needs) and the
     detached per-generator losses; `target_encoder` never receives gradients.
     """
@@ -214,7 +215,10 @@ class JEPA(nn.Module):
         if self.target_encoder is not None:
             self.target_encoder.requires_grad_(False)
         self.full_grid = cfg.mask.collate == "pad"  # context and target partition the grid
-        self.set_options(options or StepOptions())
+        # the packed step's per-row lengths change every step: a compiled block would be re-traced
+        # (its Segments carry them), so compiled runs keep the padded batched layout (lengths
+        # rounded up to a multiple of 8) unless options say otherwise
+        self.set_options(options or StepOptions(pack=not cfg.run.compile))
 
     def set_options(self, options: StepOptions) -> None:
         """Lay the step out as `options` says from now on (kernels of every block included)."""
