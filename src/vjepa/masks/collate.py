@@ -164,16 +164,17 @@ class PackedMasks:
 
 def _pack_side(indices: list[tuple[torch.Tensor, torch.Tensor | None]], num_tokens: int) -> PackedTokens:
     """Pack [B, K] index rows (with valid flags or None) of every generator: see `PackedTokens`."""
-    rows, idx, lengths = [], [], []
+    rows, idx, counts = [], [], []
     for g, (index, valid) in enumerate(indices):
         b, k = index.shape
         valid = torch.ones_like(index, dtype=torch.bool) if valid is None else valid
         row = (g * b + torch.arange(b, device=index.device))[:, None].expand(b, k)  # [B, K]
         rows.append(row[valid])  # boolean selection keeps row-major order: row by row, ascending
         idx.append(index[valid])
-        lengths += valid.sum(dim=1).tolist()  # one host sync per side
+        counts.append(valid.sum(dim=1))  # [B]
     rows_t, idx_t = torch.cat(rows), torch.cat(idx)  # [T]
     batch = indices[0][0].shape[0]
+    lengths = torch.cat(counts).tolist()  # the segment lengths live on the host: one read per side
     return PackedTokens(rows_t, idx_t, (rows_t % batch) * num_tokens + idx_t, rows_t * num_tokens + idx_t, lengths)
 
 
