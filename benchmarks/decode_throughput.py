@@ -1,4 +1,13 @@
-"""Decoded + augmented clips per second: each decoder and the prepared cache, for 0/1/2 workers.
+"""Decoded + augmented clips per second: each decoder and the prepared cache, for 0/1/2 workers,
+against what the training step consumes.
+
+    python benchmarks/decode_throughput.py VIDEO --presets demo64 vits16 --json feed.json
+
+With `--presets` each preset's clip shape (frames, frame step, crop) is measured, and its training
+step is timed (`vjepa.bench.benchmark`, `--step-dtype`, batch `--step-batch`; `--consumption
+NAME=CLIPS_PER_S` skips the timing) so the report says how many times over each source feeds the
+step (`feed_ratio`: clips/s delivered / clips/s consumed). The step and the loader share the cores
+here, as they do in a CPU run.
 
 Prints one JSON object. Real footage without a download: Debian's opencv-doc package ships
 vtest.avi (768x576, 795 frames):
@@ -68,6 +77,35 @@ def clips_per_second(dataset: Dataset, workers: int, batch_size: int, seconds: f
     return clips / (time.perf_counter() - start)
 
 
+def step_consumption(name: str, args: argparse.Namespace) -> float:
+    """Clips/s the training step of preset `name` consumes on this machine (or `--consumption`)."""
+    given = dict(item.split("=", 1) for item in args.consumption)
+    if name in given:
+        return float(given[name])
+    from vjepa.bench import benchmark
+    from vjepa.config import apply_overrides, preset
+
+    cfg = apply_overrides(preset(name), [f"run.dtype={args.step_dtype}", f"data.batch_size={args.step_batch}"])
+    return benchmark(cfg, steps=2, warmup=1, device="cpu")["clips_per_s"]
+
+
+def run_presets(args: argparse.Namespace) -> dict:
+    """Each preset's clip shape: decode and cache clips/s, the step's consumption, the feed ratios."""
+    from vjepa.config import preset
+
+    report = {"threads": torch.get_num_threads(), "presets": {}}
+    for name in args.presets:
+        d = preset(name).data
+        args.frames, args.step, args.crop = d.num_frames, d.frame_step, d.crop_size
+        measured = run(args)
+        consumed = step_consumption(name, args)
+        feed = {source: max(by_workers.values()) for source, by_workers in measured["clips_per_s"].items()}
+        measured.update(step_clips_per_s=round(consumed, 3),
+                        feed_ratio={source: round(rate / consumed, 1) for source, rate in feed.items()})
+        report["presets"][name] = measured
+    return report
+
+
 def run(args: argparse.Namespace) -> dict:
     """Measure every decoder and the cache; return the JSON-ready results."""
     folder = Path(tempfile.mkdtemp(prefix="vjepa_bench_"))
@@ -118,7 +156,17 @@ def main() -> None:
     parser.add_argument("--decoders", nargs="+", default=["pyav", "torchcodec"])
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per setting")
     parser.add_argument("--repeats", type=int, default=1000, help="dataset length (the video repeated)")
-    print(json.dumps(run(parser.parse_args()), indent=1))
+    parser.add_argument("--presets", nargs="*", default=[], help="measure these presets' clip shapes and steps")
+    parser.add_argument("--step-dtype", default="fp32", choices=["fp32", "bf16"], help="dtype of the timed step")
+    parser.add_argument("--step-batch", type=int, default=2, help="batch of the timed step")
+    parser.add_argument("--consumption", nargs="*", default=[], metavar="NAME=CLIPS_PER_S",
+                        help="use these step rates instead of timing the step")
+    parser.add_argument("--json", default=None, help="also write the report here")
+    args = parser.parse_args()
+    report = run_presets(args) if args.presets else run(args)
+    print(json.dumps(report, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

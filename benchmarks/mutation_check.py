@@ -162,9 +162,9 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "predictor_without_positions", "the predictor drops its positional embedding",
-        "forward",  # Predictor.forward: the snippet is unique to it
-        (("positions = self.positions(grid, context.dtype).expand(b, -1, -1)  # [B, N, P]",
-          "positions = torch.zeros_like(self.positions(grid, context.dtype)).expand(b, -1, -1)  # [B, N, P]"),),
+        "positions",  # Predictor.positions: every predictor path (padded, batched, packed) reads it
+        (("return interpolate_3d(self.predictor_pos_embed, self.grid, grid).to(dtype)",
+          "return torch.zeros_like(interpolate_3d(self.predictor_pos_embed, self.grid, grid)).to(dtype)"),),
         ("tests/test_models.py", "tests/test_objective_invariants.py"),
     ),
     Mutation(
@@ -278,14 +278,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "regulariser_subtracted", "the variance regulariser is subtracted from the loss",
-        "forward",  # JEPA.forward
+        "outputs",  # JEPA.outputs
         (("\"loss\": prediction + self.reg_coeff * reg,", "\"loss\": prediction - self.reg_coeff * reg,"),),
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(
         "batched_pass_for_truncated_masks", "the grid-ordered batched pass also runs on truncated masks",
         "forward",  # JEPA.forward
-        (("if BATCH_GENERATORS and self.full_grid:", "if BATCH_GENERATORS or self.full_grid:"),),
+        (("if self.options.batch_generators and self.full_grid:", "if self.options.batch_generators or self.full_grid:"),),
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(
@@ -312,6 +312,38 @@ MUTATIONS: list[Mutation] = [
         "to",  # MaskBatch.to
         (("target_valid=move(self.target_valid),", "target_valid=None,"),),
         ("tests/test_masks.py", "tests/test_sweep_gaps.py"),
+    ),
+    # -- packed contexts (docs/performance.md) -------------------------------------------------------
+    Mutation(
+        "packed_rows_attend_across", "packed context rows attend to each other (no block-diagonal mask)",
+        "attend",  # Segments.attend
+        (("return torch.cat([attention_core(qr, kr, vr, None, kernels) for qr, kr, vr in parts], dim=2)",
+          "return attention_core(q, k, v, None, kernels)"),),
+        ("tests/test_packing.py",),
+    ),
+    Mutation(
+        "packed_loss_ignores_loss_exp", "the packed loss computes L1 whatever objective.loss_exp says",
+        "packed_losses",
+        ((".abs().pow(self.loss_exp).mean(dim=-1)", ".abs().mean(dim=-1)"),),
+        ("tests/test_sweep_gaps.py",),
+    ),
+    Mutation(
+        "packed_penalty_biased_variance", "the packed variance penalty divides by n instead of n - 1",
+        "packed_losses",
+        (("num_rows, denominator - 1)", "num_rows, denominator)"),),
+        ("tests/test_packing.py",),
+    ),
+    Mutation(
+        "packed_mask_tokens_at_context_slots", "the packed predictor puts mask tokens at context positions",
+        "forward_packed",
+        (("is_target[packed.target.slot] = 1.0", "is_target[packed.context.slot] = 1.0"),),
+        ("tests/test_packing.py",),
+    ),
+    Mutation(
+        "padded_lengths_unaligned", "padded index rows keep the longest row's length (not a multiple of 8)",
+        "mask_to_indices",
+        (("length = -(-longest // multiple) * multiple", "length = longest"),),
+        ("tests/test_packing.py",),
     ),
     Mutation(
         "pixel_targets_biased_variance", "pixel targets are normalised by the biased variance",

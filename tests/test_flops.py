@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vjepa.bench import switches
 from vjepa.config import preset
 from vjepa.flops import block_flops, mask_token_counts, step_flops
-from vjepa.jepa import JEPA
+from vjepa.jepa import JEPA, StepOptions
 from vjepa.masks import MaskBatch
+from vjepa.models.vit import Kernels
 
 
 def tiny_cfg(objective="jepa"):
@@ -57,14 +57,14 @@ def test_counts_ignore_padding_slots():
 @pytest.mark.parametrize("objective", ["jepa", "pixel"])
 def test_pytorch_flop_counter_agrees(objective):
     cfg = tiny_cfg(objective)
-    model = JEPA(cfg, 1)
+    # PyTorch's counter does not see CPU SDPA kernels; plain matmuls it does
+    model = JEPA(cfg, 1, StepOptions(kernels=Kernels(attention="manual")))
     video = torch.randn(1, 3, 4, 16, 16)
     f = step_flops(cfg, MASKS, num_tokens=8)
-    with switches(manual_attention=True):  # PyTorch's counter does not see CPU SDPA kernels; plain matmuls it does
-        with FlopCounterMode(display=False) as forward:
-            out = model(video, MASKS)
-        with FlopCounterMode(display=False) as backward:
-            out["loss"].backward()
+    with FlopCounterMode(display=False) as forward:
+        out = model(video, MASKS)
+    with FlopCounterMode(display=False) as backward:
+        out["loss"].backward()
     assert forward.get_total_flops() == f.target_forward + f.context_forward + f.predictor_forward
     # the convention counts 2x forward; autograd skips the pixels' gradient (they need none)
     patch = 2 * 8 * (3 * 2 * 8 * 8) * 8
@@ -80,12 +80,19 @@ def test_benchmark_reports_ours_and_official_structure(monkeypatch):
     real_peak = bench.matmul_peak
     monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype, size=None, repeats=5: real_peak(device, dtype, 256, 2))
     report = benchmark(preset("debug"), steps=1, warmup=1, compare_official=True, device="cpu")
-    ours, official = report["results"]
+    ours, official, official_bf16 = report["results"]
     assert (ours["collate"], official["collate"], official["dtype"]) == ("pad", "truncate", "fp32")
-    assert official["switches"]["manual_attention"] and not ours["switches"]["manual_attention"]
-    for record in (ours, official):
+    assert (official_bf16["collate"], official_bf16["dtype"]) == ("truncate", "bf16")
+    # the official configs run SDPA (use_sdpa: true), not materialised attention
+    assert official["options"]["kernels"]["attention"] == official_bf16["options"]["kernels"]["attention"] == "sdpa"
+    assert official["options"]["reembed_per_generator"] and not ours["options"]["reembed_per_generator"]
+    for record in (ours, official, official_bf16):
         assert record["clips_per_s"] > 0 and 0 < record["mfu"] and record["flops_per_step"]["total"] > 0
-    assert report["speedups"]["ours_vs_official"] > 0
+        assert record["valid_tokens_per_s"] > 0
+    # pad collation keeps every token of every generator (N per sample each); truncation drops some
+    grid_tokens = ours["tokens_per_clip"] * ours["batch_size"] * 2
+    assert ours["valid_tokens_per_step"] == grid_tokens > official["valid_tokens_per_step"]
+    assert report["speedups"]["ours_vs_official"] > 0 and report["speedups"]["ours_vs_official_bf16"] > 0
 
 
 @pytest.mark.gpu

@@ -167,9 +167,11 @@ def test_causal_context_lies_in_the_first_time_steps() -> None:
 
 def test_mask_to_indices_pads_with_the_last_valid_index() -> None:
     mask = torch.tensor([[True, False, True, True], [False, True, False, False]])
-    idx, valid = mask_to_indices(mask, "pad")
+    idx, valid = mask_to_indices(mask, "pad", multiple=1)
     assert idx.tolist() == [[0, 2, 3], [1, 1, 1]]
     assert valid.tolist() == [[True, True, True], [True, False, False]]
+    idx, valid = mask_to_indices(mask, "pad")  # rounded up to 8 slots (more than the 4 grid tokens)
+    assert idx.tolist() == [[0, 2, 3] + [3] * 5, [1] * 8] and valid.sum(1).tolist() == [3, 1]
     idx, valid = mask_to_indices(mask, "truncate")
     assert idx.tolist() == [[0], [1]] and valid is None
     assert torch.equal(indices_to_mask(*mask_to_indices(mask, "pad"), num_tokens=4), mask)

@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vjepa.jepa as jepa_module
 from vjepa.config import preset
-from vjepa.jepa import JEPA, prediction_loss, sample_losses
+from vjepa.jepa import JEPA, StepOptions, official_options, prediction_loss, sample_losses
 from vjepa.masks import MaskBatch
 from vjepa.masks.step import masks_for_step
 from vjepa.models.factory import build_encoder, token_grid
@@ -33,7 +32,7 @@ def clip(cfg, b: int = 3, seed: int = 1):
     return torch.randn(b, 3, cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size, generator=g)
 
 
-def test_batched_predictor_pass_equals_one_pass_per_generator(monkeypatch):
+def test_batched_predictor_pass_equals_one_pass_per_generator():
     """Bugs: mask tokens at context positions, one mask token for every generator (batched pass)."""
     cfg, model = tiny_model()
     video = clip(cfg)
@@ -49,13 +48,17 @@ def test_batched_predictor_pass_equals_one_pass_per_generator(monkeypatch):
             rows = pred[g * b:(g + 1) * b, : alone.shape[1]]
             keep = valid[g * b:(g + 1) * b, : alone.shape[1]]
             assert torch.allclose(rows[keep], alone[keep], atol=1e-5), g
+        model.set_options(StepOptions(pack=False))  # contexts padded, one batched predictor pass
         batched = model(video, masks)
-        monkeypatch.setattr(jepa_module, "BATCH_GENERATORS", False)
+        model.set_options(StepOptions(pack=False, batch_generators=False))
         per_generator = model(video, masks)
-        monkeypatch.setattr(jepa_module, "REEMBED_PER_GENERATOR", True)  # the official structure
+        model.set_options(StepOptions())  # packed contexts (the default)
+        packed = model(video, masks)
+        model.set_options(official_options())  # the official structure (SDPA, Conv3d, re-embedding)
         official = model(video, masks)
     assert torch.allclose(batched["generator_losses"], per_generator["generator_losses"], atol=1e-5)
     assert torch.allclose(official["generator_losses"], per_generator["generator_losses"], atol=1e-5)
+    assert torch.allclose(packed["generator_losses"], per_generator["generator_losses"], atol=1e-5)
     # the two generators' mask tokens differ, and the predictions show it
     swapped = model.predictor(contexts[0], masks[0].context_idx, masks[0].target_idx, 1,
                               masks[0].context_valid, masks[0].target_valid, grid)

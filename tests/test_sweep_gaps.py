@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-import vjepa.jepa as jepa_module
 from vjepa.config import MaskConfig, OptimConfig, preset
 from vjepa.jepa import (
     JEPA,
+    StepOptions,
     ema_momentum,
     learning_rate,
     pixel_targets,
@@ -76,12 +76,19 @@ def test_loss_of_non_zero_predictions_by_hand():
     assert prediction_loss(pred, target, None, 2.0).item() == pytest.approx((2.5 + 0.5) / 2)
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_model_loss_uses_the_configured_exponent_and_regulariser(batched, monkeypatch):
+LAYOUTS = {  # the three ways JEPA.forward lays a pad-collated step out
+    "packed": StepOptions(),
+    "batched": StepOptions(pack=False),
+    "per_generator": StepOptions(pack=False, batch_generators=False),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_model_loss_uses_the_configured_exponent_and_regulariser(layout):
     """Mutants: forward drops `loss_exp`; reg_coeff ignored, subtracted or scaled; the variance
     penalty of the wrong tensor. The loss is rebuilt by hand from the model's own predictions."""
-    monkeypatch.setattr(jepa_module, "BATCH_GENERATORS", batched)
     cfg, model = sharpened_model(loss_exp=2.0, reg_coeff=0.5)
+    model.set_options(LAYOUTS[layout])
     video = clip(cfg)
     grid, masks = padded_masks(cfg, model, video.shape[0])
     with torch.no_grad():
@@ -100,7 +107,7 @@ def test_model_loss_uses_the_configured_exponent_and_regulariser(batched, monkey
     assert out["loss"].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
-def test_truncate_collation_never_takes_the_batched_full_grid_pass(monkeypatch):
+def test_truncate_collation_never_takes_the_batched_full_grid_pass():
     """Mutant: `BATCH_GENERATORS or full_grid`: truncated masks do not partition the grid, so the
     grid-ordered batched pass would be wrong for them."""
     cfg, model = sharpened_model()
@@ -111,7 +118,7 @@ def test_truncate_collation_never_takes_the_batched_full_grid_pass(monkeypatch):
     masks = masks_for_step(cfg, grid, video.shape[0], step=3)
     with torch.no_grad():
         batched = model(video, masks)["generator_losses"]
-        monkeypatch.setattr(jepa_module, "BATCH_GENERATORS", False)
+        model.set_options(StepOptions(batch_generators=False))
         per_generator = model(video, masks)["generator_losses"]
     assert torch.allclose(batched, per_generator, atol=1e-6)
 
@@ -121,10 +128,10 @@ def test_truncate_collation_never_takes_the_batched_full_grid_pass(monkeypatch):
 
 
 @pytest.mark.parametrize("reembed", [False, True])
-def test_padded_contexts_equal_each_sample_alone(reembed, monkeypatch):
+def test_padded_contexts_equal_each_sample_alone(reembed):
     """Mutants: the context encoder (either structure) drops `context_valid`."""
-    monkeypatch.setattr(jepa_module, "REEMBED_PER_GENERATOR", reembed)
     cfg, model = sharpened_model()
+    model.set_options(StepOptions(reembed_per_generator=reembed))
     video = clip(cfg)
     _, masks = padded_masks(cfg, model, video.shape[0])
     with torch.no_grad():
@@ -135,11 +142,11 @@ def test_padded_contexts_equal_each_sample_alone(reembed, monkeypatch):
                 assert torch.allclose(contexts[g][i, m.context_valid[i]], alone[0], atol=1e-4), (g, i)
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_padded_predictions_equal_each_sample_alone(batched, monkeypatch):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_padded_predictions_equal_each_sample_alone(layout):
     """Mutants: the per-generator predictor call drops `context_valid` or `target_valid`."""
-    monkeypatch.setattr(jepa_module, "BATCH_GENERATORS", batched)
     cfg, model = sharpened_model()
+    model.set_options(LAYOUTS[layout])
     video = clip(cfg)
     _, masks = padded_masks(cfg, model, video.shape[0])
     with torch.no_grad():

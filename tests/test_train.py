@@ -229,15 +229,14 @@ def test_probe_after_skips_other_data_and_reports_a_failed_probe(monkeypatch, ca
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from vjepa import jepa
 
-    real = jepa.prediction_loss
+    real = jepa.JEPA.outputs  # every step layout (packed, batched, per generator) ends here
     calls = {"n": 0}
 
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        value = real(*args, **kwargs)
-        return value * float("nan") if calls["n"] > 2 * 6 else value  # 2 generators per step: NaN from step 7
+    def poisoned(self, generator_losses, *args):
+        calls["n"] += 1  # one call per step: NaN from step 7
+        return real(self, generator_losses * float("nan") if calls["n"] > 6 else generator_losses, *args)
 
-    monkeypatch.setattr(jepa, "prediction_loss", poisoned)
+    monkeypatch.setattr(jepa.JEPA, "outputs", poisoned)
     with pytest.raises(TrainingDiverged, match="step 7"):
         train(debug_cfg(tmp_path, "optim.steps=12", "run.checkpoint_every=5", "run.log_every=3"))
     state = load_checkpoint(tmp_path / "latest.pt")

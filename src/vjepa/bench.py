@@ -1,13 +1,18 @@
-"""Training-step benchmark: clips/s, step time, model FLOPs, MFU against a measured matmul peak, memory.
+"""Training-step benchmark: clips/s, valid tokens/s, step time, model FLOPs, MFU, memory.
 
-Each *variant* is a config plus a set of implementation switches (module flags in
-`vjepa.models.vit` and `vjepa.jepa`). Several variants run in ONE process, their timed steps
-interleaved (A, B, A, B, ...), so a ratio between them is fair even on a busy machine; the dense
-matmul peak is sampled between rounds in the same process and dtype.
+Each *variant* is a config plus the `StepOptions` its model is built with (step layout, attention
+and embedding kernels). Several variants run in ONE process, their timed steps interleaved (A, B,
+A, B, ...), so a ratio between them is fair even on a busy machine; the dense matmul peak is sampled
+between rounds in the same process and dtype.
 
-The "official structure" variant times the same step laid out as the official code does it: fp32,
-attention as q @ k^T, softmax, @ v, Conv3d tubelet embedding, the encoder re-embedding the whole
-clip for each mask generator, one predictor pass per generator, and truncation collation.
+The baseline is the official step as the official pretraining configs run it (`official_structure`):
+SDPA attention (`use_sdpa: true`), Conv3d tubelet embedding, the encoder re-embedding the
+whole clip for each mask generator, one predictor pass per generator, and truncation collation
+(every row cut to the batch's shortest), in fp32 (the configs' `dtype: bfloat16` goes through
+`torch.cuda.amp.autocast`, a no-op on a CPU) and under bf16 autocast (what the configs run on a GPU).
+
+Valid tokens per step: each sample's real context plus target tokens, summed over the mask
+generators (truncation drops some, padding slots do not count): the work the objective covers.
 
 Timed: `train_step` (forward, backward, clipping, AdamW, EMA) on synthetic clips with real masks
 sampled beforehand (mask sampling, a host-side cost, is timed separately). Not timed: data loading.
@@ -30,110 +35,75 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
-from vjepa import jepa as jepa_module
 from vjepa.config import Config, validate
 from vjepa.distributed import resolve_device
-from vjepa.flops import step_flops
-from vjepa.jepa import JEPA, param_groups
-from vjepa.masks import num_generators
-from vjepa.models import vit
+from vjepa.flops import mask_token_counts, step_flops
+from vjepa.jepa import JEPA, StepOptions, official_options, param_groups
+from vjepa.masks import MaskBatch, num_generators
 from vjepa.train import compile_blocks, masks_for_step, train_step
-
-# name -> (module, attribute) of every implementation switch a variant may set
-SWITCHES: dict[str, tuple[Any, str]] = {
-    "manual_attention": (vit, "MANUAL_ATTENTION"),
-    "conv3d_patch_embed": (vit, "CONV3D_PATCH_EMBED"),
-    "cpu_fp32_attention": (vit, "CPU_FP32_ATTENTION"),
-    "cpu_matmul_attention_max_tokens": (vit, "CPU_MATMUL_ATTENTION_MAX_TOKENS"),
-    "reembed_per_generator": (jepa_module, "REEMBED_PER_GENERATOR"),
-    "batch_generators": (jepa_module, "BATCH_GENERATORS"),
-}
-OFFICIAL_SWITCHES = {
-    "manual_attention": True,
-    "conv3d_patch_embed": True,
-    "reembed_per_generator": True,
-    "batch_generators": False,
-}
-
-
-@contextlib.contextmanager
-def switches(**values: bool | int) -> Iterator[None]:
-    """Set implementation switches (names in `SWITCHES`) for the duration of the block.
-
-    Example:
-        >>> with switches(manual_attention=True):
-        ...     pass  # attention runs as q @ k^T, softmax, @ v here
-    """
-    unknown = set(values) - set(SWITCHES)
-    if unknown:
-        raise ValueError(f"unknown switch {min(unknown)!r}; choose from {', '.join(SWITCHES)}")
-    saved = {name: getattr(*SWITCHES[name]) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(*SWITCHES[name], value)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(*SWITCHES[name], value)
-
-
-def official_structure(cfg: Config) -> tuple[Config, dict[str, bool]]:
-    """The official code's step structure, for the baseline variant.
-
-    Args:
-        cfg: the config to mirror (model, data, batch stay as they are).
-
-    Returns:
-        (a copy of `cfg` in fp32 with truncation collation, the switches to set). Use as
-        ``base, flags = official_structure(cfg)`` then run steps inside ``switches(**flags)``.
-    """
-    cfg = copy.deepcopy(cfg)
-    cfg.run.dtype, cfg.mask.collate = "fp32", "truncate"
-    return cfg, dict(OFFICIAL_SWITCHES)
 
 
 @dataclass
 class Variant:
-    """One way to run the step: a config and the implementation switches it needs."""
+    """One way to run the step: a config and the `StepOptions` the model is built with."""
 
     name: str
     cfg: Config
-    switches: dict[str, bool | int] = field(default_factory=dict)
+    options: StepOptions | None = None  # None: the model's default for `cfg` (see `JEPA`)
+
+
+def official_structure(cfg: Config, dtype: str = "fp32") -> Variant:
+    """The official code's step as its pretraining configs run it, for the baseline variant.
+
+    SDPA in every block (the configs set `use_sdpa: true`), Conv3d tubelet embedding, the clip
+    re-embedded per mask generator, one predictor pass per generator over context + target rows,
+    and truncation collation (every row cut to the batch's shortest, as the official collator
+    does). The configs set `dtype: bfloat16`, which the official code applies through
+    `torch.cuda.amp.autocast`: bf16 on a GPU, a no-op on a CPU. So on a CPU the official step
+    runs in fp32 (`dtype="fp32"`), and `dtype="bf16"` is the one-line change that gives it CPU
+    autocast; on a GPU `dtype="bf16"` is what the configs run.
+
+    Args:
+        cfg: the config to mirror (model, data, batch stay as they are).
+        dtype: "fp32" (the configs) or "bf16".
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.run.dtype, cfg.mask.collate = dtype, "truncate"
+    name = "official" if dtype == "fp32" else f"official_{dtype}"
+    return Variant(name, cfg, official_options())
 
 
 def ablation_variants(cfg: Config) -> list[Variant]:
-    """From the official structure to ours, one change at a time (each variant adds one change).
+    """From the official step (fp32, SDPA, truncation) to ours, one change at a time.
 
-    Every variant sets every switch, so the chain does not depend on the module defaults; the last
-    one is our default step. The pad-collation step adds work (it keeps every token instead of
-    truncating); the others change speed only. The bf16 steps matter on CPU only (the attention
-    switches apply to CPU bf16).
+    Each variant adds one change to the previous one; the last one is our default step. The
+    pad-collation step adds work (it keeps every token instead of truncating); the others change
+    speed only. The matmul-attention step matters on CPU in bf16 only.
     """
-    official, flags = official_structure(cfg)
-    ours = {name: getattr(*SWITCHES[name]) for name in SWITCHES}  # the defaults
+    official = official_structure(cfg)
+    ours = StepOptions()
 
     def step(name: str, base: Variant, dtype: str | None = None, collate: str | None = None, **changes) -> Variant:
         new = copy.deepcopy(base.cfg)
         new.run.dtype = dtype or new.run.dtype
         new.mask.collate = collate or new.mask.collate
-        return Variant(name, new, {**base.switches, **changes})
+        kernels = replace(base.options.kernels, **changes.pop("kernels", {}))
+        return Variant(name, new, replace(base.options, kernels=kernels, **changes))
 
-    old_cpu_attention = {"cpu_fp32_attention": True, "cpu_matmul_attention_max_tokens": 0}
-    chain = [Variant("official_structure", official, {**ours, **old_cpu_attention, **flags})]
-    chain.append(step("+sdpa", chain[-1], manual_attention=False))
-    chain.append(step("+embed_once_gemm", chain[-1], conv3d_patch_embed=False, reembed_per_generator=False))
-    chain.append(step("+bf16_autocast(fp32_attention_core)", chain[-1], dtype=cfg.run.dtype))
-    chain.append(step("+bf16_attention_core", chain[-1], cpu_fp32_attention=ours["cpu_fp32_attention"]))
-    chain.append(step("+matmul_attention_short_seqs", chain[-1],
-                      cpu_matmul_attention_max_tokens=ours["cpu_matmul_attention_max_tokens"]))
+    chain = [official]
+    if cfg.run.dtype != official.cfg.run.dtype:
+        chain.append(step(f"+{cfg.run.dtype}_autocast", chain[-1], dtype=cfg.run.dtype))
+    chain.append(step("+embed_once_gemm", chain[-1], reembed_per_generator=False,
+                      kernels={"conv3d_patch_embed": False}))
+    chain.append(step("+matmul_attention_short_seqs", chain[-1], kernels={"attention": ours.kernels.attention}))
     chain.append(step("+pad_collation(keeps_all_tokens)", chain[-1], collate=cfg.mask.collate))
-    chain.append(step("+batched_grid_predictor(=ours)", chain[-1], batch_generators=ours["batch_generators"]))
+    chain.append(step("+batched_grid_predictor", chain[-1], batch_generators=ours.batch_generators))
+    chain.append(step("+packed_contexts(=ours)", chain[-1], pack=ours.pack))
     return chain
 
 
@@ -147,24 +117,37 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = Non
     Args:
         device: where to run.
         dtype: torch.bfloat16 or torch.float32 (fp32 on CUDA follows torch's TF32 setting).
-        size: matrix size (default 2048 on CPU, 8192 on CUDA, large enough to saturate each).
+        size: matrix size. Default: doubled from 256 until one product takes 0.05 s, at most 2048 on
+            CPU and 8192 on CUDA (large enough to saturate each). A CPU without bf16 instructions
+            (AVX2 only) multiplies bf16 ~10x slower than fp32, and a 2048^2 bf16 probe would take minutes.
         repeats: timed products; the fastest counts.
 
     Returns:
         2 * size^3 / best time.
     """
-    size = size or (8192 if device.type == "cuda" else 2048)
+    if size is None:
+        size, cap = 256, (8192 if device.type == "cuda" else 2048)
+        while size < cap and _time_matmul(device, dtype, size) < 0.05:
+            size *= 2
+    best = min(_time_matmul(device, dtype, size) for _ in range(repeats))
+    return 2.0 * size**3 / best
+
+
+def _time_matmul(device: torch.device, dtype: torch.dtype, size: int) -> float:
+    """Seconds of one [size, size] x [size, size] product (after one untimed warm-up product)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    best = float("inf")
-    for i in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        if i:  # the first product warms up
-            best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    torch.mm(a, b)
+    _sync(device)
+    start = time.perf_counter()
+    torch.mm(a, b)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def valid_tokens(masks: list[MaskBatch]) -> int:
+    """Real context plus target tokens of a step's masks, summed over samples and generators."""
+    return sum(sum(context) + sum(target) for context, target in map(mask_token_counts, masks))
 
 
 def _sync(device: torch.device) -> None:
@@ -228,7 +211,7 @@ class _Run:
         cfg = validate(variant.cfg)
         self.variant, self.cfg, self.device = variant, cfg, device
         torch.manual_seed(seed)
-        self.model = JEPA(cfg, num_generators(cfg.mask)).to(device)
+        self.model = JEPA(cfg, num_generators(cfg.mask), variant.options).to(device)
         if cfg.run.activation_checkpointing:
             self.model.encoder.activation_checkpointing = self.model.predictor.activation_checkpointing = True
         self.optimizer = torch.optim.AdamW(param_groups(self.model.encoder, self.model.predictor), lr=cfg.optim.lr)
@@ -250,13 +233,12 @@ class _Run:
     def step(self, timed: bool) -> None:
         """Run the next training step; record its wall time (and peak memory) if `timed`."""
         i = self.step_index
-        with switches(**self.variant.switches):
-            before = memory_mark(self.device) if timed else 0
-            _sync(self.device)
-            start = time.perf_counter()
-            result = train_step(self.model, self.optimizer, self.videos[i % 2], self.masks[i], i, self.cfg, self.device)
-            _sync(self.device)
-            elapsed = time.perf_counter() - start
+        before = memory_mark(self.device) if timed else 0
+        _sync(self.device)
+        start = time.perf_counter()
+        result = train_step(self.model, self.optimizer, self.videos[i % 2], self.masks[i], i, self.cfg, self.device)
+        _sync(self.device)
+        elapsed = time.perf_counter() - start
         if timed:
             self.times.append(elapsed)
             self.memory = max(self.memory, memory_peak(self.device) - before)
@@ -272,11 +254,12 @@ class _Run:
         mean_flops = {k: statistics.fmean(f.as_dict()[k] for f in flops) for k in flops[0].as_dict()}
         median, peak = statistics.median(self.times), statistics.median(peaks)
         achieved = mean_flops["total"] / median
+        tokens = statistics.fmean(valid_tokens(masks) for masks in timed_masks)
         return {
             "name": self.variant.name,
             "dtype": cfg.run.dtype,
             "collate": cfg.mask.collate,
-            "switches": {name: getattr(*SWITCHES[name]) for name in SWITCHES} | self.variant.switches,
+            "options": asdict(self.model.options),
             "compile": cfg.run.compile,
             "activation_checkpointing": cfg.run.activation_checkpointing,
             "batch_size": d.batch_size,
@@ -284,6 +267,8 @@ class _Run:
             "tokens_per_clip": num_tokens,
             "timed_steps": len(self.times),
             "clips_per_s": d.batch_size / median,
+            "valid_tokens_per_step": tokens,
+            "valid_tokens_per_s": tokens / median,
             "step_time_s": {"median": median, "min": min(self.times), "max": max(self.times)},
             "mask_sampling_s_per_step": self.mask_seconds,
             "flops_per_step": mean_flops,
@@ -342,6 +327,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": name,
         "threads": torch.get_num_threads(),
+        # AVX2-only CPUs have no bf16 matmul instructions: bf16 there is far slower than fp32
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
     }
 
@@ -354,6 +341,7 @@ def benchmark(
     compare_official: bool = False,
     ablation: bool = False,
     device: str | None = None,
+    official_dtypes: tuple[str, ...] = ("fp32", "bf16"),
 ) -> dict[str, Any]:
     """Benchmark the training step of `cfg` (its dtype, batch, compile and checkpointing settings).
 
@@ -361,13 +349,17 @@ def benchmark(
         cfg: the run config (preset plus overrides).
         steps: timed steps per variant.
         warmup: untimed steps per variant first.
-        official: time only the official-structure baseline instead of our step.
-        compare_official: time ours and the official structure interleaved; add the speed-up.
-        ablation: time the chain from the official structure to ours, one change at a time.
+        official: time only the official baseline (`official_structure`) instead of our step.
+        compare_official: time ours, the official step (fp32) and the official step under bf16
+            autocast interleaved; add the speed-ups in clips/s and in valid tokens/s.
+        ablation: time the chain from the official step to ours, one change at a time.
         device: "cpu", "cuda", ... (default: `cfg.run.device`).
+        official_dtypes: the official step's dtypes `compare_official` times ("fp32": as its configs
+            run; "bf16": under autocast). On a CPU without bf16 matmul instructions (AVX2 only,
+            `environment()["cpu_capability"]`) bf16 runs ~10x slower than fp32: time fp32 alone.
 
     Returns:
-        One variant: its record (clips_per_s, step_time_s median/min/max, flops_per_step by part,
+        One variant: its record (clips_per_s, valid_tokens_per_s, step_time_s median/min/max, flops_per_step by part,
         achieved_flops_per_s, peak_matmul_flops_per_s, mfu, peak_memory_mb, ...) plus the
         environment. Several: {"environment", "results": [...], "speedups": {...}}.
     """
@@ -377,21 +369,25 @@ def benchmark(
     ours = Variant("ours", copy.deepcopy(cfg))
     if ablation:
         variants = ablation_variants(cfg)
-    elif compare_official or official:
-        base, flags = official_structure(cfg)
-        variants = ([ours] if compare_official else []) + [Variant("official_structure", base, flags)]
+    elif compare_official:
+        variants = [ours] + [official_structure(cfg, dtype) for dtype in official_dtypes]
+    elif official:
+        variants = [official_structure(cfg)]
     else:
         variants = [ours]
     results = run_variants(variants, dev, steps, warmup, cfg.run.seed)
     env = environment(dev)
     if len(results) == 1:
         return {**results[0], **env}
-    first = results[0]["clips_per_s"]
-    by_name = {r["name"]: r["clips_per_s"] for r in results}
     if ablation:
-        speedups = {r["name"]: {"vs_official": r["clips_per_s"] / first,
+        speedups = {r["name"]: {"vs_official": r["clips_per_s"] / results[0]["clips_per_s"],
                                 "vs_previous": r["clips_per_s"] / p["clips_per_s"]}
                     for p, r in itertools.pairwise(results)}
     else:
-        speedups = {"ours_vs_official": by_name["ours"] / by_name["official_structure"]}
+        by_name = {r["name"]: r for r in results}
+        speedups = {}
+        for name in [r["name"] for r in results[1:]]:
+            base = by_name[name]
+            speedups[f"ours_vs_{name}"] = by_name["ours"]["clips_per_s"] / base["clips_per_s"]
+            speedups[f"ours_vs_{name}_valid_tokens"] = by_name["ours"]["valid_tokens_per_s"] / base["valid_tokens_per_s"]
     return {"environment": env, "results": results, "speedups": speedups}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from vjepa.config import (
@@ -133,9 +134,18 @@ def _bench(args: argparse.Namespace) -> int:
     args.overrides = flags + args.overrides  # explicit overrides win
     if args.device:
         check_device(args.device, "--device")
+    if args.json:  # fail now, not after minutes of timing
+        try:
+            open(args.json, "a").close()
+        except OSError as err:
+            raise ConfigError(f"--json {args.json}: cannot write ({err.strerror})") from None
     report = benchmark(build_config(args), steps=args.steps, warmup=args.warmup, official=args.official_structure,
-                       compare_official=args.compare, ablation=args.ablation, device=args.device)
+                       compare_official=args.compare, ablation=args.ablation, device=args.device,
+                       official_dtypes=tuple(args.official_dtypes))
     print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
     return 0
 
 
@@ -150,9 +160,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's run.device)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
-    p.add_argument("--official-structure", action="store_true", help="time the official code's step structure only")
-    p.add_argument("--compare", action="store_true", help="time ours and the official structure interleaved")
-    p.add_argument("--ablation", action="store_true", help="official structure -> ours, one change at a time")
+    p.add_argument("--official-structure", action="store_true",
+                   help="time only the official step as its configs run it (fp32, SDPA, truncation)")
+    p.add_argument("--compare", action="store_true",
+                   help="time ours, the official step and the official step under bf16 autocast, interleaved")
+    p.add_argument("--ablation", action="store_true", help="official step -> ours, one change at a time")
+    p.add_argument("--official-dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                   help="--compare: the official step's dtypes (bf16 is ~10x slower than fp32 on AVX2-only CPUs)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the report to this JSON file")
     p.set_defaults(func=_bench)
 
 
@@ -498,8 +513,22 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_openmp_threads() -> None:
+    """Let idle OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`) unless the user chose a policy.
+
+    By default OpenMP threads spin while they wait for work; with another process on the machine
+    the spinning threads steal its cores and both crawl (issue 24: demo64 bf16 with one busy
+    neighbour, 2 threads: 2.5 clips/s by default, 4.55 with PASSIVE, 4.9 with 1 thread). The
+    policy is read once, when the OpenMP runtime starts (at `import torch`), so it is set here,
+    before any subcommand imports torch; once torch is imported it is left alone.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vjepa` console script."""
+    quiet_openmp_threads()
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may come after options (`pretrain --preset demo a=1 --config f b=2`);

@@ -184,9 +184,11 @@ def wrap(model: nn.Module, env: DistEnv, strategy: str = "ddp", param_dtype: tor
         # the JEPA is the one root: roots keep parameters gathered after forward, which would leave
         # the (never backpropagated) target encoder unsharded when the EMA update runs
         fully_shard(model, mesh=mesh, mp_policy=policy)
-        # JEPA calls encoder.embed / encoder.encode directly: make them gather parameters too
-        register_fsdp_forward_method(model.encoder, "embed")
-        register_fsdp_forward_method(model.encoder, "encode")
+        # JEPA calls encoder.embed / encode / encode_packed and predictor.forward_packed directly:
+        # make them gather parameters too
+        for module, method in ((model.encoder, "embed"), (model.encoder, "encode"),
+                               (model.encoder, "encode_packed"), (model.predictor, "forward_packed")):
+            register_fsdp_forward_method(module, method)
         return model
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,15 +16,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from vjepa.config import Config, OptimConfig
-from vjepa.masks import MaskBatch
+from vjepa.masks import MaskBatch, pack_masks
 from vjepa.models.factory import build_encoder, token_grid
 from vjepa.models.patch_embed import patchify
 from vjepa.models.predictor import build_predictor
-from vjepa.models.vit import gather_tokens
+from vjepa.models.vit import Kernels, gather_tokens, set_kernels
 
-# Implementation switches (speed only; see vjepa.bench, which flips them to time alternatives).
-BATCH_GENERATORS = True  # pad collation: every generator's predictor pass in one [G*B, N] batch
-REEMBED_PER_GENERATOR = False  # the official structure: each generator re-embeds the whole clip
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How `JEPA.forward` lays the step out: speed only, the losses agree to float rounding.
+
+    `vjepa.bench` builds models with other options to time the official code's structure next to
+    ours in one process (`official_options()`).
+
+    Attributes:
+        pack: pad collation: every generator's valid context tokens packed into one sequence
+            (attention within each row), so the encoder's linear layers, norms, the predictor's
+            output projection and the loss run on valid tokens only (`JEPA.packed_losses`).
+        batch_generators: pad collation without `pack`: every generator's predictor pass in one
+            [G*B, N] batch (contexts padded to the batch's longest row).
+        reembed_per_generator: the official structure: each generator re-embeds the whole clip.
+        kernels: attention and embedding kernels of every encoder and predictor block.
+    """
+
+    pack: bool = True
+    batch_generators: bool = True
+    reembed_per_generator: bool = False
+    kernels: Kernels = field(default_factory=Kernels)
+
+
+def official_options() -> StepOptions:
+    """The official code's step as its pretraining configs run it: SDPA (`use_sdpa: true`) in every
+    block, Conv3d tubelet embedding, the whole clip re-embedded and one predictor pass per generator."""
+    return StepOptions(False, False, True, Kernels(attention="sdpa", conv3d_patch_embed=True))
 
 # ---------------------------------------------------------------------------------------------
 # schedules (pure functions of the step)
@@ -150,6 +175,12 @@ def variance_penalty(pred: torch.Tensor, valid: torch.Tensor | None) -> torch.Te
 # the model
 
 
+def segment_mean(values: torch.Tensor, rows: torch.Tensor, num_rows: int, counts: torch.Tensor) -> torch.Tensor:
+    """Per-row mean of packed values: [T, ...] with row ids [T] -> [R, ...] (`counts` [R] tokens per row)."""
+    sums = values.new_zeros(num_rows, *values.shape[1:]).index_add(0, rows, values)
+    return sums / counts.view(-1, *([1] * (values.dim() - 1))).to(values.dtype)
+
+
 def pad_rows(x: torch.Tensor, length: int) -> torch.Tensor:
     """Zero-pad dim 1 of [B, K, ...] to `length`."""
     pad = [0, 0] * (x.dim() - 2) + [0, length - x.shape[1]]
@@ -165,11 +196,13 @@ def valid_rows(idx: torch.Tensor, valid: torch.Tensor | None, length: int) -> to
 class JEPA(nn.Module):
     """Context encoder, predictor and EMA target encoder, with the V-JEPA (or pixel) objective.
 
-    `forward(video, masks)` returns a dict with the scalar `loss` (what backward needs) and the
+    `options` (a `StepOptions`; default: packed contexts, or the padded batched layout when
+    `run.compile` is on) choose how the step is laid out and which kernels run; they change
+    speed, never results beyond float rounding. `forward(video, masks)` returns a dict with the scalar `loss` (what backward needs) and the
     detached per-generator losses; `target_encoder` never receives gradients.
     """
 
-    def __init__(self, cfg: Config, num_mask_generators: int):
+    def __init__(self, cfg: Config, num_mask_generators: int, options: StepOptions | None = None):
         super().__init__()
         m = cfg.model
         self.objective = cfg.objective.kind
@@ -185,10 +218,19 @@ class JEPA(nn.Module):
         if self.target_encoder is not None:
             self.target_encoder.requires_grad_(False)
         self.full_grid = cfg.mask.collate == "pad"  # context and target partition the grid
+        # the packed step's per-row lengths change every step: a compiled block would be re-traced
+        # (its Segments carry them), so compiled runs keep the padded batched layout (lengths
+        # rounded up to a multiple of 8) unless options say otherwise
+        self.set_options(options or StepOptions(pack=not cfg.run.compile))
+
+    def set_options(self, options: StepOptions) -> None:
+        """Lay the step out as `options` says from now on (kernels of every block included)."""
+        self.options = options
+        set_kernels(self, options.kernels)
 
     def contexts(self, video: torch.Tensor, masks: list[MaskBatch]) -> list[torch.Tensor]:
         """Context-encoder features of each generator's context tokens: one [B, Kc, D] per generator."""
-        if REEMBED_PER_GENERATOR:  # the official structure: the whole clip is embedded per generator
+        if self.options.reembed_per_generator:  # the official structure: the whole clip is embedded per generator
             return [self.encoder(video, m.context_idx, m.context_valid) for m in masks]
         tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
         return [self.encoder.encode(tokens, m.context_idx, m.context_valid) for m in masks]
@@ -216,6 +258,35 @@ class JEPA(nn.Module):
         pred = self.predictor(context, context_idx, target_idx, mask_index, context_valid, target_valid, grid, full_grid=True)
         return pred, target_idx, target_valid
 
+    def packed_losses(
+        self, video: torch.Tensor, masks: list[MaskBatch], targets: torch.Tensor, grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-generator losses [G] and the variance penalty, with no padding slot in any layer.
+
+        Every generator's valid context tokens form one packed sequence through the encoder
+        (attention within each row); the predictor lays each row out on the grid (N tokens, as the
+        batched pass does) and projects, compares and averages only the valid target tokens. The
+        losses equal the padded paths' to float rounding (a mean per sample, then per generator).
+        """
+        b, n = video.shape[0], targets.shape[1]
+        packed = pack_masks(masks, n)
+        tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
+        context = self.encoder.encode_packed(tokens, packed.context, grid)  # [Tc, D]
+        pred = self.predictor.forward_packed(context, packed, grid)  # [Tt, D]
+        target = targets.reshape(b * n, -1)[packed.target.source]  # [Tt, D]
+        per_token = (pred.float() - target.float()).abs().pow(self.loss_exp).mean(dim=-1)  # [Tt]
+        rows, num_rows = packed.target.rows, len(masks) * b
+        counts = torch.tensor(packed.target.lengths, device=video.device, dtype=torch.float32)  # [R]
+        losses = segment_mean(per_token, rows, num_rows, counts).view(len(masks), b).mean(dim=1)  # [G]
+        reg = torch.zeros((), device=video.device)
+        if self.reg_coeff > 0:  # as `variance_penalty`: unbiased variance over each row's tokens
+            p = pred.float()
+            denominator = counts.clamp_min(2.0)
+            mean = segment_mean(p, rows, num_rows, denominator)  # [R, D]
+            var = segment_mean((p - mean[rows]) ** 2, rows, num_rows, denominator - 1)  # [R, D]
+            reg = F.relu(1.0 - (var + 1e-4).sqrt()).mean()
+        return losses, reg
+
     @torch.no_grad()
     def targets(self, video: torch.Tensor) -> torch.Tensor:
         """Regression targets for every token: [B, C, T, H, W] -> [B, N, D'] (no gradient)."""
@@ -242,9 +313,12 @@ class JEPA(nn.Module):
         features = self.targets(video)  # [B, N, D]; the collapse monitor reads these
         targets = self.regression_targets(features)
         grid = self.encoder.patch_embed.grid(*video.shape[2:])
+        if self.options.pack and self.full_grid:
+            generator_losses, reg = self.packed_losses(video, masks, targets, grid)
+            return self.outputs(generator_losses, reg, features)
         contexts = self.contexts(video, masks)  # one [B, Kc, D] per generator
         losses, reg = [], torch.zeros((), device=video.device)
-        if BATCH_GENERATORS and self.full_grid:
+        if self.options.batch_generators and self.full_grid:
             pred, target_idx, target_valid = self.predict_batched(contexts, masks, grid)  # [G*B, Kt, ...]
             b = video.shape[0]  # generator g owns rows g*B..(g+1)*B-1
             for p, idx, valid in zip(pred.split(b), target_idx.split(b), target_valid.split(b)):
@@ -258,7 +332,10 @@ class JEPA(nn.Module):
                 losses.append(prediction_loss(pred, target, m.target_valid, self.loss_exp))
                 if self.reg_coeff > 0:
                     reg = reg + variance_penalty(pred, m.target_valid) / len(masks)
-        generator_losses = torch.stack(losses)  # [G]
+        return self.outputs(torch.stack(losses), reg, features)
+
+    def outputs(self, generator_losses: torch.Tensor, reg: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`forward`'s dict from the per-generator losses [G], the penalty and the target features."""
         prediction = generator_losses.mean()
         return {
             "loss": prediction + self.reg_coeff * reg,

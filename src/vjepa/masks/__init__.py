@@ -14,7 +14,15 @@ Example:
     (4, True)
 """
 
-from vjepa.masks.collate import MaskBatch, collate_masks, indices_to_mask, mask_to_indices
+from vjepa.masks.collate import (
+    MaskBatch,
+    PackedMasks,
+    PackedTokens,
+    collate_masks,
+    indices_to_mask,
+    mask_to_indices,
+    pack_masks,
+)
 from vjepa.masks.multiblock import (
     blocks_to_mask,
     sample_block_size,
@@ -26,11 +34,14 @@ from vjepa.masks.tube import sample_tube_mask
 
 __all__ = [
     "MaskBatch",
+    "PackedMasks",
+    "PackedTokens",
     "blocks_to_mask",
     "collate_masks",
     "indices_to_mask",
     "mask_to_indices",
     "num_generators",
+    "pack_masks",
     "sample_block_size",
     "sample_block_starts",
     "sample_masks",

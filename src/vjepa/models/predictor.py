@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vjepa.masks.collate import indices_to_mask
+from vjepa.masks.collate import PackedMasks, indices_to_mask
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 from vjepa.models.rope import rope_table
 from vjepa.models.vit import (
@@ -160,6 +160,36 @@ class Predictor(nn.Module):
         x = run_blocks(self.predictor_blocks, x, key_padding_mask(valid), self.activation_checkpointing, rope)
         x = self.predictor_norm(x[:, num_context:])  # [B, Kt, P]
         return self.predictor_proj(x)  # [B, Kt, D]
+
+    def forward_packed(self, context: torch.Tensor, packed: PackedMasks, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """Predict every row's valid target tokens from packed context features (no padding slots).
+
+        Each row (generator g, sample b; see `vjepa.masks.pack_masks`) is laid out in grid order
+        as with `full_grid=True`: position plus projected context feature or the row's mask token,
+        exactly N tokens (its valid context and target tokens partition the grid).
+
+        Args:
+            context: packed context-encoder features [Tc, D] (`VisionTransformer.encode_packed`).
+            packed: the step's packed masks.
+            grid: token grid of the clip if it differs from the built one.
+
+        Returns:
+            Predictions [Tt, D] of the packed target tokens, in `packed.target` order.
+        """
+        grid = grid or self.grid
+        rows, n = packed.mask_index.shape[0], packed.num_tokens
+        embedded = self.predictor_embed(context)  # [Tc, P]
+        positions = self.positions(grid, context.dtype)  # [1, N, P]
+        dtype = torch.promote_types(embedded.dtype, positions.dtype)
+        token = torch.cat(list(self.mask_tokens))[packed.mask_index].to(dtype)  # [R, 1, P]
+        is_target = torch.zeros(rows * n, 1, dtype=dtype, device=context.device)
+        is_target[packed.target.slot] = 1.0  # [R*N, 1]
+        x = positions.to(dtype) + is_target.view(rows, n, 1) * token  # [R, N, P]: mask tokens at targets
+        x = x.reshape(rows * n, -1).index_add(0, packed.context.slot, embedded.to(dtype))  # context at its slots
+        rope = self.rope(torch.arange(n, device=x.device), x.dtype)
+        x = run_blocks(self.predictor_blocks, x.view(rows, n, -1), None, self.activation_checkpointing, rope)
+        x = x.reshape(rows * n, -1)[packed.target.slot]  # [Tt, P]: valid target tokens only
+        return self.predictor_proj(self.predictor_norm(x))  # [Tt, D]
 
     def positions(self, grid: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
         """Additive position table [1, N, P] for a grid (zeros with RoPE, where positions rotate q/k)."""

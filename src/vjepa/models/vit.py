@@ -8,7 +8,9 @@ padded tokens never act as attention keys.
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,20 +18,61 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vjepa.config import ModelConfig
+from vjepa.masks.collate import PackedTokens
 from vjepa.models.patch_embed import PatchEmbed3D
 from vjepa.models.pos_embed import interpolate_3d, sincos_3d
 from vjepa.models.rope import RoPETable, apply_rope, rope_table
 
-# Implementation switches: they change speed, never results beyond float rounding. The benchmark
-# (vjepa.bench) flips them to time other choices, e.g. the official code's structure, in one process.
-# Measured A/B in one process (`vjepa bench`, demo64 preset, CPU, bf16): keeping the attention core in
-# fp32 gained nothing (1.00-1.01x) over bf16 SDPA and cost memory, so it is off; for sequences up to
-# ~768 tokens, attention as two bf16 batched matmuls beat PyTorch's CPU flash kernel 1.15-1.4x
-# (fwd+bwd; equal at 1024, slower beyond), at the price of O(K^2) saved activations.
-CPU_FP32_ATTENTION = False  # CPU bf16: run the SDPA core in fp32
-CPU_MATMUL_ATTENTION_MAX_TOKENS = 768  # CPU bf16: sequences up to this long use `matmul_attention`
-MANUAL_ATTENTION = False  # softmax(q k^T) v in plain ops, scores materialised (the official code)
-CONV3D_PATCH_EMBED = False  # tubelet embedding through nn.Conv3d (the official code) instead of one GEMM
+ATTENTION_KERNELS = ("auto", "sdpa", "manual")
+PACKED_ATTENTION = ("auto", "loop", "padded", "nested")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """How the blocks compute: speed only, never results beyond float rounding.
+
+    Every `Attention` and `VisionTransformer` holds one (constructor argument `kernels`, or
+    `set_kernels(model, kernels)` afterwards), so the benchmark can time other choices, e.g. the
+    official code's structure, in one process without touching module globals.
+
+    Measured A/B in one process (`vjepa bench`, demo64 preset, CPU, bf16): keeping the attention core
+    in fp32 gained nothing (1.00-1.01x) over bf16 SDPA and cost memory, so it is off; for sequences up
+    to ~768 tokens, attention as two bf16 batched matmuls beat PyTorch's CPU flash kernel 1.15-1.4x
+    (fwd+bwd; equal at 1024, slower beyond), at the price of O(K^2) saved activations.
+
+    Attributes:
+        attention: "auto" (SDPA; on CPU in bf16, sequences up to `matmul_max_tokens` as two batched
+            matmuls), "sdpa" (always `F.scaled_dot_product_attention`, as the official configs'
+            `use_sdpa: true`) or "manual" (softmax(q k^T) v in plain ops, scores materialised).
+        cpu_fp32_attention: CPU bf16 with "auto": run the SDPA core in fp32.
+        matmul_max_tokens: the "auto" threshold for `matmul_attention` (CPU bf16 only).
+        conv3d_patch_embed: tubelet embedding through nn.Conv3d (the official code) instead of one GEMM.
+        packed_attention: how packed sequences (`Segments`) attend within their rows: "loop" (one
+            unmasked call per row), "padded" (rows padded to a multiple of 8 inside attention only,
+            one masked call), "nested" (nested jagged tensors + SDPA) or "auto" ("loop" on CPU,
+            "padded" elsewhere). Measured on CPU (fp32, demo64 rows, fwd+bwd, 1 thread): loop 234 ms,
+            padded 267, nested 629 (no fused CPU kernel for jagged SDPA); flex_attention has no CPU
+            backward without compilation.
+    """
+
+    attention: str = "auto"
+    cpu_fp32_attention: bool = False
+    matmul_max_tokens: int = 768
+    conv3d_patch_embed: bool = False
+    packed_attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel {self.attention!r}; choose one of {', '.join(ATTENTION_KERNELS)}")
+        if self.packed_attention not in PACKED_ATTENTION:
+            raise ValueError(f"packed attention {self.packed_attention!r}; choose one of {', '.join(PACKED_ATTENTION)}")
+
+
+def set_kernels(model: nn.Module, kernels: Kernels) -> None:
+    """Make every submodule of `model` that holds a `kernels` attribute use `kernels`."""
+    for module in model.modules():
+        if isinstance(getattr(module, "kernels", None), Kernels):
+            module.kernels = kernels
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -60,34 +103,97 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     return scores.softmax(dim=-1) @ v
 
 
+def attention_core(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, kernels: Kernels
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v by the kernel `kernels` picks: q, k, v [B, h, K, d] -> [B, h, K, d]."""
+    cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16 and kernels.attention == "auto"
+    if kernels.attention == "manual":
+        return manual_attention(q, k, v, attn_mask)
+    if cpu_bf16 and k.shape[-2] <= kernels.matmul_max_tokens:  # see `Kernels`
+        return matmul_attention(q, k, v, attn_mask)
+    if cpu_bf16 and kernels.cpu_fp32_attention:
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def round_up(length: int, multiple: int = 8) -> int:
+    """The smallest multiple of `multiple` >= `length` (padded lengths: aligned attention biases)."""
+    return -(-length // multiple) * multiple
+
+
+@dataclass
+class Segments:
+    """Variable-length rows packed into one sequence [1, T, ...]: row r owns tokens
+    offsets[r]:offsets[r+1]; attention stays within each row (a block-diagonal mask).
+
+    Passed to the blocks in place of an attention mask, so linear layers, norms and the MLP run on
+    the T valid tokens only.
+    """
+
+    lengths: list[int]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernels: Kernels) -> torch.Tensor:
+        """Block-diagonal attention: q, k, v [1, h, T, d] -> [1, h, T, d]."""
+        kind = kernels.packed_attention
+        if kind == "auto":
+            kind = "loop" if q.device.type == "cpu" else "padded"
+        if kind == "loop":
+            parts = zip(*(x.split(self.lengths, dim=2) for x in (q, k, v)))
+            return torch.cat([attention_core(qr, kr, vr, None, kernels) for qr, kr, vr in parts], dim=2)
+        if kind == "nested":
+            offsets = torch.tensor([0, *itertools.accumulate(self.lengths)], device=q.device)  # [R+1]
+
+            def jagged(x: torch.Tensor) -> torch.Tensor:  # [1, h, T, d] -> nested [R, h, j, d]
+                values = x[0].transpose(0, 1).contiguous()  # [T, h, d]
+                return torch.nested.nested_tensor_from_jagged(values, offsets).transpose(1, 2)
+
+            out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v))  # [R, h, j, d]
+            return out.transpose(1, 2).values().transpose(0, 1)[None]  # [1, h, T, d]
+        return self._padded(q, k, v, kernels)
+
+    def _padded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernels: Kernels) -> torch.Tensor:
+        """Pad rows to a multiple of 8 inside attention only (one masked call): [1, h, T, d] -> same."""
+        lengths = torch.tensor(self.lengths, device=q.device)  # [R]
+        rows, width, (_, heads, total, dim) = len(self.lengths), round_up(max(self.lengths)), q.shape
+        starts = torch.cumsum(lengths, 0) - lengths  # [R]
+        position = torch.arange(total, device=q.device) - starts.repeat_interleave(lengths, output_size=total)
+        slot = torch.arange(rows, device=q.device).repeat_interleave(lengths, output_size=total) * width + position
+
+        def pad(x: torch.Tensor) -> torch.Tensor:  # [1, h, T, d] -> [R, h, width, d]
+            out = x.new_zeros(rows * width, heads, dim).index_copy(0, slot, x[0].transpose(0, 1))
+            return out.view(rows, width, heads, dim).transpose(1, 2)
+
+        keys = (torch.arange(width, device=q.device)[None] < lengths[:, None])[:, None, None, :]  # [R, 1, 1, width]
+        out = attention_core(pad(q), pad(k), pad(v), keys, kernels)  # [R, h, width, d]
+        return out.transpose(1, 2).reshape(rows * width, heads, dim)[slot].transpose(0, 1)[None]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention on `F.scaled_dot_product_attention`. Keys `qkv.*`, `proj.*`."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, kernels: Kernels | None = None):
         super().__init__()
         self.num_heads = num_heads
+        self.kernels = kernels or Kernels()
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, rope: RoPETable | None = None
     ) -> torch.Tensor:
-        """x [B, K, D], attn_mask bool [B, 1, 1, K] (True = attend), rope: cos/sin from `rope_table`
-        (queries and keys rotated, V-JEPA 2) or None -> [B, K, D]."""
+        """x [B, K, D], attn_mask bool [B, 1, 1, K] (True = attend) or `Segments` (x is [1, T, D],
+        packed rows), rope: cos/sin from `rope_table` (queries and keys rotated, V-JEPA 2) or None
+        -> [B, K, D]."""
         b, k, d = x.shape
         qkv = self.qkv(x).reshape(b, k, 3, self.num_heads, d // self.num_heads)
         q, key, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, K, D/heads]
         if rope is not None:
             q, key = apply_rope(q, rope), apply_rope(key, rope)
-        cpu_bf16 = x.device.type == "cpu" and q.dtype == torch.bfloat16
-        if MANUAL_ATTENTION:
-            x = manual_attention(q, key, v, attn_mask)
-        elif cpu_bf16 and k <= CPU_MATMUL_ATTENTION_MAX_TOKENS:  # see the switches at the top
-            x = matmul_attention(q, key, v, attn_mask)
-        elif CPU_FP32_ATTENTION and cpu_bf16:
-            x = F.scaled_dot_product_attention(q.float(), key.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
+        if isinstance(attn_mask, Segments):  # packed rows: attention within each row only
+            x = attn_mask.attend(q, key, v, self.kernels)
         else:
-            x = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
+            x = attention_core(q, key, v, attn_mask, self.kernels)
         return self.proj(x.transpose(1, 2).reshape(b, k, d))
 
 
@@ -115,10 +221,18 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 class Block(nn.Module):
     """Pre-norm transformer block. Keys `norm1`, `attn`, `norm2`, `mlp` as in the official code."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        kernels: Kernels | None = None,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, kernels)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.drop_path = drop_path
@@ -153,7 +267,7 @@ def rescale_residuals(blocks: nn.ModuleList) -> None:
 def run_blocks(
     blocks: nn.ModuleList,
     x: torch.Tensor,
-    attn_mask: torch.Tensor | None,
+    attn_mask: torch.Tensor | Segments | None,
     ckpt: bool,
     rope: RoPETable | None = None,
 ) -> torch.Tensor:
@@ -190,11 +304,14 @@ class VisionTransformer(nn.Module):
     target encoder, feature extraction).
     """
 
-    def __init__(self, cfg: ModelConfig, img_size: int | None = None, num_frames: int | None = None):
+    def __init__(self, cfg: ModelConfig, img_size: int | None = None, num_frames: int | None = None,
+                 kernels: Kernels | None = None):
         """Build from the model section of the config; `img_size` / `num_frames` (default `cfg`'s)
-        fix the built token grid (the sin-cos table's size; other clip sizes are interpolated)."""
+        fix the built token grid (the sin-cos table's size; other clip sizes are interpolated);
+        `kernels` picks the attention and embedding kernels (default: ours)."""
         super().__init__()
         img_size, num_frames = img_size or cfg.img_size, num_frames or cfg.num_frames
+        self.kernels = kernels or Kernels()
         self.embed_dim = cfg.embed_dim
         self.num_heads = cfg.num_heads
         self.activation_checkpointing = False
@@ -208,7 +325,8 @@ class VisionTransformer(nn.Module):
             self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
         rates = stochastic_depth_rates(cfg.drop_path, cfg.depth)
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, True, rate) for rate in rates  # qkv bias: always
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, True, rate, self.kernels)  # qkv bias: always
+            for rate in rates
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.apply(init_weights)
@@ -224,7 +342,7 @@ class VisionTransformer(nn.Module):
 
         With RoPE nothing is added here: positions enter every attention layer (see `encode`).
         """
-        if CONV3D_PATCH_EMBED:  # [B, D, T', H', W'] -> [B, N, D], tokens ordered (t, h, w)
+        if self.kernels.conv3d_patch_embed:  # [B, D, T', H', W'] -> [B, N, D], tokens ordered (t, h, w)
             tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         else:
             tokens = self.patch_embed(x)
@@ -262,6 +380,24 @@ class VisionTransformer(nn.Module):
             rope = self.rope(idx, grid, tokens.dtype)
         tokens = run_blocks(self.blocks, tokens, mask, self.activation_checkpointing, rope)
         return self.norm(tokens)
+
+    def encode_packed(self, tokens: torch.Tensor, packed: PackedTokens, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """Run the blocks and final norm on every row's valid tokens only, packed into one sequence.
+
+        Args:
+            tokens: embedded clips [B, N, D] (`embed`).
+            packed: the tokens to keep (`vjepa.masks.pack_masks(...).context`); its rows may repeat
+                a clip (one row per mask generator and sample).
+            grid: the clips' (T', H', W') token grid (default the built one).
+
+        Returns:
+            Features [T, D] of the T packed tokens, in `packed` order (row by row).
+        """
+        grid = grid or self.grid
+        x = tokens.reshape(-1, tokens.shape[-1])[packed.source][None]  # [1, T, D]
+        rope = self.rope(packed.idx, grid, x.dtype) if self.use_rope else None  # [1, 1, T, 3s]
+        x = run_blocks(self.blocks, x, Segments(packed.lengths), self.activation_checkpointing, rope)
+        return self.norm(x[0])  # [T, D]
 
     def forward(
         self,

@@ -1,0 +1,99 @@
+"""The benchmark's variants: the official baseline as its configs run it, options held per model, JSON out."""
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from vjepa import bench
+from vjepa.bench import ablation_variants, official_structure
+from vjepa.cli import main
+from vjepa.config import preset
+from vjepa.jepa import JEPA, StepOptions, official_options
+from vjepa.models.vit import Attention, Kernels, attention_core
+
+
+@pytest.fixture
+def small_peak(monkeypatch):
+    """The default 2048^2 bf16 peak probe takes minutes on one thread; a small product suffices here."""
+    real_peak = bench.matmul_peak
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype, size=None, repeats=5: real_peak(device, dtype, 128, 1))
+
+
+def test_official_baseline_is_what_the_official_configs_run():
+    """SDPA (use_sdpa: true), fp32, truncation; not materialised attention (which needed ~95 GB at vitl16)."""
+    base = official_structure(preset("demo64"))
+    assert (base.cfg.run.dtype, base.cfg.mask.collate) == ("fp32", "truncate")
+    assert base.options.kernels.attention == "sdpa" and base.options.kernels.conv3d_patch_embed
+    assert base.options.reembed_per_generator and not base.options.batch_generators
+    assert official_structure(preset("demo64"), "bf16").cfg.run.dtype == "bf16"
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_ablation_starts_from_the_official_baseline_and_ends_at_ours(dtype):
+    cfg = preset("demo64")
+    cfg.run.dtype = dtype
+    chain = ablation_variants(cfg)
+    assert chain[0].options == official_options() and chain[0].cfg.run.dtype == "fp32"
+    assert chain[0].cfg.mask.collate == "truncate"
+    assert chain[-1].options == StepOptions() and chain[-1].cfg.mask.collate == cfg.mask.collate
+    assert chain[-1].cfg.run.dtype == dtype
+    assert len({v.name for v in chain}) == len(chain)
+    # each step changes something
+    for before, after in itertools.pairwise(chain):
+        changed = (before.options, before.cfg.run.dtype, before.cfg.mask.collate) != (
+            after.options, after.cfg.run.dtype, after.cfg.mask.collate)
+        assert changed, after.name
+
+
+def test_models_hold_their_own_kernels():
+    """Two models with different options live side by side: nothing is a module global."""
+    cfg = preset("debug")
+    official = JEPA(cfg, 2, official_options())
+    ours = JEPA(cfg, 2)
+    kinds = {m.kernels.attention for m in official.modules() if isinstance(m, Attention)}
+    assert kinds == {"sdpa"}
+    assert {m.kernels.attention for m in ours.modules() if isinstance(m, Attention)} == {"auto"}
+    assert official.encoder.kernels.conv3d_patch_embed and not ours.encoder.kernels.conv3d_patch_embed
+
+
+def test_manual_and_sdpa_kernels_agree():
+    q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
+    mask[0, ..., 7:] = False
+    sdpa = attention_core(q, k, v, mask, Kernels(attention="sdpa"))
+    assert torch.allclose(sdpa, attention_core(q, k, v, mask, Kernels(attention="manual")), atol=1e-5)
+    with pytest.raises(ValueError, match="attention kernel"):
+        Kernels(attention="flash")
+
+
+def test_bench_cli_writes_json(tmp_path, small_peak, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--preset", "debug", "--steps", "1", "--warmup", "0", "--compare", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["results"]] == ["ours", "official", "official_bf16"]
+    assert report["speedups"]["ours_vs_official_valid_tokens"] > 0
+
+
+def test_bench_cli_rejects_an_unwritable_json_path_before_timing(tmp_path, capsys):
+    code = main(["bench", "--preset", "debug", "--json", str(tmp_path / "missing" / "x.json")])
+    assert code == 2
+    assert "--json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset_policy", [None, "ACTIVE"])
+def test_cli_lets_idle_openmp_threads_sleep_unless_the_user_chose(preset_policy):
+    """The wait policy must be in the environment before torch starts OpenMP (so: a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset_policy:
+        env["OMP_WAIT_POLICY"] = preset_policy
+    script = ("import os; from vjepa.cli import main; main(['config', 'debug']); "
+              "import torch; print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == (preset_policy or "PASSIVE")
