@@ -45,6 +45,7 @@ from vjepa.distributed import resolve_device
 from vjepa.flops import mask_token_counts, step_flops
 from vjepa.jepa import JEPA, StepOptions, official_options, param_groups
 from vjepa.masks import MaskBatch, num_generators
+from vjepa.precision import resolve_dtype
 from vjepa.train import compile_blocks, masks_for_step, train_step
 
 
@@ -364,6 +365,8 @@ def benchmark(
         environment. Several: {"environment", "results": [...], "speedups": {...}}.
     """
     dev = resolve_device(device or cfg.run.device)
+    cfg = copy.deepcopy(cfg)
+    cfg.run.dtype = resolve_dtype(cfg.run.dtype, dev)  # "auto": bf16 only where the device has it natively
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     ours = Variant("ours", copy.deepcopy(cfg))

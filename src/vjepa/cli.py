@@ -152,7 +152,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time training steps: clips/s, FLOPs, MFU, memory (JSON)")
     _config_args(p)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the device has native bf16 (GPU, AVX512-BF16/AMX CPU), else fp32")
     p.add_argument("--batch-size", type=int, default=0, help="clips per step (default: the preset's)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")

@@ -198,7 +198,7 @@ class RunConfig:
     out_dir: str = "runs/demo"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "bf16"  # bf16 (autocast) | fp32
+    dtype: str = "auto"  # auto (bf16 where the device has native bf16, else fp32) | bf16 (autocast) | fp32
     threads: int = 0  # torch intra-op threads (0: leave PyTorch's default)
     log_every: int = 10
     monitor_every: int = 50  # collapse monitor (target std, effective rank)
@@ -785,7 +785,7 @@ def validate(cfg: Config) -> Config:
         "model.pos_embed": (m.pos_embed, ("sincos", "rope")),
         "mask.kind": (cfg.mask.kind, ("multiblock", "tube", "causal")),
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
-        "run.dtype": (cfg.run.dtype, ("bf16", "fp32")),
+        "run.dtype": (cfg.run.dtype, ("auto", "bf16", "fp32")),
         "objective.kind": (cfg.objective.kind, ("jepa", "pixel")),
         "objective.target_norm": (cfg.objective.target_norm, ("layer", "layer_center", "layer_instance")),
         "run.distributed": (cfg.run.distributed, ("ddp", "fsdp", "hsdp")),

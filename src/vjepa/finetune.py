@@ -52,7 +52,7 @@ from vjepa.jepa import param_groups, set_schedules
 from vjepa.models.factory import build_encoder, init_seed
 from vjepa.models.probe import build_probe
 from vjepa.models.vit import VisionTransformer
-from vjepa.precision import autocast
+from vjepa.precision import autocast, resolve_dtype
 from vjepa.rundir import RunLock, write_config
 from vjepa.runlog import RunLog
 from vjepa.seeds import mix_seed
@@ -259,6 +259,7 @@ def finetune(cfg: Config, settings: FinetuneSettings) -> dict[str, Any]:
     validate(cfg)
     check_settings(cfg, settings)
     env = dist_utils.setup(cfg.run.device)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dtype=resolve_dtype(cfg.run.dtype, env.device)))
     out_dir = Path(cfg.run.out_dir)
     lock = None
     if env.rank == 0:

@@ -7,6 +7,7 @@ Shapes: B batch, C channels, T frames, H/W pixels, N tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -45,7 +46,7 @@ from vjepa.jepa import (
 from vjepa.masks import MaskBatch, num_generators
 from vjepa.masks.step import masks_for_step
 from vjepa.models.factory import init_seed, token_grid
-from vjepa.precision import allow_tf32, autocast
+from vjepa.precision import allow_tf32, autocast, resolve_dtype
 from vjepa.rundir import RunLock, StopRequest, write_config
 from vjepa.runlog import RunLog, trim_metrics
 
@@ -157,6 +158,8 @@ def train(cfg: Config) -> dict[str, Any]:
 def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: StopRequest) -> dict[str, Any]:
     """`train` once the run directory is locked: restore, check, set up, loop."""
     device, is_main = env.device, env.rank == 0
+    # "auto" becomes what runs on this device, so config.yaml, FSDP and the logs state it
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dtype=resolve_dtype(cfg.run.dtype, device)))
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(init_seed(cfg))  # model init: identical on every rank

@@ -19,7 +19,7 @@ from vjepa.config import Config, ProbeConfig
 from vjepa.distributed import resolve_device
 from vjepa.eval.features import Features, encoder_fingerprint, extract_features, load_features
 from vjepa.eval.views import dataset_fingerprint, frames_per_segment, view_dataset
-from vjepa.precision import freeze
+from vjepa.precision import freeze, resolve_dtype
 
 
 class FeatureCache:
@@ -89,7 +89,7 @@ class FeatureCache:
         start = time.perf_counter()
         store = torch.bfloat16 if p.feature_dtype == "bf16" else torch.float32
         features = extract_features(self.encoder, dataset, key[1], key[2], p.feature_batch_size,
-                                    resolve_device(p.device), self.cfg.run.dtype == "bf16", store,
+                                    resolve_device(p.device), resolve_dtype(self.cfg.run.dtype, resolve_device(p.device)) == "bf16", store,
                                     p.num_workers, self.progress, out=path)
         self.seconds += time.perf_counter() - start
         return features

@@ -22,6 +22,7 @@ from vjepa.config import ProbeConfig
 from vjepa.eval.features import encode_batches
 from vjepa.eval.probe_train import predict_tokens, probe_optimizer, probe_step, schedule_lengths
 from vjepa.eval.progress import EpochSeeded, ProbeProgress, epoch_batches
+from vjepa.precision import resolve_dtype
 
 
 def train_probe_streaming(
@@ -144,7 +145,7 @@ def probe_streaming(
     test = view_dataset(cfg, probe_cfg, probe_cfg.eval_split, probe_cfg.num_crops)
     train, num_classes, names = class_balance(train, test, probe_cfg)
     probe = new_probe(probe_cfg, embed_dim, num_heads, num_classes)
-    bf16 = cfg.run.dtype == "bf16"  # the encoder's autocast, as for cached features
+    bf16 = resolve_dtype(cfg.run.dtype, device) == "bf16"  # the encoder's autocast, as for cached features
     device = env.device if env is not None else device
     history = train_probe_streaming(probe, encoder, train, probe_cfg.task, probe_cfg, device, bf16, env)
     probs, labels, paths = predict_streaming(probe, encoder, test, probe_cfg.task, probe_cfg, device, bf16)
