@@ -87,6 +87,8 @@ def test_resume_repeats_the_uninterrupted_run(source_run, tmp_path, monkeypatch)
     records = {d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, part)}
     loss = {d: {r["step"]: r["loss"] for r in rs if "loss" in r} for d, rs in records.items()}
     assert loss[full] == loss[part] and len(loss[full]) == 6
+    steps = [r["step"] for r in records[part] if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # step 4, logged after the step-3 checkpoint, is not there twice
     assert [r["event"] for r in records[part] if "event" in r] == ["start", "resume"]
     a, b = (load_checkpoint(d / "latest.pt") for d in (full, part))
     for name in ("encoder", "classifier"):
@@ -188,3 +190,23 @@ def test_every_parameter_learns_and_one_batch_is_fitted(source_run, tmp_path):
     assert losses[-1] < 0.1 * losses[0], losses  # memorises 8 clips: gradients reach head and encoder
     unchanged = [k for k, v in model.named_parameters() if v.requires_grad and torch.equal(v, before[k])]
     assert not unchanged
+
+
+def test_nonfinite_weights_are_never_saved(source_run, tmp_path, monkeypatch):
+    import vjepa.finetune as module
+
+    real = module.finetune_step
+
+    def poison_after_step_3(model, optimizer, video, labels, step, *rest):
+        out = real(model, optimizer, video, labels, step, *rest)
+        if step == 2:  # the update of step 3, a checkpoint step
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(module, "finetune_step", poison_after_step_3)
+    args = ["optim.steps=6", "optim.warmup_steps=2", "run.checkpoint_every=3", "run.log_every=10",
+            "finetune.eval_split="]
+    with pytest.raises(RuntimeError, match="fine-tuned weights became NaN or infinite by step 3"):
+        finetune(*config(source_run, tmp_path / "run", *args))
+    assert not (tmp_path / "run" / "latest.pt").exists()  # nothing non-finite was written

@@ -41,6 +41,7 @@ from vjepa.masks.sample import num_generators
 from vjepa.models.factory import build_encoder, initial_encoder
 from vjepa.models.predictor import Predictor, build_predictor
 from vjepa.models.vit import VisionTransformer
+from vjepa.precision import freeze
 
 EXPORT_FORMAT = "vjepa-weights-1"  # metadata "format" of files written by `export`
 WHICH = ENCODER_NETWORKS  # which network `load` returns (see its docstring)
@@ -236,4 +237,4 @@ def load_head(source: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{path} holds no fine-tuned head (expected `head` and `classifier` entries)")
     head = build_probe(info["kind"], info["embed_dim"], info["num_heads"], info["num_classes"], info["depth"])
     load_state_strict(head, state["classifier"], f"{path} [classifier]")
-    return head.eval(), info
+    return freeze(head), info

@@ -41,6 +41,7 @@ from vjepa.checkpoint import (
     save_safetensors,
 )
 from vjepa.models.probe import build_probe
+from vjepa.precision import freeze
 
 PROBE_FORMAT = "vjepa-probe-1"  # metadata "format" of probe files
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".tar")
@@ -241,7 +242,7 @@ class TrainedProbe:
         encoder: Any = None,
         info: dict[str, Any] | None = None,
     ) -> None:
-        self.module, self.spec, self.protocol = module.eval().requires_grad_(False), spec, protocol
+        self.module, self.spec, self.protocol = freeze(module), spec, protocol
         self.class_names = list(class_names) or [str(k) for k in range(spec["num_classes"])]
         self.encoder, self.info = encoder, info or {}
         if self.encoder is not None:

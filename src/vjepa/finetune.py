@@ -38,11 +38,15 @@ from torch import nn
 
 from vjepa import distributed as dist_utils
 from vjepa.checkpoint import (
+    CheckpointError,
     atomic_write,
     check_resume_config,
     check_resume_step,
+    describe_nonfinite,
     load_checkpoint,
     load_state_strict,
+    nonfinite_tensors,
+    remove_stale_temps,
     save_checkpoint,
 )
 from vjepa.config import Config, ConfigError, apply_overrides, merge, to_dict, validate
@@ -52,9 +56,9 @@ from vjepa.jepa import param_groups, set_schedules
 from vjepa.models.factory import build_encoder, init_seed
 from vjepa.models.probe import build_probe
 from vjepa.models.vit import VisionTransformer
-from vjepa.precision import autocast, resolve_dtype
+from vjepa.precision import allow_tf32, autocast, resolve_dtype
 from vjepa.rundir import RunLock, write_config
-from vjepa.runlog import RunLog
+from vjepa.runlog import RunLog, trim_metrics
 from vjepa.seeds import mix_seed
 
 HEADS = ("attentive", "linear")
@@ -139,7 +143,9 @@ def finetune_config(
         settings = merge(settings, values.pop("finetune"), "finetune")
         cfg = merge(cfg, values)
     if data:
-        cfg.data.path, cfg.data.source = data, data_source or _guess_source(data)
+        from vjepa.data.datasets import guess_source
+
+        cfg.data.path, cfg.data.source = data, data_source or guess_source(data)
     ours = [item for item in overrides if item.startswith("finetune.")]
     cfg = apply_overrides(cfg, [item for item in overrides if not item.startswith("finetune.")])
     settings = apply_overrides(settings, [item.split(".", 1)[1] for item in ours]) if ours else settings
@@ -147,12 +153,6 @@ def finetune_config(
     if not scratch:  # the encoder starts from the file: recorded like a pretraining run's start
         cfg.model.init_from, cfg.model.init_from_arch = str(source), True
     return cfg, settings
-
-
-def _guess_source(path: str) -> str:
-    from vjepa.data.datasets import detect_source, resolve_split_path
-
-    return detect_source(resolve_split_path(path, "train"))
 
 
 def check_settings(cfg: Config, settings: FinetuneSettings) -> None:
@@ -258,7 +258,7 @@ def finetune(cfg: Config, settings: FinetuneSettings) -> dict[str, Any]:
     """
     validate(cfg)
     check_settings(cfg, settings)
-    env = dist_utils.setup(cfg.run.device)
+    env = dist_utils.setup(cfg.run.device, cfg.run.dist_timeout_s)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dtype=resolve_dtype(cfg.run.dtype, env.device)))
     out_dir = Path(cfg.run.out_dir)
     lock = None
@@ -274,9 +274,13 @@ def finetune(cfg: Config, settings: FinetuneSettings) -> dict[str, Any]:
     return summary
 
 
-def _restore_or_start(cfg: Config, settings: FinetuneSettings, latest: Path) -> tuple[Config, dict | None, Any]:
-    """(config with init_from resolved, the checkpoint to resume or None, the weights to start from)."""
-    state = load_checkpoint(latest) if latest.exists() else None
+def _restore_or_start(cfg: Config, settings: FinetuneSettings, latest: Path,
+                      env: dist_utils.DistEnv) -> tuple[Config, dict | None, Any]:
+    """(config with init_from resolved, the checkpoint to resume or None, the weights to start from).
+
+    As in pretraining, rank 0 decides the resume and sends its state to ranks without it.
+    """
+    state = dist_utils.resume_state(latest, env, lambda path: load_checkpoint(path, mmap=True), CheckpointError)
     cfg, init = prepare_init(cfg, state.get("config", {}) if state is not None else None)
     if state is not None:
         check_resume_config(state.get("config", {}), cfg, latest)
@@ -293,8 +297,11 @@ def _finetune_locked(cfg: Config, settings: FinetuneSettings, env: dist_utils.Di
     device, is_main = env.device, env.rank == 0
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    allow_tf32(device)
     latest = out_dir / "latest.pt"
-    cfg, state, init = _restore_or_start(cfg, settings, latest)
+    if is_main:
+        remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
+    cfg, state, init = _restore_or_start(cfg, settings, latest, env)
     start = int(state["step"]) if state is not None else 0
     loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size, env.device)
     num_classes, class_names = num_classes_for(cfg, settings.task, dataset)
@@ -316,6 +323,7 @@ def _finetune_locked(cfg: Config, settings: FinetuneSettings, env: dist_utils.Di
                  "task": settings.task}
     if is_main:
         write_config(cfg, out_dir)
+        trim_metrics(out_dir, start)  # steps logged after the last checkpoint are trained again
         atomic_write(out_dir / "finetune.json",
                      lambda tmp: Path(tmp).write_text(json.dumps(dataclasses.asdict(settings), indent=2)))
     log = RunLog(out_dir, enabled=is_main)
@@ -358,11 +366,15 @@ def _loop(cfg, settings, wrapped, model, optimizer, loader, start, env, log, hea
             loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         is_keep = bool(cfg.run.keep_every) and done % cfg.run.keep_every == 0
         if done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps or is_keep:
+            # never save what load_checkpoint would refuse (the last good file stays); DDP replicas
+            # hold equal weights, so every rank stops here together
+            bad = nonfinite_tensors({"encoder": model.encoder.state_dict(), "classifier": model.head.state_dict()})
+            if bad:
+                raise RuntimeError(f"the fine-tuned weights became NaN or infinite by step {done} "
+                                   f"({describe_nonfinite(bad)}); lower optim.lr")
             if is_main:
                 state = _checkpoint(model, optimizer, done, last["loss"], cfg, settings, head_info)
-                save_checkpoint(out_dir / "latest.pt", state)
-                if is_keep:
-                    save_checkpoint(out_dir / f"step_{done}.pt", state)
+                save_checkpoint(out_dir / "latest.pt", state, keep=out_dir / f"step_{done}.pt" if is_keep else None)
             dist_utils.barrier(env)
     return {"steps": cfg.optim.steps, "final_loss": last["loss"], "train_top1": last["top1"],
             "task": task, "out_dir": str(out_dir)}
@@ -394,7 +406,7 @@ def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device:
     classes = getattr(dataset, "classes", None)
     if d.source != "synthetic" and list(classes or []) != class_names:
         raise ConfigError(f"the {settings.eval_split} split's classes {classes} differ from training's {class_names}")
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(cfg.data.num_workers, "cpu"))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(cfg.data.num_workers, device))
     model.eval()
     hits, total = 0, 0
     for batch in loader:

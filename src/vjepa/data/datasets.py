@@ -207,6 +207,11 @@ def _is_frame_folder(folder: Path) -> bool:
     return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if f.is_file())
 
 
+def guess_source(path: str) -> str:
+    """csv / folder / frames / tiff from what `path` holds (its train split stands for the others)."""
+    return detect_source(resolve_split_path(path, "train"))
+
+
 def detect_source(path: str | Path) -> str:
     """Guess "csv", "folder", "frames" or "tiff" for a path (used by mixtures)."""
     path = Path(path)

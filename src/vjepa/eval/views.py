@@ -69,20 +69,15 @@ def probe_data_config(cfg: Config, probe_cfg: ProbeConfig) -> DataConfig:
     """
     data = cfg.data
     if probe_cfg.data:
-        source = probe_cfg.source or _guess_source(probe_cfg.data)
+        from vjepa.data.datasets import guess_source
+
+        source = probe_cfg.source or guess_source(probe_cfg.data)
         data = dataclasses.replace(data, source=source, path=probe_cfg.data, weights=[])
     elif probe_cfg.source:
         data = dataclasses.replace(data, source=probe_cfg.source)
     return dataclasses.replace(data, num_clips=probe_cfg.num_segments, num_frames=frames_per_segment(cfg, probe_cfg),
                                frame_step=probe_cfg.frame_step, fps=probe_cfg.fps, allow_clip_overlap=True,
                                num_workers=probe_cfg.num_workers)
-
-
-def _guess_source(path: str) -> str:
-    """csv / folder / frames / tiff from what `path` holds (a train split stands for the others)."""
-    from vjepa.data.datasets import detect_source, resolve_split_path
-
-    return detect_source(resolve_split_path(path, "train"))
 
 
 def view_dataset(cfg: Config, probe_cfg: ProbeConfig, split: str, num_crops: int, augment: bool = False) -> Dataset:
