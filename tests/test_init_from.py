@@ -172,3 +172,25 @@ def test_cooldown_to_more_frames_and_pixels_starts_where_the_short_stage_ended(t
     assert long.num_frames == 16 and long.img_size == 48
     # at step 0 the cooled-down model computes what the short-clip model computes on the larger clip
     assert torch.allclose(short(clip), long(clip), atol=1e-5)
+
+
+def test_which_init_refuses_a_start_file_that_changed_or_went(source_run, tmp_path):
+    """`vjepa.load(run, which="init")` of an init_from run reads the recorded file, checked by its sha256."""
+    import shutil
+
+    from vjepa.api import load
+
+    start = tmp_path / "start"
+    shutil.copytree(source_run, start)
+    run = tmp_path / "run"
+    train(debug_cfg(run, "optim.steps=1", f"model.init_from={start}"))
+    load(run, which="init", device="cpu")  # the file as recorded: fine
+    state = load_checkpoint(start / "latest.pt")
+    state["target_encoder"]["norm.bias"] += 1.0
+    torch.save(state, start / "latest.pt")
+    with pytest.raises(CheckpointError, match="initial weights are unknown now: .*the file changed"):
+        load(run, which="init", device="cpu")
+    shutil.rmtree(start)
+    with pytest.raises(CheckpointError, match="initial weights are unknown now: .*no such file"):
+        load(run, which="init", device="cpu")
+
