@@ -54,14 +54,14 @@ from vjepa.data.loader import build_train_loader
 from vjepa.init_from import load_target_into, prepare_init
 from vjepa.jepa import param_groups, set_schedules
 from vjepa.models.factory import build_encoder, init_seed
-from vjepa.models.probe import build_probe
+from vjepa.models.probe import PROBE_KINDS, build_probe
 from vjepa.models.vit import VisionTransformer
 from vjepa.precision import allow_tf32, autocast, resolve_dtype
 from vjepa.rundir import RunLock, write_config
 from vjepa.runlog import RunLog, trim_metrics
 from vjepa.seeds import mix_seed
 
-HEADS = ("attentive", "linear")
+HEADS = PROBE_KINDS  # a fine-tuning head is a probe module
 
 
 @dataclass

@@ -20,10 +20,8 @@ from vjepa.config import ConfigError, ProbeConfig
 from vjepa.distributed import resolve_device
 from vjepa.eval.features import Features, pool_tokens
 from vjepa.eval.metrics import aggregate_views, class_names, confusion_matrix, per_class_top1, top1
-from vjepa.models.probe import PROBE_VARIANTS, build_probe
+from vjepa.models.probe import PROBE_KINDS, PROBE_VARIANTS, build_probe
 from vjepa.precision import autocast
-
-PROBE_KINDS = ("attentive", "linear")
 
 
 def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:

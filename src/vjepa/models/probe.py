@@ -36,6 +36,7 @@ from torch import nn
 
 from vjepa.models.vit import MLP, Block, init_weights, key_padding_mask
 
+PROBE_KINDS = ("attentive", "linear")  # what `build_probe` builds (probes and fine-tuning heads)
 PROBE_VARIANTS = ("vjepa1", "vjepa2")
 LAYER_NORM_EPS = 1e-5  # the official pooler's nn.LayerNorm default
 
@@ -289,4 +290,4 @@ def build_probe(
         return AttentiveClassifier(embed_dim, num_heads, num_classes, depth, variant=variant)
     if kind == "linear":
         return LinearProbe(embed_dim, num_classes)
-    raise ValueError(f"unknown probe {kind!r}; choose attentive or linear")
+    raise ValueError(f"unknown probe {kind!r}; choose one of {', '.join(PROBE_KINDS)}")
