@@ -444,7 +444,7 @@ def load_hf_probe(path: str | Path, class_names: list[str] | None = None) -> Tra
     Raises:
         CheckpointError: for a `VJEPA2Model` folder without a classifier, or weights that do not fit.
     """
-    from vjepa.api import read_weights
+    from vjepa.formats import read_weights
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
