@@ -48,13 +48,7 @@ def debug_cfg(out_dir=None, *overrides):
     return apply_overrides(cfg, [*extra, "run.progress=false", "run.log_every=1", *overrides])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny probes run fastest on one thread (and do not fight the other tests for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

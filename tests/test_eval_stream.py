@@ -27,12 +27,7 @@ from vjepa.precision import freeze
 FAST = {"epochs": 2, "batch_size": 2, "warmup_epochs": 0, "frames_per_segment": 8, "frame_step": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
