@@ -133,3 +133,23 @@ def test_compiled_runs_keep_the_padded_layout():
     assert JEPA(cfg, 2).options.pack
     cfg.run.compile = True
     assert not JEPA(cfg, 2).options.pack and JEPA(cfg, 2).options.batch_generators
+
+
+def token_grads(model, video, masks):
+    _, grads = loss_and_grads(model, video, masks)
+    zero = torch.zeros(1)
+    return [grads.get(f"predictor.mask_tokens.{i}", zero).abs().sum().item() for i in range(2)]
+
+
+@pytest.mark.parametrize("options", [StepOptions(), PADDED, StepOptions(pack=False, batch_generators=False)])
+def test_predictor_mask_token_follows_the_generator_or_the_clip_length(options):
+    """generator: each generator trains its own token; clip_length (V-JEPA 2, one clip length):
+    every generator uses token 0 and token 1 gets no gradient, in every step layout."""
+    cfg, model = sharpened("rope")
+    model.set_options(options)
+    video, masks = batch(cfg, model)
+    assert all(g > 0 for g in token_grads(model, video, masks))
+    model.mask_token_by = "clip_length"
+    first, second = token_grads(model, video, masks)
+    assert first > 0 and second == 0
+    assert preset("vitl16_v2").model.predictor_mask_token == "clip_length"

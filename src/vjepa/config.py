@@ -65,6 +65,10 @@ class ModelConfig:
     predictor_depth: int = 12
     predictor_num_heads: int = 0  # 0: same as the encoder (V-JEPA 1; V-JEPA 2 uses 12)
     predictor_mlp_ratio: float = 4.0  # its own (official: always 4, even behind a giant encoder)
+    # Which predictor mask token each mask generator's targets get. generator: token g for generator
+    # g (V-JEPA 1). clip_length: one token per clip-length group, as V-JEPA 2's training picks it; a
+    # run has one clip length, so every generator uses token 0 (docs/vjepa2.md)
+    predictor_mask_token: str = "generator"
     # Keep the 1/sqrt(2*layer) rescaling of residual projections. The official training script
     # re-initialises every Linear afterwards, undoing it; set False to reproduce that.
     rescale_residual: bool = True
@@ -404,7 +408,7 @@ def _vjepa2(size: str, img_size: int = 256) -> Config:
     _encoder(cfg, size)
     m = cfg.model
     m.pos_embed, m.uniform_power, m.img_size = "rope", False, img_size
-    m.predictor_num_heads, m.predictor_mlp_ratio = 12, 4.0
+    m.predictor_num_heads, m.predictor_mlp_ratio, m.predictor_mask_token = 12, 4.0, "clip_length"
     cfg.data.crop_size = img_size
     cfg.run.out_dir = f"runs/vit{size[0]}16_v2" + ("" if img_size == 256 else f"_{img_size}")
     return cfg
@@ -783,6 +787,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("run.out_dir is empty; name the run directory")
     choices = {
         "model.pos_embed": (m.pos_embed, ("sincos", "rope")),
+        "model.predictor_mask_token": (m.predictor_mask_token, ("generator", "clip_length")),
         "mask.kind": (cfg.mask.kind, ("multiblock", "tube", "causal")),
         "mask.collate": (cfg.mask.collate, ("pad", "truncate")),
         "run.dtype": (cfg.run.dtype, ("auto", "bf16", "fp32")),

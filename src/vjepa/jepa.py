@@ -209,6 +209,7 @@ class JEPA(nn.Module):
         self.loss_exp = cfg.objective.loss_exp
         self.reg_coeff = cfg.objective.reg_coeff
         self.target_norm = cfg.objective.target_norm
+        self.mask_token_by = m.predictor_mask_token
         self.tubelet_size, self.patch_size = m.tubelet_size, m.patch_size
         self.encoder = build_encoder(cfg)
         pixel_dim = m.in_chans * m.tubelet_size * m.patch_size**2
@@ -228,6 +229,18 @@ class JEPA(nn.Module):
         self.options = options
         set_kernels(self, options.kernels)
 
+    def mask_tokens(self, num_generators: int, rows: int, device: torch.device) -> torch.Tensor:
+        """The predictor mask token of each generator-major row: LongTensor [G*rows].
+
+        `model.predictor_mask_token=generator` gives generator g token g (V-JEPA 1); `clip_length`
+        gives every generator token 0 (V-JEPA 2 picks the token by clip-length group, and a run
+        has one clip length).
+        """
+        tokens = torch.arange(num_generators, device=device)
+        if self.mask_token_by == "clip_length":
+            tokens = torch.zeros_like(tokens)
+        return tokens.repeat_interleave(rows)
+
     def contexts(self, video: torch.Tensor, masks: list[MaskBatch]) -> list[torch.Tensor]:
         """Context-encoder features of each generator's context tokens: one [B, Kc, D] per generator."""
         if self.options.reembed_per_generator:  # the official structure: the whole clip is embedded per generator
@@ -240,7 +253,7 @@ class JEPA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All generators' predictions in one predictor pass over G*B grid-ordered N-token sequences.
 
-        Rows are generator-major (rows g*B..g*B+B-1 belong to generator g, which uses mask token g);
+        Rows are generator-major (rows g*B..g*B+B-1 belong to generator g; mask tokens: `mask_tokens`);
         index rows are zero-padded to the longest generator with valid flags False.
 
         Returns:
@@ -254,7 +267,7 @@ class JEPA(nn.Module):
         target_idx = torch.cat([pad_rows(m.target_idx, num_target) for m in masks])  # [G*B, Kt]
         target_valid = torch.cat([valid_rows(m.target_idx, m.target_valid, num_target) for m in masks])
         b = contexts[0].shape[0]
-        mask_index = torch.arange(len(masks), device=context.device).repeat_interleave(b)  # [G*B]
+        mask_index = self.mask_tokens(len(masks), b, context.device)  # [G*B]
         pred = self.predictor(context, context_idx, target_idx, mask_index, context_valid, target_valid, grid, full_grid=True)
         return pred, target_idx, target_valid
 
@@ -270,6 +283,7 @@ class JEPA(nn.Module):
         """
         b, n = video.shape[0], targets.shape[1]
         packed = pack_masks(masks, n)
+        packed.mask_index = self.mask_tokens(len(masks), b, video.device)  # [G*B]
         tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
         context = self.encoder.encode_packed(tokens, packed.context, grid)  # [Tc, D]
         pred = self.predictor.forward_packed(context, packed, grid)  # [Tt, D]
@@ -326,8 +340,9 @@ class JEPA(nn.Module):
             if self.reg_coeff > 0:
                 reg = variance_penalty(pred, target_valid)  # a per-sample mean, so the mean over generators
         else:
-            for index, (context, m) in enumerate(zip(contexts, masks)):
-                pred = self.predictor(context, m.context_idx, m.target_idx, index, m.context_valid, m.target_valid, grid)
+            tokens = self.mask_tokens(len(masks), 1, video.device).tolist()
+            for token, context, m in zip(tokens, contexts, masks):
+                pred = self.predictor(context, m.context_idx, m.target_idx, token, m.context_valid, m.target_valid, grid)
                 target = gather_tokens(targets, m.target_idx)  # [B, Kt, D]
                 losses.append(prediction_loss(pred, target, m.target_valid, self.loss_exp))
                 if self.reg_coeff > 0:
