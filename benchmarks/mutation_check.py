@@ -351,6 +351,18 @@ MUTATIONS: list[Mutation] = [
         (("unbiased=True", "unbiased=False"),),
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
+    Mutation(
+        "embed_shares_joined_out_of_order", "rank 0 joins the embedding shares in reverse rank order",
+        "join_shares",
+        (("for r in range(world_size)]", "for r in reversed(range(world_size))]"),),
+        ("tests/test_embed_sharded.py",),
+    ),
+    Mutation(
+        "v2_mask_token_per_generator", "clip_length mode still gives generator g mask token g",
+        "mask_tokens",
+        (('if self.mask_token_by == "clip_length":', 'if self.mask_token_by == "never":'),),
+        ("tests/test_packing.py",),
+    ),
 ]
 
 

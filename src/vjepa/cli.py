@@ -6,6 +6,7 @@
     vjepa eval RUN_DIR_OR_CHECKPOINT
     vjepa prepare data.source=csv data.path=videos.csv --out cache/
     vjepa embed VIDEO_OR_DIR_OR_CSV --checkpoint CKPT -o features.safetensors
+    torchrun --nproc_per_node 8 -m vjepa embed ...      (one share of the files per GPU)
     vjepa classify VIDEO_OR_DIR_OR_CSV --probe probe.safetensors [--checkpoint CKPT] [--top-k 5]
     vjepa visualize pca|masks|curves ...
     vjepa bench [--preset demo]
@@ -338,20 +339,42 @@ def _load_encoder(args: argparse.Namespace):
                 num_heads=args.num_heads, with_predictor=False, precision=args.precision, pos_embed=args.pos_embed)
 
 
-def _embed(args: argparse.Namespace) -> int:
-    from vjepa.eval import embed_files, list_videos, save_features
+# ranks that finish their share early wait for the slowest at a barrier: allow a long wait
+EMBED_TIMEOUT_S = 6 * 3600
 
+
+def _embed(args: argparse.Namespace) -> int:
+    from vjepa import distributed
+    from vjepa.eval import embed_files, list_videos
+    from vjepa.eval.shard import join_shares, share
+
+    check_device(args.device, "--device", INFERENCE_DEVICES)
+    env = distributed.DistEnv()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one share of the files per rank and device
+        env = distributed.setup(args.device, timeout_s=EMBED_TIMEOUT_S)
+        args.device = str(env.device)
     encoder = _load_encoder(args)
     videos = list_videos(args.input)
-    result = embed_files(encoder, videos, args.pooled, args.batch_size, args.frames, args.frame_step, args.stride,
-                         progress=not args.no_progress)
+    result = embed_files(encoder, share(videos, env.rank, env.world_size), args.pooled, args.batch_size,
+                         args.frames, args.frame_step, args.stride, progress=not args.no_progress and env.rank == 0)
+    if env.world_size > 1:
+        result = join_shares(result, args.output, env.rank, env.world_size)
+        distributed.teardown(env)
+        if result is None:  # not rank 0: rank 0 reports and writes
+            return 0
+    return _report_embedded(args, result, len(videos))
+
+
+def _report_embedded(args: argparse.Namespace, result, num_videos: int) -> int:
+    from vjepa.eval import save_features
+
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
     if not result.videos:
-        print(f"vjepa embed: error: none of the {len(videos)} videos could be embedded", file=sys.stderr)
+        print(f"vjepa embed: error: none of the {num_videos} videos could be embedded", file=sys.stderr)
         return 1
     written = save_features(args.output, result, args.dtype)
-    print(f"embedded {len(result.videos)} of {len(videos)} videos: {len(result)} windows, tokens "
+    print(f"embedded {len(result.videos)} of {num_videos} videos: {len(result)} windows, tokens "
           f"{tuple(result.tokens.shape)} -> {', '.join(str(w) for w in written)}"
           + (f" ({len(result.failures)} skipped, listed above)" if result.failures else ""))
     return 0
