@@ -182,7 +182,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "loss_exponent_ignored", "the loss is always L1, whatever objective.loss_exp says",
-        "sample_losses",
+        "token_losses",
         ((".abs().pow(exponent)", ".abs().pow(1.0)"),),
         ("tests/test_jepa.py",),
     ),
@@ -265,7 +265,7 @@ MUTATIONS: list[Mutation] = [
     # -- found by a mutmut sweep of jepa.py and masks/ (docs/testing.md) ----------------------------
     Mutation(
         "loss_of_sum_not_difference", "the loss compares pred + target instead of pred - target",
-        "sample_losses",
+        "token_losses",
         (("(pred.float() - target.float())", "(pred.float() + target.float())"),),
         ("tests/test_jepa.py", "tests/test_sweep_gaps.py"),
     ),
@@ -324,7 +324,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "packed_loss_ignores_loss_exp", "the packed loss computes L1 whatever objective.loss_exp says",
         "packed_losses",
-        ((".abs().pow(self.loss_exp).mean(dim=-1)", ".abs().mean(dim=-1)"),),
+        (("token_losses(pred, target, self.loss_exp)", "token_losses(pred, target, 1.0)"),),
         ("tests/test_sweep_gaps.py",),
     ),
     Mutation(

@@ -142,10 +142,15 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tenso
     return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def token_losses(pred: torch.Tensor, target: torch.Tensor, exponent: float = 1.0) -> torch.Tensor:
+    """Each token's mean |pred - target|^exponent over D, in fp32: [..., D] x2 -> [...]. The one
+    definition of the regression loss; the padded and packed layouts only average it differently."""
+    return (pred.float() - target.float()).abs().pow(exponent).mean(dim=-1)
+
+
 def sample_losses(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, exponent: float = 1.0) -> torch.Tensor:
-    """Each sample's mean |pred - target|^exponent over D and its valid target tokens: [B, Kt, D] x2 -> [B]."""
-    per_token = (pred.float() - target.float()).abs().pow(exponent).mean(dim=-1)  # [B, Kt]
-    return masked_mean(per_token, valid)
+    """Each sample's mean `token_losses` over its valid target tokens: [B, Kt, D] x2 -> [B]."""
+    return masked_mean(token_losses(pred, target, exponent), valid)
 
 
 def prediction_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, exponent: float = 1.0) -> torch.Tensor:
@@ -168,6 +173,11 @@ def variance_penalty(pred: torch.Tensor, valid: torch.Tensor | None) -> torch.Te
         count = weights.sum(dim=1).clamp_min(2.0)
         mean = (pred * weights).sum(dim=1) / count
         var = (((pred - mean[:, None]) ** 2) * weights).sum(dim=1) / (count - 1)
+    return std_hinge(var)
+
+
+def std_hinge(var: torch.Tensor) -> torch.Tensor:
+    """The regulariser given each row's per-dimension token variance [R, D]: mean ReLU(1 - std)."""
     return F.relu(1.0 - (var + 1e-4).sqrt()).mean()
 
 
@@ -288,7 +298,7 @@ class JEPA(nn.Module):
         context = self.encoder.encode_packed(tokens, packed.context, grid)  # [Tc, D]
         pred = self.predictor.forward_packed(context, packed, grid)  # [Tt, D]
         target = targets.reshape(b * n, -1)[packed.target.source]  # [Tt, D]
-        per_token = (pred.float() - target.float()).abs().pow(self.loss_exp).mean(dim=-1)  # [Tt]
+        per_token = token_losses(pred, target, self.loss_exp)  # [Tt]
         rows, num_rows = packed.target.rows, len(masks) * b
         counts = torch.tensor(packed.target.lengths, device=video.device, dtype=torch.float32)  # [R]
         losses = segment_mean(per_token, rows, num_rows, counts).view(len(masks), b).mean(dim=1)  # [G]
@@ -298,7 +308,7 @@ class JEPA(nn.Module):
             denominator = counts.clamp_min(2.0)
             mean = segment_mean(p, rows, num_rows, denominator)  # [R, D]
             var = segment_mean((p - mean[rows]) ** 2, rows, num_rows, denominator - 1)  # [R, D]
-            reg = F.relu(1.0 - (var + 1e-4).sqrt()).mean()
+            reg = std_hinge(var)
         return losses, reg
 
     @torch.no_grad()
