@@ -5,8 +5,12 @@
 Takes one step's real context rows of the preset (every generator, every sample), packs them into
 one [1, heads, T, head_dim] sequence and times, interleaved, each `Segments` kernel
 (`vjepa.models.vit.Kernels.packed_attention`: loop, padded, nested), the earlier layout (each
-generator's rows padded to its longest, one masked SDPA call per generator) and, where it runs,
-`flex_attention` with a document mask. Prints JSON: median milliseconds per kernel.
+generator's rows padded to its longest, one masked SDPA call per generator), where it runs
+`flex_attention` with a document mask, and the official layout: each generator's rows truncated to
+its shortest and one unmasked SDPA call per generator (fewer tokens, so compare its thread scaling,
+not its time). `--threads 1 2` times every kernel at each thread count in one
+process and reports each kernel's speed-up from the first count to the last. Prints JSON: median
+milliseconds per kernel (per thread count).
 """
 
 from __future__ import annotations
@@ -50,27 +54,38 @@ def flex(lengths: list[int], total: int):
     return lambda q, k, v: flex_attention(q, k, v, block_mask=mask)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="demo64")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    cfg = preset(args.preset)
-    m, d = cfg.model, cfg.data
-    grid = (d.num_frames // m.tubelet_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
-    groups = [mask_token_counts(mask)[0] for mask in masks_for_step(cfg, grid, d.batch_size, 0)]
-    lengths = [n for group in groups for n in group]
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    heads, total = m.num_heads, sum(lengths)
-    q, k, v = (torch.randn(1, heads, total, m.embed_dim // heads, dtype=dtype, requires_grad=True) for _ in range(3))
-    grad = torch.randn_like(q)
-    kernels = {f"segments_{kind}": segments(lengths, kind) for kind in ("loop", "padded", "nested")}
-    kernels["per_generator_padded"] = per_generator_padded(groups)
-    kernels["flex_attention"] = flex(lengths, total)
+def truncated(groups: list[list[int]], heads: int, head_dim: int, dtype: torch.dtype):
+    """The official layout: each generator's rows cut to its shortest, one unmasked SDPA call per
+    generator over [rows, heads, shortest, head_dim] (its own inputs)."""
+    import torch.nn.functional as F
+
+    shapes = [(len(lengths), heads, min(lengths), head_dim) for lengths in groups]
+    inputs = [[torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3)] for shape in shapes]
+    grads = [torch.randn(shape, dtype=dtype) for shape in shapes]
+
+    def attend(*_):
+        for tensor in (t for group in inputs for t in group):
+            tensor.grad = None
+        outs = [F.scaled_dot_product_attention(q, k, v) for q, k, v in inputs]
+        return _Fixed(torch.cat([o.flatten() for o in outs]), torch.cat([g.flatten() for g in grads]))
+    return attend
+
+
+class _Fixed:
+    """An output whose `backward(anything)` uses its own gradient (the truncated kernel's shape differs)."""
+
+    def __init__(self, out: torch.Tensor, grad: torch.Tensor):
+        self.out, self.grad = out, grad
+
+    def backward(self, _grad: torch.Tensor) -> None:
+        self.out.backward(self.grad)
+
+
+def time_kernels(kernels: dict, q, k, v, grad, repeats: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Median milliseconds of forward + backward per kernel, interleaved, after one warm-up round."""
     times: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
-    for round_index in range(args.repeats + 1):
+    for round_index in range(repeats + 1):
         for name, attend in kernels.items():
             if name in errors:
                 continue
@@ -84,10 +99,39 @@ def main() -> None:
             q.grad = k.grad = v.grad = None
             if round_index:  # the first round warms up
                 times.setdefault(name, []).append(elapsed)
+    return {name: round(1e3 * statistics.median(t), 1) for name, t in times.items()}, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="demo64")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", help="thread counts to time in turn (default: as set)")
+    args = parser.parse_args()
+    cfg = preset(args.preset)
+    m, d = cfg.model, cfg.data
+    grid = (d.num_frames // m.tubelet_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size)
+    groups = [mask_token_counts(mask)[0] for mask in masks_for_step(cfg, grid, d.batch_size, 0)]
+    lengths = [n for group in groups for n in group]
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    heads, total = m.num_heads, sum(lengths)
+    q, k, v = (torch.randn(1, heads, total, m.embed_dim // heads, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn_like(q)
+    kernels = {f"segments_{kind}": segments(lengths, kind) for kind in ("loop", "padded", "nested")}
+    kernels["per_generator_padded"] = per_generator_padded(groups)
+    kernels["flex_attention"] = flex(lengths, total)
+    kernels["official_truncated"] = truncated(groups, heads, m.embed_dim // heads, dtype)
+    medians, errors = {}, {}
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        medians[str(threads)], errors = time_kernels(kernels, q, k, v, grad, args.repeats)
+    first, last = medians[next(iter(medians))], medians[str(torch.get_num_threads())]
     print(json.dumps({
-        "preset": args.preset, "dtype": args.dtype, "threads": torch.get_num_threads(),
-        "rows": len(lengths), "tokens": total, "longest": max(lengths), "heads": heads,
-        "median_ms": {name: round(1e3 * statistics.median(t), 1) for name, t in times.items()},
+        "preset": args.preset, "dtype": args.dtype, "threads": list(medians),
+        "rows": len(lengths), "tokens": total, "longest": max(lengths), "shortest": min(lengths), "heads": heads,
+        "median_ms": medians if len(medians) > 1 else first,
+        "speedup_first_to_last_threads": {name: round(first[name] / last[name], 2) for name in last} if len(medians) > 1 else {},
         "unavailable": errors,
     }, indent=2))
 
