@@ -23,8 +23,8 @@ from vjepa.bench import official_structure
 from vjepa.config import Config, preset
 from vjepa.jepa import JEPA, StepOptions, official_options
 from vjepa.masks import num_generators
+from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import Kernels
-from vjepa.train import masks_for_step
 
 
 def saved_bytes(cfg: Config, options: StepOptions, batch: int) -> int:

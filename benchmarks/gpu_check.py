@@ -47,8 +47,10 @@ from vjepa.bench import benchmark
 from vjepa.config import Config, apply_overrides, preset
 from vjepa.jepa import JEPA
 from vjepa.masks import num_generators
+from vjepa.masks.step import masks_for_step
+from vjepa.models.factory import token_grid
 from vjepa.precision import allow_tf32, autocast
-from vjepa.train import build_train_loader, compile_blocks, masks_for_step, train, train_step
+from vjepa.train import build_train_loader, compile_blocks, train, train_step
 
 CHECKS = ("sdpa_kernels", "host_syncs", "bench_eager", "bench_compile", "resume", "loader")
 
@@ -191,20 +193,20 @@ def check_resume(opts: dict[str, Any], folder: Path) -> dict[str, Any]:
     overrides = (f"optim.steps={steps}", f"run.checkpoint_every={split}", "run.log_every=1",
                  "data.batch_size=4", "run.monitor_every=1000")
     train(base_config(opts, f"run.out_dir={folder / 'whole'}", *overrides))
-    real = train_module.masks_for_step
+    real = train_module.train_step
 
-    def die_after_checkpoint(cfg, grid, batch_size, step, *rest):
+    def die_after_checkpoint(model, optimizer, video, masks, step, *rest):
         if step == split:
             raise KeyboardInterrupt
-        return real(cfg, grid, batch_size, step, *rest)
+        return real(model, optimizer, video, masks, step, *rest)
 
-    train_module.masks_for_step = die_after_checkpoint
+    train_module.train_step = die_after_checkpoint
     try:
         train(base_config(opts, f"run.out_dir={folder / 'split'}", *overrides))
     except KeyboardInterrupt:
         pass
     finally:
-        train_module.masks_for_step = real
+        train_module.train_step = real
     train(base_config(opts, f"run.out_dir={folder / 'split'}", *overrides))
     whole, resumed = _losses(folder / "whole"), _losses(folder / "split")
     after = range(split + 1, steps + 1)
@@ -240,7 +242,7 @@ def check_loader(opts: dict[str, Any], folder: Path, videos: str | None) -> dict
     for workers in opts["workers"]:
         cfg = base_config(opts, "data.source=csv", f"data.path={csv}", f"data.num_workers={workers}",
                           "data.frame_step=1")
-        loader, _ = build_train_loader(cfg, 0, 0, 1, device)
+        loader, _ = build_train_loader(cfg, 0, 0, 1, device, token_grid(cfg))  # clips and masks, as training
         batches = iter(loader)
         batch = next(batches)  # worker start-up excluded
         start = time.perf_counter()
@@ -250,8 +252,8 @@ def check_loader(opts: dict[str, Any], folder: Path, videos: str | None) -> dict
                                                                                                    - start)
         del batches, loader
     video = batch["video"]
-    record.update(batch_shape=list(video.shape), bytes_per_step=video.numel() * video.element_size(),
-                  bytes_per_step_as_uint8=video.numel(), pinned=bool(video.is_pinned()))
+    record.update(batch_shape=list(video.shape), dtype=str(video.dtype), bytes_per_step=video.numel() * video.element_size(),
+                  bytes_per_step_as_fp32=video.numel() * 4, pinned=bool(video.is_pinned()))
     if device.type == "cuda":
         torch.cuda.synchronize()
         start = time.perf_counter()

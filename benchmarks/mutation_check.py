@@ -363,6 +363,18 @@ MUTATIONS: list[Mutation] = [
         (('if self.mask_token_by == "clip_length":', 'if self.mask_token_by == "never":'),),
         ("tests/test_packing.py",),
     ),
+    Mutation(
+        "loader_masks_of_next_step", "the loader ships the masks of step s + 1 with the clips of step s",
+        "StepCollate",
+        (("batch.step, self.rank, self.world_size)", "batch.step + 1, self.rank, self.world_size)"),),
+        ("tests/test_train.py",),
+    ),
+    Mutation(
+        "device_normalise_wrong_scale", "on-device normalisation forgets that pixels are in [0, 255]",
+        "normalise",
+        (("view(shape).to(video.device) * 255.0\n    s =", "view(shape).to(video.device) * 1.0\n    s ="),),
+        ("tests/test_train.py", "tests/test_transforms.py"),
+    ),
 ]
 
 

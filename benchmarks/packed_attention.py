@@ -24,8 +24,8 @@ import torch
 
 from vjepa.config import preset
 from vjepa.flops import mask_token_counts
+from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import Kernels, Segments
-from vjepa.train import masks_for_step
 
 
 def per_generator_padded(groups: list[list[int]]):

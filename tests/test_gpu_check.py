@@ -29,7 +29,8 @@ def test_the_dry_run_runs_all_six_checks(tmp_path):
     assert report["bench_compile"]["compiled_losses"] == report["bench_compile"]["eager_losses"]  # eager backend
     assert report["resume"]["max_abs_difference"] == 0.0  # bit-exact on the CPU
     assert set(report["loader"]["clips_per_s"]) == {"0", "1"}
-    assert report["loader"]["bytes_per_step"] == 4 * report["loader"]["bytes_per_step_as_uint8"]
+    assert report["loader"]["bytes_per_step_as_fp32"] == 4 * report["loader"]["bytes_per_step"]
+    assert report["loader"]["dtype"] == "torch.uint8"
 
 
 def test_a_failing_check_is_reported_and_fails_the_script(monkeypatch, capsys):

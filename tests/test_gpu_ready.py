@@ -68,9 +68,9 @@ def _train_rank(rank, world_size, port, cfgs, capture_dir, nan_rank, nan_step):
 
     real_loop, real_step = train_module.run_loop, train_module.train_step
 
-    def loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, *rest):
+    def loop(cfg, wrapped, model, optimizer, loader, dataset, start, *rest):
         (capture_dir / f"start{rank}.txt").write_text(str(start))
-        summary = real_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, *rest)
+        summary = real_loop(cfg, wrapped, model, optimizer, loader, dataset, start, *rest)
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, capture_dir / f"rank{rank}.pt")
         return summary
 
@@ -279,14 +279,14 @@ def test_drop_path_run_resumes_bit_for_bit_on_cpu(tmp_path, monkeypatch):
 
     extra = ("model.drop_path=0.5", "run.checkpoint_every=2")
     train(cfg_for(tmp_path / "whole", 2, 4, *extra))
-    real = train_module.masks_for_step
+    real = train_module.train_step
 
-    def interrupt_after_the_step_2_checkpoint(cfg, grid, batch_size, step, *rank_world):
+    def interrupt_after_the_step_2_checkpoint(model, optimizer, video, masks, step, *rest):
         if step == 2:
             raise KeyboardInterrupt
-        return real(cfg, grid, batch_size, step, *rank_world)
+        return real(model, optimizer, video, masks, step, *rest)
 
-    monkeypatch.setattr(train_module, "masks_for_step", interrupt_after_the_step_2_checkpoint)
+    monkeypatch.setattr(train_module, "train_step", interrupt_after_the_step_2_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_for(tmp_path / "split", 2, 4, *extra))
     monkeypatch.undo()

@@ -111,14 +111,14 @@ def test_resuming_an_init_from_run_resumes_instead_of_starting_over(source_run, 
     args = ["optim.steps=6", "run.checkpoint_every=3", f"model.init_from={src}"]
     full, part = tmp_path / "full", tmp_path / "part"
     train(debug_cfg(full, *args))
-    real = train_module.masks_for_step
+    real = train_module.train_step
 
-    def interrupt_at_step_4(cfg, grid, batch_size, step, *rank_world):
+    def interrupt_at_step_4(model, optimizer, video, masks, step, *rest):
         if step == 4:
             raise KeyboardInterrupt
-        return real(cfg, grid, batch_size, step, *rank_world)
+        return real(model, optimizer, video, masks, step, *rest)
 
-    monkeypatch.setattr(train_module, "masks_for_step", interrupt_at_step_4)
+    monkeypatch.setattr(train_module, "train_step", interrupt_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(debug_cfg(part, *args))
     monkeypatch.undo()

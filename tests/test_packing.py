@@ -7,8 +7,8 @@ from vjepa.config import preset
 from vjepa.jepa import JEPA, StepOptions
 from vjepa.masks import MaskBatch, pack_masks
 from vjepa.masks.collate import mask_to_indices
+from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import Kernels, Segments, attention_core, round_up
-from vjepa.train import masks_for_step
 
 PADDED = StepOptions(pack=False)  # contexts padded to the batch's longest row, batched predictor
 

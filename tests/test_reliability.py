@@ -333,14 +333,14 @@ def test_a_second_run_on_a_locked_run_dir_names_the_holder(tmp_path, capsys):
 
 
 def test_resume_trims_metrics_back_to_the_checkpoint(tmp_path, monkeypatch):
-    real = train_module.masks_for_step
+    real = train_module.train_step
 
-    def die_at_step_5(cfg, grid, batch_size, step, *rank_world):
+    def die_at_step_5(model, optimizer, video, masks, step, *rest):
         if step == 5:
             raise KeyboardInterrupt  # after the step-4 checkpoint and the step-5 log line
-        return real(cfg, grid, batch_size, step, *rank_world)
+        return real(model, optimizer, video, masks, step, *rest)
 
-    monkeypatch.setattr(train_module, "masks_for_step", die_at_step_5)
+    monkeypatch.setattr(train_module, "train_step", die_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train(debug_cfg(tmp_path, "optim.steps=8", "run.checkpoint_every=4"))
     monkeypatch.undo()
@@ -362,12 +362,12 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path):
         "import os, signal, sys\n"
         "import vjepa.train as t\n"
         "from vjepa.cli import main\n"
-        "real = t.masks_for_step\n"
-        "def masks(cfg, grid, batch, step, *rest):\n"
+        "real = t.train_step\n"
+        "def step_(model, optimizer, video, masks, step, *rest):\n"
         "    if step == 5:\n"
         "        os.kill(os.getpid(), signal.SIGTERM)  # what SLURM / Kubernetes send, mid-step\n"
-        "    return real(cfg, grid, batch, step, *rest)\n"
-        "t.masks_for_step = masks\n"
+        "    return real(model, optimizer, video, masks, step, *rest)\n"
+        "t.train_step = step_\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     args = ["pretrain", "--preset", "debug", f"run.out_dir={run}", "run.progress=false", "run.log_every=1",
@@ -390,12 +390,12 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_still_saves(tmp_
         "import os, signal, sys\n"
         "import vjepa.train as t\n"
         "from vjepa.cli import main\n"
-        "real = t.masks_for_step\n"
-        "def masks(cfg, grid, batch, step, *rest):\n"
+        "real = t.train_step\n"
+        "def step_(model, optimizer, video, masks, step, *rest):\n"
         "    if step == 1:\n"
         "        os.killpg(os.getpgid(0), signal.SIGTERM)\n"
-        "    return real(cfg, grid, batch, step, *rest)\n"
-        "t.masks_for_step = masks\n"
+        "    return real(model, optimizer, video, masks, step, *rest)\n"
+        "t.train_step = step_\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     args = ["pretrain", "--preset", "debug", f"run.out_dir={tmp_path}", "run.progress=false", "optim.steps=6",

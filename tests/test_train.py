@@ -96,14 +96,14 @@ def test_resume_gives_identical_losses(tmp_path, monkeypatch):
 
     full, part = tmp_path / "full", tmp_path / "part"
     train(debug_cfg(full, "optim.steps=8", "run.checkpoint_every=4"))
-    real = train_module.masks_for_step
+    real = train_module.train_step
 
-    def interrupt_at_step_5(cfg, grid, batch_size, step, *rank_world):
+    def interrupt_at_step_5(model, optimizer, video, masks, step, *rest):
         if step == 5:
             raise KeyboardInterrupt  # the run dies after the step-4 checkpoint, mid-way through step 6
-        return real(cfg, grid, batch_size, step, *rank_world)
+        return real(model, optimizer, video, masks, step, *rest)
 
-    monkeypatch.setattr(train_module, "masks_for_step", interrupt_at_step_5)
+    monkeypatch.setattr(train_module, "train_step", interrupt_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train(debug_cfg(part, "optim.steps=8", "run.checkpoint_every=4"))
     monkeypatch.undo()
@@ -264,10 +264,35 @@ def test_step_sampler_is_a_pure_function_of_step():
     b = StepBatchSampler(10, 4, seed=3, start_step=5)
     it = iter(b)
     assert [a.batch(s) for s in range(5, 8)] == [next(it) for _ in range(3)]
-    epoch0 = [i for s in range(5) for i, _ in a.batch(s)][:10]  # first 10 items: one epoch, no repeats
+    epoch0 = [i for s in range(5) for i, _, _ in a.batch(s)][:10]  # first 10 items: one epoch, no repeats
     assert sorted(epoch0) == list(range(10))
     ranks = [StepBatchSampler(10, 2, seed=3, rank=r, world_size=2).batch(1) for r in (0, 1)]
     assert ranks[0] + ranks[1] == a.batch(1)
+    assert {step for _, _, step in a.batch(6)} == {6}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_loader_ships_uint8_clips_and_each_steps_masks(workers):
+    """Workers crop and build masks; the loop only copies and normalises: the normalised clip equals
+    the float transform's exactly, and batch k carries masks_for_step(k) for this rank (resumed at 3)."""
+    from vjepa.data import build_dataset
+    from vjepa.data.loader import SeededItems, build_train_loader
+    from vjepa.data.transforms import normalise
+    from vjepa.masks.step import masks_for_step
+    from vjepa.models.factory import token_grid
+
+    cfg = debug_cfg("unused", f"data.num_workers={workers}", "data.horizontal_flip=true")
+    grid = token_grid(cfg)
+    loader, _ = build_train_loader(cfg, 3, 1, 2, "cpu", grid)
+    float_items = SeededItems(build_dataset(cfg.data, split="train", train=True))  # the normalising transform
+    sampler = loader.batch_sampler
+    for step, batch in zip(range(3, 5), loader):
+        assert batch["step"] == step and batch["video"].dtype == torch.uint8
+        expected = torch.stack([float_items[key]["video"] for key in sampler.batch(step)])
+        assert torch.equal(normalise(batch["video"], cfg.data.mean, cfg.data.std), expected)
+        for got, want in zip(batch["masks"], masks_for_step(cfg, grid, cfg.data.batch_size, step, 1, 2)):
+            assert torch.equal(got.context_idx, want.context_idx) and torch.equal(got.target_idx, want.target_idx)
+    assert "masks" not in next(iter(build_train_loader(cfg, 0, 0, 1)[0]))  # finetuning: no grid, no masks
 
 
 def test_cli_pretrain_and_config_errors(tmp_path, capsys):

@@ -45,8 +45,9 @@ from vjepa.distributed import resolve_device
 from vjepa.flops import mask_token_counts, step_flops
 from vjepa.jepa import JEPA, StepOptions, official_options, param_groups
 from vjepa.masks import MaskBatch, num_generators
+from vjepa.masks.step import masks_for_step
 from vjepa.precision import resolve_dtype
-from vjepa.train import compile_blocks, masks_for_step, train_step
+from vjepa.train import compile_blocks, train_step
 
 
 @dataclass

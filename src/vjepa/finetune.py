@@ -51,6 +51,7 @@ from vjepa.checkpoint import (
 )
 from vjepa.config import Config, ConfigError, apply_overrides, merge, to_dict, validate
 from vjepa.data.loader import build_train_loader
+from vjepa.data.transforms import normalise
 from vjepa.init_from import load_target_into, prepare_init
 from vjepa.jepa import param_groups, set_schedules
 from vjepa.models.factory import build_encoder, init_seed
@@ -351,7 +352,7 @@ def _loop(cfg, settings, wrapped, model, optimizer, loader, start, env, log, hea
     wrapped.train()
     for step in range(start, cfg.optim.steps):
         batch = next(batches)
-        video = batch["video"].to(device, non_blocking=True)
+        video = normalise(batch["video"].to(device, non_blocking=True), cfg.data.mean, cfg.data.std)
         labels = torch.as_tensor(batch[task]).long().to(device)
         loss, hits = finetune_step(wrapped, optimizer, video, labels, step, cfg, settings, device, env.rank)
         loss_sum, correct, seen = loss_sum + loss * len(labels), correct + hits, seen + len(labels)

@@ -33,6 +33,7 @@ from vjepa.checkpoint import (
 )
 from vjepa.config import Config, validate
 from vjepa.data.loader import build_train_loader
+from vjepa.data.transforms import normalise
 from vjepa.init_from import load_initial_weights, prepare_init
 from vjepa.jepa import (
     JEPA,
@@ -44,7 +45,6 @@ from vjepa.jepa import (
     set_schedules,
 )
 from vjepa.masks import MaskBatch, num_generators
-from vjepa.masks.step import masks_for_step
 from vjepa.models.factory import init_seed, token_grid
 from vjepa.precision import allow_tf32, autocast, resolve_dtype
 from vjepa.rundir import RunLock, StopRequest, write_config
@@ -191,10 +191,10 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
         dist_utils.load_optimizer_state(model, optimizer, state["opt"])
         start, saved_loss, rng = int(state["step"]), float(state.get("loss", float("nan"))), state.get("rng")
     del state
-    loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size, device)
+    grid = token_grid(cfg)
+    loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size, device, grid)
     if rng is not None:  # drop path continues the interrupted run's random stream
         dist_utils.set_rng_state(rng, device)
-    grid = token_grid(cfg)
     if is_main:  # the settings are accepted: only now is the run directory changed
         write_config(cfg, out_dir)
         trim_metrics(out_dir, start)
@@ -203,7 +203,7 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
         log.write({"step": start, "event": "start" if start == 0 else "resume", "world_size": env.world_size})
     saver = BackgroundSaver(background=cfg.run.async_checkpoint and is_main)
     try:
-        summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop, saver)
+        summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, start, env, log, stop, saver)
     finally:
         log.close()
         saver.wait()  # a checkpoint in flight reaches the disk whatever stopped the loop
@@ -212,7 +212,7 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     return {**summary, "rank": env.rank, "world_size": env.world_size}  # the CLI probes on rank 0 only
 
 
-def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, log, stop=None,
+def run_loop(cfg, wrapped, model, optimizer, loader, dataset, start, env, log, stop=None,
              saver: BackgroundSaver | None = None) -> dict[str, Any]:
     """Iterate steps start..steps-1: train, log, monitor collapse, checkpoint; stop on NaN/inf.
 
@@ -227,9 +227,9 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, grid, start, env, 
     monitor, last_loss, last_good = CollapseMonitor(), float("nan"), None
     batches = iter(loader)
     for step in range(start, cfg.optim.steps):
-        batch = next(batches)
-        video = batch["video"].to(device, non_blocking=True)
-        masks = [m.to(device, non_blocking=True) for m in masks_for_step(cfg, grid, video.shape[0], step, env.rank, env.world_size)]
+        batch = next(batches)  # clips as uint8 and the step's masks, from the loader's workers
+        video = normalise(batch["video"].to(device, non_blocking=True), cfg.data.mean, cfg.data.std)
+        masks = [m.to(device, non_blocking=True) for m in batch["masks"]]
         result = train_step(wrapped, optimizer, video, masks, step, cfg, device)
         finite = torch.isfinite(result.loss)
         first_bad = torch.where((~finite) & (first_bad < 0), torch.full_like(first_bad, step), first_bad)

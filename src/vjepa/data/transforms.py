@@ -92,16 +92,34 @@ def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return resized if resized.dtype == torch.uint8 else resized.clamp(0.0, 255.0)
 
 
-class _Normalise:
-    """Maps [T, C, h, w] in [0, 255] (C = 1 is repeated to 3) to a normalised float [3, T, h, w]."""
+def normalise(video: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Pixel values in [0, 255] (uint8, or float) -> normalised float32, on the video's device.
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
+    The one normalisation: the transforms call it in the data workers, and the training loop on
+    the device, for clips the loader ships as uint8 (a quarter of the bytes).
+
+    Args:
+        video: [C, T, h, w] or [B, C, T, h, w]; C = 1 broadcasts to 3.
+        mean, std: per-channel statistics of values in [0, 1].
+    """
+    shape = (3, 1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(shape).to(video.device) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(shape).to(video.device) * 255.0
+    return (video.float() - m) / s
+
+
+class _Normalise:
+    """Maps [T, C, h, w] in [0, 255] to [3, T, h, w]: normalised float, or as it is (`apply=False`:
+    channels first, grey repeated to 3, the dtype kept; the caller normalises later)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], apply: bool = True) -> None:
+        self.mean, self.std, self.apply = tuple(mean), tuple(std), apply
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        frames = frames.permute(1, 0, 2, 3).contiguous().float()  # [C, T, h, w]
-        return (frames - self.mean) / self.std  # C = 1 broadcasts to 3
+        frames = frames.permute(1, 0, 2, 3)  # [C, T, h, w]
+        if self.apply:
+            return normalise(frames.contiguous(), self.mean, self.std)
+        return frames.expand(3, *frames.shape[1:]).contiguous()
 
 
 class TrainTransform:
@@ -117,6 +135,8 @@ class TrainTransform:
         erase_prob: chance that each frame gets one random rectangle replaced by unit Gaussian
             noise after normalisation (random erasing, as the official frozen evaluation trains
             its probes with 0.25); 0 turns it off.
+        normalise: False returns the cropped clip unnormalised, in the frames' dtype (uint8 for
+            video), for `vjepa.data.transforms.normalise` on the device; needs erase_prob 0.
     """
 
     def __init__(
@@ -128,13 +148,16 @@ class TrainTransform:
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         erase_prob: float = 0.0,
+        normalise: bool = True,
     ) -> None:
+        if erase_prob > 0 and not normalise:
+            raise ValueError("random erasing works on normalised clips: erase_prob > 0 needs normalise=True")
         self.crop_size, self.scale, self.aspect = crop_size, tuple(scale), tuple(aspect)
         self.horizontal_flip, self.erase_prob = horizontal_flip, erase_prob
-        self.normalise = _Normalise(mean, std)
+        self.normalise = _Normalise(mean, std, apply=normalise)
 
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 [T, H, W, C] -> float [3, T, crop_size, crop_size]."""
+        """uint8 [T, H, W, C] -> float [3, T, crop_size, crop_size] (uint8 with normalise=False)."""
         frames = _as_frames(video)  # [T, C, H, W]
         height, width = frames.shape[-2:]
         top, left, crop_height, crop_width = random_resized_crop_params(
@@ -221,14 +244,17 @@ class EvalTransform:
 
 
 def build_transform(
-    cfg: DataConfig, train: bool, num_crops: int = 1, resize_ratio: float = 256 / 224
+    cfg: DataConfig, train: bool, num_crops: int = 1, resize_ratio: float = 256 / 224, normalise: bool = True
 ) -> TrainTransform | EvalTransform:
     """The training (random crop) or evaluation (resize + `num_crops` crops) transform of `cfg`.
 
     `resize_ratio=1.0` keeps whole square frames (e.g. the synthetic set at crop_size = size).
+    `normalise=False` (training only): clips stay in [0, 255] and their dtype, normalised later on
+    the device (`normalise`), as the training loader ships them.
     """
     if train:
         return TrainTransform(
-            cfg.crop_size, cfg.crop_scale, cfg.crop_aspect, cfg.horizontal_flip, cfg.mean, cfg.std
+            cfg.crop_size, cfg.crop_scale, cfg.crop_aspect, cfg.horizontal_flip, cfg.mean, cfg.std,
+            normalise=normalise,
         )
     return EvalTransform(cfg.crop_size, resize_ratio, num_crops, cfg.mean, cfg.std)

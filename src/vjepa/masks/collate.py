@@ -40,16 +40,18 @@ class MaskBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskBatch:
         """Return a copy with every tensor moved to `device`."""
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
 
-        def move(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.to(device, non_blocking=non_blocking)
+    def pin_memory(self) -> MaskBatch:
+        """A copy in pinned host memory (the DataLoader's pin-memory thread calls this), so the copy
+        to the GPU can overlap compute."""
+        return self._map(lambda x: x.pin_memory())
 
-        return MaskBatch(
-            context_idx=move(self.context_idx),
-            target_idx=move(self.target_idx),
-            context_valid=move(self.context_valid),
-            target_valid=move(self.target_valid),
-        )
+    def _map(self, fn) -> MaskBatch:
+        def apply(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else fn(x)
+
+        return MaskBatch(apply(self.context_idx), apply(self.target_idx), apply(self.context_valid), apply(self.target_valid))
 
 
 def mask_to_indices(
