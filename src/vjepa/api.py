@@ -162,6 +162,13 @@ def load_config(source: str | Path) -> Config:
     return read_weights(source)[0]
 
 
+def _predictor_tensors(encoder: Encoder, source: str | Path) -> dict[str, torch.Tensor]:
+    """The loaded predictor's weights under `predictor.` keys, as an export stores them."""
+    if encoder.predictor is None:
+        raise CheckpointError(f"{source} has no predictor to export")
+    return {f"predictor.{k}": v for k, v in encoder.predictor.state_dict().items()}
+
+
 def export(
     source: str | Path, output: str | Path, which: str = "target_encoder", with_predictor: bool = False
 ) -> Path:
@@ -180,11 +187,7 @@ def export(
     if which == "init":
         raise ValueError("export takes which='target_encoder' or 'encoder' (an init is rebuilt from its run's config)")
     encoder = load(source, which, device="cpu", with_predictor=with_predictor)
-    tensors = dict(encoder.model.state_dict())
-    if with_predictor:
-        if encoder.predictor is None:
-            raise CheckpointError(f"{source} has no predictor to export")
-        tensors.update({f"predictor.{k}": v for k, v in encoder.predictor.state_dict().items()})
+    tensors = {**encoder.model.state_dict(), **(_predictor_tensors(encoder, source) if with_predictor else {})}
     stored = encoder.which if encoder.which in WHICH else which  # a preset's random init loads as asked for
     save_safetensors(output, tensors, to_dict(encoder.config), {"which": stored, "format": EXPORT_FORMAT})
     return Path(output)

@@ -80,6 +80,15 @@ def official_structure(cfg: Config, dtype: str = "fp32") -> Variant:
     return Variant(name, cfg, official_options())
 
 
+def _changed(name: str, base: Variant, dtype: str | None = None, collate: str | None = None, **changes) -> Variant:
+    """`base` with one change: the run dtype, the mask collation, or `StepOptions` / kernel fields."""
+    new = copy.deepcopy(base.cfg)
+    new.run.dtype = dtype or new.run.dtype
+    new.mask.collate = collate or new.mask.collate
+    kernels = replace(base.options.kernels, **changes.pop("kernels", {}))
+    return Variant(name, new, replace(base.options, kernels=kernels, **changes))
+
+
 def ablation_variants(cfg: Config) -> list[Variant]:
     """From the official step (fp32, SDPA, truncation) to ours, one change at a time.
 
@@ -87,16 +96,7 @@ def ablation_variants(cfg: Config) -> list[Variant]:
     pad-collation step adds work (it keeps every token instead of truncating); the others change
     speed only. The matmul-attention step matters on CPU in bf16 only.
     """
-    official = official_structure(cfg)
-    ours = StepOptions()
-
-    def step(name: str, base: Variant, dtype: str | None = None, collate: str | None = None, **changes) -> Variant:
-        new = copy.deepcopy(base.cfg)
-        new.run.dtype = dtype or new.run.dtype
-        new.mask.collate = collate or new.mask.collate
-        kernels = replace(base.options.kernels, **changes.pop("kernels", {}))
-        return Variant(name, new, replace(base.options, kernels=kernels, **changes))
-
+    official, ours, step = official_structure(cfg), StepOptions(), _changed
     chain = [official]
     if cfg.run.dtype != official.cfg.run.dtype:
         chain.append(step(f"+{cfg.run.dtype}_autocast", chain[-1], dtype=cfg.run.dtype))
@@ -303,18 +303,24 @@ def run_variants(
         dtype); `mfu_best` uses the fastest step and the best peak.
     """
     runs = [_Run(v, device, warmup + steps, seed) for v in variants]
-    dtypes = {run.cfg.run.dtype for run in runs}
-    peaks: dict[str, list[float]] = {dt: [] for dt in dtypes}
     for run in runs:
         for _ in range(warmup):
             run.step(timed=False)
+    peaks = _time_rounds(runs, steps, device)
+    return [run.report(peaks[run.cfg.run.dtype], warmup) for run in runs]
+
+
+def _time_rounds(runs: list[_Run], steps: int, device: torch.device) -> dict[str, list[float]]:
+    """`steps` rounds of one timed step per run; the matmul peak of each dtype sampled ~4 times between
+    rounds (so it sees the machine's state at the same moments): {dtype: [FLOP/s, ...]}."""
+    peaks: dict[str, list[float]] = {run.cfg.run.dtype: [] for run in runs}
     for round_index in range(steps):
         for run in runs:
             run.step(timed=True)
         if round_index % max(1, steps // 3) == 0 or round_index == steps - 1:
-            for dt in dtypes:
-                peaks[dt].append(matmul_peak(device, torch.bfloat16 if dt == "bf16" else torch.float32, repeats=3))
-    return [run.report(peaks[run.cfg.run.dtype], warmup) for run in runs]
+            for dt, samples in peaks.items():
+                samples.append(matmul_peak(device, torch.bfloat16 if dt == "bf16" else torch.float32, repeats=3))
+    return peaks
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -93,6 +93,26 @@ def write_failure(err: BaseException, path: str | Path, free_dir: str | Path | N
 TEMP_GLOB = ".*.tmp"  # atomic_write's temporary files: .NAME.RANDOM.tmp next to the target
 
 
+def _temp_beside(path: Path) -> str:
+    """A new empty temporary file in `path`'s folder (created if missing), named after `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_failure(err, path) from None
+    os.close(fd)
+    return tmp
+
+
+def _write_durably(tmp: str, path: Path, write) -> None:
+    """`write(tmp)`, give it open()'s mode, flush it, rename it onto `path`, flush the directory."""
+    write(tmp)
+    os.chmod(tmp, _file_mode())
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_path(path.parent, directory=True)
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call `write(tmp_path)`, fsync, then rename onto `path`: a crash never leaves a half-written file.
 
@@ -105,18 +125,9 @@ def atomic_write(path: str | Path, write) -> None:
             the previous file at `path`, if any, is left intact.
     """
     path = Path(path)
+    tmp = _temp_beside(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise write_failure(err, path) from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _file_mode())
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-        _fsync_path(path.parent, directory=True)
+        _write_durably(tmp, path, write)
     except BaseException as err:
         failure = write_failure(err, path)  # measured before the temp file is removed
         if os.path.exists(tmp):

@@ -299,20 +299,18 @@ class TrainedProbe:
         Returns:
             `Prediction` with probs [B, K] (B = 1 for a path or a raw video).
         """
+        return self.predict_tokens(self.encode(self.as_views(clips), batch_size))
+
+    def as_views(self, clips: Any) -> torch.Tensor:
+        """What `predict` accepts, as normalised views [B, V, 3, F, h, w]."""
         if isinstance(clips, (str, Path)):
-            views = self.protocol.read_views(clips)[None]
-        elif isinstance(clips, np.ndarray) or (
-            isinstance(clips, torch.Tensor) and not clips.is_floating_point()
-        ):
-            views = self.protocol.views(clips)[None]  # [1, V, 3, F, h, w]
-        elif clips.ndim in (5, 6):
-            views = clips.unsqueeze(1) if clips.ndim == 5 else clips
-        else:
-            raise ValueError(
-                f"clips must be a path, uint8 [T, H, W, C], or float [B, 3, T, H, W] / "
-                f"[B, V, 3, T, H, W]; got {tuple(clips.shape)}"
-            )
-        return self.predict_tokens(self.encode(views, batch_size))
+            return self.protocol.read_views(clips)[None]
+        if isinstance(clips, np.ndarray) or (isinstance(clips, torch.Tensor) and not clips.is_floating_point()):
+            return self.protocol.views(clips)[None]  # [1, V, 3, F, h, w]
+        if clips.ndim in (5, 6):
+            return clips.unsqueeze(1) if clips.ndim == 5 else clips
+        raise ValueError(f"clips must be a path, uint8 [T, H, W, C], or float [B, 3, T, H, W] / "
+                         f"[B, V, 3, T, H, W]; got {tuple(clips.shape)}")
 
     def save(self, path: str | Path) -> Path:
         """Write this probe as a `.safetensors` probe file; returns the path."""

@@ -350,7 +350,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     check_device(args.device, "--device", INFERENCE_DEVICES)
     env = distributed.DistEnv()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one share of the files per rank and device
+    if distributed.torchrun_env()[1] > 1:  # torchrun: one share of the files per rank and device
         env = distributed.setup(args.device, timeout_s=EMBED_TIMEOUT_S)
         args.device = str(env.device)
     encoder = _load_encoder(args)

@@ -82,12 +82,23 @@ def rank_device(device_name: str, local_rank: int, world_size: int) -> torch.dev
     if not torch.cuda.is_available():
         raise ValueError(f"device {device_name}, but this machine has no usable CUDA device; use cpu or auto")
     if device_name.startswith("cuda:"):
-        if world_size > 1:
-            raise ValueError(
-                f"device {device_name} under torchrun ({world_size} processes) would put every rank on GPU "
-                f"{device_name[5:]}; use cuda (or auto): each rank takes GPU LOCAL_RANK % device_count()")
-        return torch.device(device_name)
+        return _one_gpu(device_name, world_size)
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def _one_gpu(device_name: str, world_size: int) -> torch.device:
+    """`cuda:N`, allowed only for a single process (every rank would share GPU N)."""
+    if world_size > 1:
+        raise ValueError(
+            f"device {device_name} under torchrun ({world_size} processes) would put every rank on GPU "
+            f"{device_name[5:]}; use cuda (or auto): each rank takes GPU LOCAL_RANK % device_count()")
+    return torch.device(device_name)
+
+
+def torchrun_env() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them; (0, 1, 0) for a plain process."""
+    return tuple(int(os.environ.get(key, default)) for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"),
+                                                                         ("LOCAL_RANK", "0")))
 
 
 def setup(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
@@ -105,9 +116,7 @@ def setup(device_name: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Di
     """
     from datetime import timedelta
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = torchrun_env()
     device = rank_device(device_name, local_rank, world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)

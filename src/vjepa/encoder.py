@@ -50,7 +50,7 @@ def window_indices(num_video_frames: int, num_frames: int, frame_step: int, stri
                          f"{num_video_frames}, {num_frames}, {frame_step}, {stride}")
     span = (num_frames - 1) * frame_step + 1  # source frames one window covers
     offsets = np.arange(num_frames, dtype=np.int64)
-    if num_video_frames < span:
+    if num_video_frames < span:  # one window, the largest step that fits, the last frame repeated
         step = max(1, (num_video_frames - 1) // max(num_frames - 1, 1))
         return np.minimum(offsets * step, num_video_frames - 1)[None]
     starts = list(range(0, num_video_frames - span + 1, stride or num_frames * frame_step))
@@ -152,6 +152,19 @@ class Encoder:
         transform = EvalTransform(self.img_size, resize_ratio=1.0, num_crops=1, mean=data.mean, std=data.std)
         return transform(frames)[0]  # [3, T, S, S]
 
+    def _iter_file_clips(self, path: str | Path, window: int, frame_step: int, stride: int | None,
+                         chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """`iter_clips` of a file: decodes `chunk` windows' frames per read (each frame once)."""
+        from vjepa.data.decode import probe_video, read_frames
+
+        windows = window_indices(probe_video(path).num_frames, window, frame_step, stride)
+        for first in range(0, len(windows), chunk):
+            part = windows[first : first + chunk]  # [w, window]
+            wanted, position = np.unique(part, return_inverse=True)
+            frames = read_frames(path, wanted)[position.reshape(part.shape)]  # [w, window, H, W, 3]
+            for indices, clip in zip(part, frames):
+                yield int(indices[0]), self.preprocess(clip)
+
     def iter_clips(
         self,
         video: str | Path | np.ndarray | torch.Tensor,
@@ -169,15 +182,7 @@ class Encoder:
         """
         window, frame_step = window or self.num_frames, frame_step or self.frame_step
         if isinstance(video, (str, Path)):
-            from vjepa.data.decode import probe_video, read_frames
-
-            windows = window_indices(probe_video(video).num_frames, window, frame_step, stride)
-            for first in range(0, len(windows), chunk):
-                part = windows[first : first + chunk]  # [w, window]
-                wanted, position = np.unique(part, return_inverse=True)
-                frames = read_frames(video, wanted)[position.reshape(part.shape)]  # [w, window, H, W, 3]
-                for indices, clip in zip(part, frames):
-                    yield int(indices[0]), self.preprocess(clip)
+            yield from self._iter_file_clips(video, window, frame_step, stride, chunk)
             return
         frames = _as_uint8_video(video)
         for indices in window_indices(len(frames), window, frame_step, stride):

@@ -58,7 +58,7 @@ from vjepa.models.factory import build_encoder, init_seed
 from vjepa.models.probe import PROBE_KINDS, build_probe
 from vjepa.models.vit import VisionTransformer
 from vjepa.precision import allow_tf32, autocast, resolve_dtype
-from vjepa.rundir import RunLock, write_config
+from vjepa.rundir import run_dir_lock, write_config
 from vjepa.runlog import RunLog, trim_metrics
 from vjepa.seeds import mix_seed
 
@@ -262,15 +262,8 @@ def finetune(cfg: Config, settings: FinetuneSettings) -> dict[str, Any]:
     env = dist_utils.setup(cfg.run.device, cfg.run.dist_timeout_s)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dtype=resolve_dtype(cfg.run.dtype, env.device)))
     out_dir = Path(cfg.run.out_dir)
-    lock = None
-    if env.rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out_dir).acquire()
-    try:
+    with run_dir_lock(out_dir, env.rank == 0):
         summary = _finetune_locked(cfg, settings, env, out_dir)
-    finally:
-        if lock is not None:
-            lock.release()
     dist_utils.teardown(env)
     return summary
 

@@ -178,18 +178,23 @@ def load_initial_weights(model: nn.Module, init: InitWeights, grid: tuple[int, i
     Returns:
         What each network started from, e.g. ["encoder <- encoder", "target_encoder <- target_encoder"].
     """
-    networks = init.networks
-    context_name = "encoder" if "encoder" in networks else "target_encoder"
-    target_name = "target_encoder" if "target_encoder" in networks else context_name
     done = []
-    pairs = [("encoder", context_name), ("target_encoder", target_name), ("predictor", "predictor")]
-    for module_name, file_name in pairs:
+    for module_name, file_name in start_pairs(init.networks):
         module = getattr(model, module_name, None)
-        if module is None or file_name not in networks:
-            continue
-        _load(module, networks[file_name], file_name, init, grid)
-        done.append(f"{module_name} <- {file_name}")
+        if module is not None:
+            _load(module, init.networks[file_name], file_name, init, grid)
+            done.append(f"{module_name} <- {file_name}")
     return done
+
+
+def start_pairs(networks: dict[str, Any]) -> list[tuple[str, str]]:
+    """(model network, file network) pairs: the context encoder from the file's `encoder` (else its
+    `target_encoder`), the target encoder from `target_encoder` (else the same as the context
+    encoder), the predictor from `predictor` where the file has one."""
+    context = "encoder" if "encoder" in networks else "target_encoder"
+    target = "target_encoder" if "target_encoder" in networks else context
+    pairs = [("encoder", context), ("target_encoder", target), ("predictor", "predictor")]
+    return [(module, name) for module, name in pairs if name in networks]
 
 
 def initial_weights_into(encoder: nn.Module, cfg: Config) -> None:

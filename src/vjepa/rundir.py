@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,21 @@ def write_config(cfg: Config, out_dir: Path) -> None:
     atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
 
 
-def prepare_run_dir(cfg: Config, is_main: bool) -> Path:
-    """Create the run directory and write the resolved config there (for runs that never resume)."""
-    out_dir = Path(cfg.run.out_dir)
+@contextmanager
+def run_dir_lock(out_dir: Path, is_main: bool) -> Iterator[None]:
+    """Create `out_dir` and hold its `RunLock` for the block, on rank 0 (the only writer).
+
+    Taken before any file in the directory is read or cleaned; released however the block ends.
+    """
+    lock = None
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out_dir)
-    return out_dir
+        lock = RunLock(out_dir).acquire()
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _pid_alive(pid: int) -> bool:

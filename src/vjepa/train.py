@@ -47,7 +47,7 @@ from vjepa.jepa import (
 from vjepa.masks import MaskBatch, num_generators
 from vjepa.models.factory import init_seed, token_grid
 from vjepa.precision import allow_tf32, autocast, resolve_dtype
-from vjepa.rundir import RunLock, StopRequest, write_config
+from vjepa.rundir import StopRequest, run_dir_lock, write_config
 from vjepa.runlog import RunLog, trim_metrics
 
 
@@ -139,18 +139,13 @@ def train(cfg: Config) -> dict[str, Any]:
     validate(cfg)
     env = dist_utils.setup(cfg.run.device, cfg.run.dist_timeout_s)
     is_main = env.rank == 0
-    out_dir = Path(cfg.run.out_dir)
-    lock, stop = None, StopRequest()
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out_dir).acquire()  # before any file in it is read or cleaned
-    stop.install()
-    try:
-        summary = _train_locked(cfg, env, out_dir, stop)
-    finally:
-        stop.restore()
-        if lock is not None:
-            lock.release()
+    out_dir, stop = Path(cfg.run.out_dir), StopRequest()
+    with run_dir_lock(out_dir, is_main):
+        stop.install()
+        try:
+            summary = _train_locked(cfg, env, out_dir, stop)
+        finally:
+            stop.restore()
     dist_utils.teardown(env)
     return summary
 

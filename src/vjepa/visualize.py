@@ -171,6 +171,14 @@ def pca_figure(
     return save_images(output, [tile([top, bottom])])
 
 
+def token_mask_pixels(mask: torch.Tensor, grid: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+    """A token mask [N] over `grid` blown up to pixels: bool [T, S, S, 1] for frames of `size` (T, S, S)."""
+    cube = mask.reshape(grid).numpy()
+    for axis, times in enumerate(s // g for s, g in zip(size, grid)):
+        cube = np.repeat(cube, times, axis=axis)
+    return cube[..., None]
+
+
 def overlay_masks(
     frames: np.ndarray, target: torch.Tensor, context: torch.Tensor, grid: tuple[int, int, int]
 ) -> np.ndarray:
@@ -184,16 +192,8 @@ def overlay_masks(
     Returns:
         uint8 [T, S, S, 3].
     """
-    t, s = frames.shape[0], frames.shape[1]
-    repeat = (t // grid[0], s // grid[1], s // grid[2])
-
-    def to_pixels(mask: torch.Tensor) -> np.ndarray:  # [N] -> [T, S, S, 1]
-        cube = mask.reshape(grid).numpy()
-        for axis, times in enumerate(repeat):
-            cube = np.repeat(cube, times, axis=axis)
-        return cube[..., None]
-
-    target_px, unused_px = to_pixels(target), to_pixels(~(target | context))
+    size = frames.shape[:3]
+    target_px, unused_px = token_mask_pixels(target, grid, size), token_mask_pixels(~(target | context), grid, size)
     out = frames.astype(np.float32)
     out = np.where(target_px, 0.45 * out + 0.55 * TARGET_COLOUR, out)
     out = np.where(unused_px, 0.3 * out + 0.7 * UNUSED_COLOUR, out)

@@ -109,6 +109,11 @@ class StepCollate:
         return out
 
 
+def train_dataset(cfg: Config) -> Dataset:
+    """The training split of the configured source, its clips cropped but not normalised (uint8)."""
+    return build_dataset(cfg.data, split="train", train=True, transform=build_transform(cfg.data, train=True, normalise=False))
+
+
 def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int,
                        device: torch.device | str = "cpu",
                        grid: tuple[int, int, int] | None = None) -> tuple[DataLoader, Dataset]:
@@ -119,8 +124,7 @@ def build_train_loader(cfg: Config, start_step: int, rank: int, world_size: int,
     `grid`, the step's masks. On CUDA (`device`) batches go to pinned memory and
     `data.num_workers=-1` picks the workers from the machine (`vjepa.data.workers.resolve_workers`).
     """
-    transform = build_transform(cfg.data, train=True, normalise=False)
-    dataset = build_dataset(cfg.data, split="train", train=True, transform=transform)
+    dataset = train_dataset(cfg)
     sampler = StepBatchSampler(len(dataset), cfg.data.batch_size, cfg.run.seed, start_step, rank, world_size)
     workers = resolve_workers(cfg.data.num_workers, device)
     loader = DataLoader(

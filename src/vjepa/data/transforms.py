@@ -44,18 +44,25 @@ def random_resized_crop_params(
     Returns:
         (top, left, crop_height, crop_width), a crop inside the height x width frame.
     """
-    area = height * width
-    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
     for _ in range(10):
-        target_area = area * _uniform(scale[0], scale[1], generator)
-        ratio = math.exp(_uniform(log_aspect[0], log_aspect[1], generator))
-        crop_width = round(math.sqrt(target_area * ratio))
-        crop_height = round(math.sqrt(target_area / ratio))
-        if 0 < crop_width <= width and 0 < crop_height <= height:
-            top = _randint(height - crop_height + 1, generator)
-            left = _randint(width - crop_width + 1, generator)
-            return top, left, crop_height, crop_width
+        crop = _try_crop(height, width, scale, aspect, generator)
+        if crop is not None:
+            return crop
     return _central_crop_params(height, width, aspect)
+
+
+def _try_crop(height: int, width: int, scale: tuple[float, float], aspect: tuple[float, float],
+              generator: torch.Generator | None) -> tuple[int, int, int, int] | None:
+    """One draw of `random_resized_crop_params`: the crop, or None when it does not fit the frame."""
+    target_area = height * width * _uniform(scale[0], scale[1], generator)
+    ratio = math.exp(_uniform(math.log(aspect[0]), math.log(aspect[1]), generator))
+    crop_width = round(math.sqrt(target_area * ratio))
+    crop_height = round(math.sqrt(target_area / ratio))
+    if not (0 < crop_width <= width and 0 < crop_height <= height):
+        return None
+    top = _randint(height - crop_height + 1, generator)
+    left = _randint(width - crop_width + 1, generator)
+    return top, left, crop_height, crop_width
 
 
 def _central_crop_params(height: int, width: int, aspect: tuple[float, float]) -> tuple[int, int, int, int]:

@@ -435,14 +435,18 @@ def _window_features(
     grid = encoder.grid(window)
     shape = (1, 1 if pooled else int(np.prod(grid)), encoder.embed_dim)
     tokens = [row.reshape(shape) for n in kept for _, row in rows[n]]
-    metadata = {"checkpoint": encoder.source, "which": encoder.which, "pooled": str(pooled).lower(),
-                "num_frames": str(window), "frame_step": str(frame_step), "img_size": str(encoder.img_size),
-                "grid": json.dumps(grid)}
     return Features(
         tokens=torch.stack(tokens) if tokens else torch.zeros((0, *shape)),
         labels={"label": torch.tensor([items[n][1] for n in kept for _ in rows[n]], dtype=torch.int64)},
         paths=[items[n][0] for n in kept for _ in rows[n]],
         window_start=torch.tensor([start for n in kept for start, _ in rows[n]], dtype=torch.int64),
         failures=[(items[n][0], failures[n]) for n in sorted(failures)],
-        metadata=metadata,
+        metadata=_embed_metadata(encoder, pooled, window, frame_step, grid),
     )
+
+
+def _embed_metadata(encoder: Any, pooled: bool, window: int, frame_step: int, grid: tuple) -> dict[str, str]:
+    """The facts an embedding file records: where the encoder came from and how clips were cut."""
+    return {"checkpoint": encoder.source, "which": encoder.which, "pooled": str(pooled).lower(),
+            "num_frames": str(window), "frame_step": str(frame_step), "img_size": str(encoder.img_size),
+            "grid": json.dumps(grid)}

@@ -45,11 +45,8 @@ def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> tor
     classes = labels.unique()
     per_class = max(1, round(fraction * len(labels) / len(classes)))
     generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c in classes:
-        members = (labels == c).nonzero().squeeze(1)
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    return torch.cat(chosen).sort().values
+    members = [(labels == c).nonzero().squeeze(1) for c in classes]  # classes in ascending order
+    return torch.cat([m[torch.randperm(len(m), generator=generator)[:per_class]] for m in members]).sort().values
 
 
 def probe_inputs(

@@ -24,7 +24,7 @@ from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, ConfigError, ProbeConfig, to_dict
 from vjepa.distributed import resolve_device
 from vjepa.eval.cache import FeatureCache, load_frozen, recent_cache
-from vjepa.eval.features import SYNTHETIC_TASKS
+from vjepa.eval.features import SYNTHETIC_TASKS, Features
 from vjepa.eval.metrics import describe
 from vjepa.eval.probe_train import PROBE_KINDS, make_probe_config, probe_features, validate_probe
 from vjepa.eval.progress import with_state_file
@@ -347,6 +347,14 @@ def _sampling_hint(probe_cfg: ProbeConfig):
                         "or --frames, or pass --fps, to fit your clips") from None
 
 
+def fold_top1(features: Features, held_out: torch.Tensor, encoder: nn.Module, probe_cfg: ProbeConfig) -> float:
+    """Top-1 of a probe trained on the rows not `held_out` (bool [M]) and scored on those that are."""
+    test, train = held_out.nonzero().flatten(), (~held_out).nonzero().flatten()
+    result = probe_features(features.subset(train), features.subset(test), probe_cfg.task, probe_cfg,
+                            encoder.embed_dim, encoder.num_heads)
+    return result["top1"]
+
+
 def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> dict[str, Any]:
     """K-fold cross-validation on the train split, video-wise: each clip's group (its file, or its
     folder with `--group-by folder`) falls in one fold. The clips are encoded once (through the
@@ -356,20 +364,12 @@ def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> d
         top1 (mean over folds), top1_std, fold_top1 (each fold's), num_train / num_test (clips in
         all folds), folds, and the settings.
     """
-    from vjepa.eval.probe_train import probe_features
-
     probe_cfg = dataclasses.replace(probe_cfg, checkpoint_every=0, state_file="")  # K probes: no shared state file
     cache = FeatureCache(encoder, cfg, dataclasses.replace(probe_cfg, max_train_clips=0))
     features = cache.get("train", train=False)  # every crop and segment: folds train and score on them
     folds = fold_index(features.paths or [str(i) for i in range(len(features))], probe_cfg.folds, probe_cfg.seed,
                        probe_cfg.group_by)
-    scores = []
-    for held in range(probe_cfg.folds):
-        test = (folds == held).nonzero().flatten()
-        train = (folds != held).nonzero().flatten()
-        result = probe_features(features.subset(train), features.subset(test), probe_cfg.task, probe_cfg,
-                                encoder.embed_dim, encoder.num_heads)
-        scores.append(result["top1"])
+    scores = [fold_top1(features, folds == held, encoder, probe_cfg) for held in range(probe_cfg.folds)]
     mean = sum(scores) / len(scores)
     std = (sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5
     return {"task": probe_cfg.task, "probe": probe_cfg.kind, "label_fraction": probe_cfg.label_fraction,
