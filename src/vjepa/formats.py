@@ -405,6 +405,56 @@ def _map_blocks(tensors, src: str, dst: str, names: dict[str, str], count: int, 
     return out
 
 
+_HF_QKV = ("attn.qkv", "attention.query", "attention.key", "attention.value")  # our fused key, HF's parts
+
+
+def _hf_encoder(sub: dict[str, torch.Tensor], config: dict[str, Any], used: set[str], where: str) -> dict[str, torch.Tensor]:
+    """Our encoder state dict from a Hugging Face `VJEPA2Model`'s `encoder.*` tensors (adds the keys
+    it reads to `used`)."""
+    enc = {
+        "patch_embed.proj.weight": _take(sub, "encoder.embeddings.patch_embeddings.proj.weight", used, where),
+        "patch_embed.proj.bias": _take(sub, "encoder.embeddings.patch_embeddings.proj.bias", used, where),
+        "norm.weight": _take(sub, "encoder.layernorm.weight", used, where),
+        "norm.bias": _take(sub, "encoder.layernorm.bias", used, where),
+    }
+    enc.update(_map_blocks(sub, "encoder.layer.", "blocks.", _HF_BLOCK, config["num_hidden_layers"], used, where,
+                           _HF_QKV))
+    return enc
+
+
+def _hf_predictor(sub: dict[str, torch.Tensor], config: dict[str, Any], used: set[str], where: str) -> dict[str, torch.Tensor]:
+    """Our predictor state dict from a Hugging Face `VJEPA2Model`'s `predictor.*` tensors (adds the
+    keys it reads to `used`); its stacked mask tokens [M, 1, 1, P] become `mask_tokens.i`."""
+    tokens = _take(sub, "predictor.embeddings.mask_tokens", used, where)  # [M, 1, 1, P]
+    pred = {f"mask_tokens.{i}": t for i, t in enumerate(tokens.unbind(0))}
+    for ours, theirs in (("predictor_embed", "predictor.embeddings.predictor_embeddings"),
+                         ("predictor_norm", "predictor.layernorm"), ("predictor_proj", "predictor.proj")):
+        for kind in ("weight", "bias"):
+            pred[f"{ours}.{kind}"] = _take(sub, f"{theirs}.{kind}", used, where)
+    pred.update(_map_blocks(sub, "predictor.layer.", "predictor_blocks.", _HF_BLOCK,
+                            config["pred_num_hidden_layers"], used, where, _HF_QKV))
+    return pred
+
+
+def _hf_probe(tensors: dict[str, torch.Tensor], config: dict[str, Any], used: set[str], where: str) -> dict[str, torch.Tensor]:
+    """The official `AttentiveClassifier` state of a `VJEPA2ForVideoClassification`'s pooler and
+    classifier (adds the keys it reads to `used`); the cross-attention's k and v fuse into `xattn.kv`."""
+    probe = {"pooler.query_tokens": _take(tensors, "pooler.query_tokens", used, where)}
+    probe.update(_map_blocks(tensors, "pooler.self_attention_layers.", "pooler.blocks.", _HF_POOLER_SELF,
+                             config.get("num_pooler_layers", 3), used, where,
+                             ("attn.qkv", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")))
+    for ours, theirs in _HF_POOLER_CROSS.items():
+        for kind in ("weight", "bias"):
+            probe[f"pooler.cross_attention_block.{ours}.{kind}"] = _take(
+                tensors, f"pooler.cross_attention_layer.{theirs}.{kind}", used, where)
+    for kind in ("weight", "bias"):
+        probe[f"pooler.cross_attention_block.xattn.kv.{kind}"] = torch.cat(
+            [_take(tensors, f"pooler.cross_attention_layer.cross_attn.{p}.{kind}", used, where)
+             for p in ("k_proj", "v_proj")])
+        probe[f"linear.{kind}"] = _take(tensors, f"classifier.{kind}", used, where)
+    return probe
+
+
 def hf_to_networks(config: dict[str, Any], tensors: dict[str, torch.Tensor], where: str):
     """Map a Hugging Face V-JEPA 2 state dict to our networks.
 
@@ -419,43 +469,13 @@ def hf_to_networks(config: dict[str, Any], tensors: dict[str, torch.Tensor], whe
     prefix = "vjepa2." if any(k.startswith("vjepa2.") for k in tensors) else ""
     sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     used: set[str] = set()
-    enc = {
-        "patch_embed.proj.weight": _take(sub, "encoder.embeddings.patch_embeddings.proj.weight", used, where),
-        "patch_embed.proj.bias": _take(sub, "encoder.embeddings.patch_embeddings.proj.bias", used, where),
-        "norm.weight": _take(sub, "encoder.layernorm.weight", used, where),
-        "norm.bias": _take(sub, "encoder.layernorm.bias", used, where),
-    }
-    qkv = ("attn.qkv", "attention.query", "attention.key", "attention.value")
-    enc.update(_map_blocks(sub, "encoder.layer.", "blocks.", _HF_BLOCK, config["num_hidden_layers"], used, where, qkv))
-    networks = {"encoder": enc}
+    networks = {"encoder": _hf_encoder(sub, config, used, where)}
     if any(k.startswith("predictor.") for k in sub):
-        tokens = _take(sub, "predictor.embeddings.mask_tokens", used, where)  # [M, 1, 1, P]
-        pred = {f"mask_tokens.{i}": t for i, t in enumerate(tokens.unbind(0))}
-        for ours, theirs in (("predictor_embed", "predictor.embeddings.predictor_embeddings"),
-                             ("predictor_norm", "predictor.layernorm"), ("predictor_proj", "predictor.proj")):
-            for kind in ("weight", "bias"):
-                pred[f"{ours}.{kind}"] = _take(sub, f"{theirs}.{kind}", used, where)
-        pred.update(_map_blocks(sub, "predictor.layer.", "predictor_blocks.", _HF_BLOCK,
-                                config["pred_num_hidden_layers"], used, where, qkv))
-        networks["predictor"] = pred
+        networks["predictor"] = _hf_predictor(sub, config, used, where)
     probe = None
     if prefix:  # VJEPA2ForVideoClassification: pooler + classifier beside the model
         used = {prefix + k for k in used}
-        probe = {"pooler.query_tokens": _take(tensors, "pooler.query_tokens", used, where)}
-        probe.update(_map_blocks(tensors, "pooler.self_attention_layers.", "pooler.blocks.", _HF_POOLER_SELF,
-                                 config.get("num_pooler_layers", 3), used, where,
-                                 ("attn.qkv", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")))
-        cross = {}
-        for ours, theirs in _HF_POOLER_CROSS.items():
-            for kind in ("weight", "bias"):
-                cross[f"pooler.cross_attention_block.{ours}.{kind}"] = _take(
-                    tensors, f"pooler.cross_attention_layer.{theirs}.{kind}", used, where)
-        for kind in ("weight", "bias"):
-            cross[f"pooler.cross_attention_block.xattn.kv.{kind}"] = torch.cat(
-                [_take(tensors, f"pooler.cross_attention_layer.cross_attn.{p}.{kind}", used, where)
-                 for p in ("k_proj", "v_proj")])
-            cross[f"linear.{kind}"] = _take(tensors, f"classifier.{kind}", used, where)
-        probe.update(cross)
+        probe = _hf_probe(tensors, config, used, where)
     unused = sorted(set(tensors) - used)
     if unused:
         raise CheckpointError(f"{where}: keys not understood as a V-JEPA 2 model: {', '.join(unused[:12])}")
