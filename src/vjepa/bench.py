@@ -45,6 +45,7 @@ from vjepa.distributed import resolve_device
 from vjepa.flops import mask_token_counts, step_flops
 from vjepa.jepa import JEPA, StepOptions, official_options, param_groups
 from vjepa.masks import MaskBatch, num_generators
+from vjepa.models.factory import token_grid
 from vjepa.precision import resolve_dtype
 from vjepa.train import compile_blocks, masks_for_step, train_step
 
@@ -79,6 +80,17 @@ def official_structure(cfg: Config, dtype: str = "fp32") -> Variant:
     return Variant(name, cfg, official_options())
 
 
+def _next_variant(name: str, base: Variant, dtype: str | None = None, collate: str | None = None,
+                  **changes: Any) -> Variant:
+    """`base` with one change: its dtype, its mask collation, or `StepOptions` fields (`kernels`: a
+    dict of `Kernels` fields)."""
+    new = copy.deepcopy(base.cfg)
+    new.run.dtype = dtype or new.run.dtype
+    new.mask.collate = collate or new.mask.collate
+    kernels = replace(base.options.kernels, **changes.pop("kernels", {}))
+    return Variant(name, new, replace(base.options, kernels=kernels, **changes))
+
+
 def ablation_variants(cfg: Config) -> list[Variant]:
     """From the official step (fp32, SDPA, truncation) to ours, one change at a time.
 
@@ -88,14 +100,7 @@ def ablation_variants(cfg: Config) -> list[Variant]:
     """
     official = official_structure(cfg)
     ours = StepOptions()
-
-    def step(name: str, base: Variant, dtype: str | None = None, collate: str | None = None, **changes) -> Variant:
-        new = copy.deepcopy(base.cfg)
-        new.run.dtype = dtype or new.run.dtype
-        new.mask.collate = collate or new.mask.collate
-        kernels = replace(base.options.kernels, **changes.pop("kernels", {}))
-        return Variant(name, new, replace(base.options, kernels=kernels, **changes))
-
+    step = _next_variant
     chain = [official]
     if cfg.run.dtype != official.cfg.run.dtype:
         chain.append(step(f"+{cfg.run.dtype}_autocast", chain[-1], dtype=cfg.run.dtype))
@@ -219,7 +224,7 @@ class _Run:
         if cfg.run.compile:
             compile_blocks(self.model)
         d = cfg.data
-        self.grid = self.model.encoder.patch_embed.grid(d.num_frames, d.crop_size, d.crop_size)
+        self.grid = token_grid(cfg)
         start = time.perf_counter()
         self.masks = [masks_for_step(cfg, self.grid, d.batch_size, s, 0) for s in range(num_steps)]
         self.mask_seconds = (time.perf_counter() - start) / num_steps
