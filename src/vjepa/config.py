@@ -593,14 +593,9 @@ def merge(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     return cfg
 
 
-def load_yaml(path: str | Path, base: Config | None = None, stored: bool = False) -> Config:
-    """Read a YAML config file on top of `base` (default: the default Config).
-
-    A top-level `preset: NAME` key starts from that preset instead. With `stored=True` the file is
-    a run directory's config.yaml, written by an earlier version maybe: moved keys are renamed
-    (`migrate_stored`) instead of refused.
-    """
-    path = Path(path)
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; ConfigError naming the file when it is a folder,
+    missing, unreadable, not UTF-8, not YAML or not a mapping."""
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; pass a YAML file (e.g. {path}/config.yaml)")
     try:
@@ -615,6 +610,18 @@ def load_yaml(path: str | Path, base: Config | None = None, stored: bool = False
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_yaml(path: str | Path, base: Config | None = None, stored: bool = False) -> Config:
+    """Read a YAML config file on top of `base` (default: the default Config).
+
+    A top-level `preset: NAME` key starts from that preset instead. With `stored=True` the file is
+    a run directory's config.yaml, written by an earlier version maybe: moved keys are renamed
+    (`migrate_stored`) instead of refused.
+    """
+    path = Path(path)
+    data = _read_yaml_mapping(path)
     if stored:
         data = migrate_stored(data, str(path))
     if "preset" in data:

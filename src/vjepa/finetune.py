@@ -24,10 +24,12 @@ Shapes: B batch, C channels, T frames, H/W pixels, N tokens, D width, K classes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,17 +263,24 @@ def finetune(cfg: Config, settings: FinetuneSettings) -> dict[str, Any]:
     env = dist_utils.setup(cfg.run.device, cfg.run.dist_timeout_s)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dtype=resolve_dtype(cfg.run.dtype, env.device)))
     out_dir = Path(cfg.run.out_dir)
+    with _run_lock(out_dir, env):
+        summary = _finetune_locked(cfg, settings, env, out_dir)
+    dist_utils.teardown(env)
+    return summary
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir: Path, env: dist_utils.DistEnv) -> Iterator[None]:
+    """Rank 0 creates `out_dir` and holds its `RunLock` for the block (other ranks hold nothing)."""
     lock = None
     if env.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out_dir).acquire()
     try:
-        summary = _finetune_locked(cfg, settings, env, out_dir)
+        yield
     finally:
         if lock is not None:
             lock.release()
-    dist_utils.teardown(env)
-    return summary
 
 
 def _restore_or_start(cfg: Config, settings: FinetuneSettings, latest: Path,
@@ -295,12 +304,8 @@ def _restore_or_start(cfg: Config, settings: FinetuneSettings, latest: Path,
 
 def _finetune_locked(cfg: Config, settings: FinetuneSettings, env: dist_utils.DistEnv, out_dir: Path) -> dict:
     """`finetune` once the run directory is locked: restore or start, train, score rank 0's model."""
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    allow_tf32(env.device)
+    _prepare_process(cfg, env, out_dir)
     latest = out_dir / "latest.pt"
-    if env.rank == 0:
-        remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
     cfg, state, init = _restore_or_start(cfg, settings, latest, env)
     start = int(state["step"]) if state is not None else 0
     loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size, env.device)
@@ -321,6 +326,16 @@ def _finetune_locked(cfg: Config, settings: FinetuneSettings, env: dist_utils.Di
     if env.rank == 0 and settings.eval_split:
         _score_and_save(summary, model, cfg, settings, env.device, class_names, out_dir)
     return {**summary, "seconds": time.perf_counter() - t0, "rank": env.rank}
+
+
+def _prepare_process(cfg: Config, env: dist_utils.DistEnv, out_dir: Path) -> None:
+    """Threads and TF32 as configured; rank 0 removes temp files a killed save left (safe: the
+    run directory is locked)."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    allow_tf32(env.device)
+    if env.rank == 0:
+        remove_stale_temps(out_dir)
 
 
 def _starting_classifier(cfg: Config, settings: FinetuneSettings, num_classes: int, state: dict | None,
@@ -432,13 +447,10 @@ def _checkpoint_if_due(model: Classifier, optimizer: torch.optim.Optimizer, done
     dist_utils.barrier(env)
 
 
-@torch.no_grad()
-def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device: torch.device,
-             class_names: list[str], batch_size: int = 16) -> float | None:
-    """Top-1 (percent) of encoder + head on `settings.eval_split`: one centre view per clip.
-
-    Returns None when the data has no such split (`data.path` without `{split}`, a `split`
-    sub-folder or a `split.csv`): scoring the training videos would pose as a test score.
+def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, class_names: list[str],
+                 batch_size: int) -> Any:
+    """A DataLoader of `settings.eval_split` (one centre view per clip), or None when the data has no
+    such split apart from the training one.
 
     Raises:
         ConfigError: when the split's classes differ from the training split's.
@@ -458,7 +470,23 @@ def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device:
     classes = getattr(dataset, "classes", None)
     if d.source != "synthetic" and list(classes or []) != class_names:
         raise ConfigError(f"the {settings.eval_split} split's classes {classes} differ from training's {class_names}")
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(cfg.data.num_workers, device))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(d.num_workers, device))
+
+
+@torch.no_grad()
+def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device: torch.device,
+             class_names: list[str], batch_size: int = 16) -> float | None:
+    """Top-1 (percent) of encoder + head on `settings.eval_split`: one centre view per clip.
+
+    Returns None when the data has no such split (`data.path` without `{split}`, a `split`
+    sub-folder or a `split.csv`): scoring the training videos would pose as a test score.
+
+    Raises:
+        ConfigError: when the split's classes differ from the training split's.
+    """
+    loader = _eval_loader(cfg, settings, device, class_names, batch_size)
+    if loader is None:
+        return None
     model.eval()
     hits, total = 0, 0
     for batch in loader:

@@ -347,20 +347,11 @@ def _sampling_hint(probe_cfg: ProbeConfig):
                         "or --frames, or pass --fps, to fit your clips") from None
 
 
-def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> dict[str, Any]:
-    """K-fold cross-validation on the train split, video-wise: each clip's group (its file, or its
-    folder with `--group-by folder`) falls in one fold. The clips are encoded once (through the
-    feature cache, so repeated calls on the same clips reuse it); every fold trains and scores a probe.
-
-    Returns:
-        top1 (mean over folds), top1_std, fold_top1 (each fold's), num_train / num_test (clips in
-        all folds), folds, and the settings.
-    """
+def _fold_top1(features: Any, probe_cfg: ProbeConfig, encoder: nn.Module) -> list[float]:
+    """Each fold's top-1: a probe trained on the other folds' clips, scored on the fold's (clips of
+    one group, `fold_index`, stay in one fold)."""
     from vjepa.eval.probe_train import probe_features
 
-    probe_cfg = dataclasses.replace(probe_cfg, checkpoint_every=0, state_file="")  # K probes: no shared state file
-    cache = FeatureCache(encoder, cfg, dataclasses.replace(probe_cfg, max_train_clips=0))
-    features = cache.get("train", train=False)  # every crop and segment: folds train and score on them
     folds = fold_index(features.paths or [str(i) for i in range(len(features))], probe_cfg.folds, probe_cfg.seed,
                        probe_cfg.group_by)
     scores = []
@@ -370,6 +361,22 @@ def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> d
         result = probe_features(features.subset(train), features.subset(test), probe_cfg.task, probe_cfg,
                                 encoder.embed_dim, encoder.num_heads)
         scores.append(result["top1"])
+    return scores
+
+
+def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> dict[str, Any]:
+    """K-fold cross-validation on the train split, video-wise: each clip's group (its file, or its
+    folder with `--group-by folder`) falls in one fold. The clips are encoded once (through the
+    feature cache, so repeated calls on the same clips reuse it); every fold trains and scores a probe.
+
+    Returns:
+        top1 (mean over folds), top1_std, fold_top1 (each fold's), num_train / num_test (clips in
+        all folds), folds, and the settings.
+    """
+    probe_cfg = dataclasses.replace(probe_cfg, checkpoint_every=0, state_file="")  # K probes: no shared state file
+    cache = FeatureCache(encoder, cfg, dataclasses.replace(probe_cfg, max_train_clips=0))
+    features = cache.get("train", train=False)  # every crop and segment: folds train and score on them
+    scores = _fold_top1(features, probe_cfg, encoder)
     mean = sum(scores) / len(scores)
     std = (sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5
     return {"task": probe_cfg.task, "probe": probe_cfg.kind, "label_fraction": probe_cfg.label_fraction,
