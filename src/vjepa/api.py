@@ -144,9 +144,8 @@ def _run_init_encoder(cfg: Config, stored: bool, description: str, precision: st
     return Encoder(_initial_model(cfg), cfg, None, "init", description, precision)
 
 
-def _network_model(
-    cfg: Config, networks: dict[str, Any], name: str | None, description: str
-) -> VisionTransformer:
+def _network_model(cfg: Config, networks: dict[str, Any], name: str | None,
+                   description: str) -> VisionTransformer:
     """The encoder network `name` of a file with its weights loaded strictly; for a preset (`name`
     None) its seeded random init, the same on every call and in every process."""
     if name is None:
