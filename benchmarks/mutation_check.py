@@ -189,7 +189,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "weight_decay_on_1d_params", "LayerNorm weights (1-D, not biases) get weight decay",
         "param_groups",
-        (("no_decay = name.endswith(\".bias\") or param.ndim == 1", "no_decay = name.endswith(\".bias\")"),),
+        (("no_decay = param.ndim == 1 or name.endswith(", "no_decay = name.endswith("),),
         ("tests/test_jepa.py",),
     ),
     Mutation(

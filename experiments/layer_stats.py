@@ -29,7 +29,7 @@ from vjepa.data import build_dataset
 from vjepa.jepa import collapse_stats, layer_norm_targets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from target_vs_online import encoders as run_encoders  # a sibling script: init/online/target of a run
+from target_vs_online import encoders as run_encoders  # a sibling script: vjepa.load of init/online/target
 
 ENCODERS = ("init", "online", "target")
 

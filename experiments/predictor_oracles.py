@@ -31,9 +31,9 @@ from vjepa.api import checkpoint_path
 from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, config_from_stored
 from vjepa.data.loader import build_train_loader
+from vjepa.data.transforms import normalise
 from vjepa.jepa import JEPA, sample_losses
 from vjepa.masks import num_generators
-from vjepa.masks.step import masks_for_step
 from vjepa.models.vit import gather_tokens
 from vjepa.precision import autocast
 
@@ -61,16 +61,14 @@ def weighted_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 
 def oracle_losses(model: JEPA, cfg: Config, batches: int, start_step: int) -> dict[str, float]:
     """Mean prediction loss of the model and of every oracle over `batches` training batches."""
-    loader, _ = build_train_loader(cfg, start_step, 0, 1)
+    loader, _ = build_train_loader(cfg, start_step, 0, 1, grid=model.encoder.grid)  # batches carry their masks
     device = torch.device("cpu")
     records = []  # (model loss, regression targets [B, N, D], masks)
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if i == batches:
                 break
-            video = batch["video"]
-            grid = model.encoder.patch_embed.grid(*video.shape[2:])
-            masks = masks_for_step(cfg, grid, video.shape[0], start_step + i)
+            video, masks = normalise(batch["video"], cfg.data.mean, cfg.data.std), batch["masks"]
             with autocast(device, cfg.run.dtype):
                 out = model(video, masks)
             targets = model.regression_targets(out["targets"].float())

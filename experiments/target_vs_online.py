@@ -28,13 +28,10 @@ from typing import Any
 
 import torch
 
-from vjepa.api import checkpoint_path
+from vjepa.api import checkpoint_path, load
 from vjepa.checkpoint import load_checkpoint
-from vjepa.config import config_from_stored
 from vjepa.eval import class_names, probe_encoder
 from vjepa.jepa import ema_init_share
-from vjepa.models.factory import initial_encoder
-from vjepa.precision import freeze
 
 ENCODERS = ("init", "online", "target", "blend")
 
@@ -50,22 +47,22 @@ def blend(first: torch.nn.Module, second: torch.nn.Module, share: float) -> torc
 
 
 def encoders(run: Path) -> tuple[dict[str, torch.nn.Module], Any, float, int]:
-    """The four encoders of a run, its config, the target's init share and the checkpoint step."""
+    """The four encoders of a run (built and loaded by `vjepa.load`), its config, the target's init
+    share and the checkpoint step. Exits naming the file when it has no stored config (its init is
+    unknown) or no target encoder."""
     path = checkpoint_path(run)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, mmap=True)  # only checked here: the weights come through vjepa.load
     if "config" not in state:
         raise SystemExit(f"{path} has no stored config (not a vjepa training checkpoint): its init is unknown")
     if "target_encoder" not in state:
         raise SystemExit(f"{path} has no target_encoder (a pixel or supervised run): nothing to compare")
-    cfg = config_from_stored(state["config"], str(path))
     step = int(state["step"])
+    del state
+    loaded = [load(path, which=which, device="cpu", with_predictor=False) for which in ("init", "encoder", "target_encoder")]
+    (init, online, target), cfg = [encoder.model for encoder in loaded], loaded[0].config
     share = ema_init_share(step, cfg.optim)
-    init = initial_encoder(cfg)
-    online, target = copy.deepcopy(init), copy.deepcopy(init)
-    online.load_state_dict(state["encoder"])
-    target.load_state_dict(state["target_encoder"])
     nets = {"init": init, "online": online, "target": target, "blend": blend(init, online, share)}
-    return {k: freeze(v) for k, v in nets.items()}, cfg, share, step
+    return nets, cfg, share, step
 
 
 def main(argv: list[str] | None = None) -> int:

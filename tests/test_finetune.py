@@ -14,6 +14,7 @@ from vjepa.finetune import (
     build_classifier,
     finetune,
     finetune_config,
+    finetune_optimizer,
     layer_decay_groups,
 )
 from vjepa.jepa import set_schedules
@@ -64,6 +65,21 @@ def test_layer_decay_scales_each_blocks_learning_rate(source_run, tmp_path):
     assert lr_of[id(model.encoder.norm.weight)] == pytest.approx(lr)
     assert lr_of[id(model.head.linear.weight)] == pytest.approx(lr)
     assert len(lr_of) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_finetune_optimizer_uses_the_training_decay_split_and_fuses_on_cuda(source_run, tmp_path):
+    cfg, settings = config(source_run, tmp_path)
+    model = build_classifier(cfg, settings, num_classes=8)
+    optimizer = finetune_optimizer(model, cfg, settings, torch.device("cpu"))
+    no_decay = {id(p) for g in optimizer.param_groups if g.get("weight_decay") == 0.0 for p in g["params"]}
+    head = {n: p for n, p in model.head.named_parameters() if p.requires_grad}
+    assert {id(p) for n, p in head.items() if n.endswith(".bias") or p.ndim == 1} <= no_decay
+    queries = [p for n, p in head.items() if n.endswith("query_tokens")]
+    assert queries and {id(p) for p in queries} <= no_decay  # as the probe's optimiser
+    assert id(model.encoder.norm.weight) in no_decay and id(model.encoder.blocks[0].attn.qkv.weight) not in no_decay
+    assert not optimizer.defaults["fused"]  # CPU runs keep the default (bit-identical) implementation
+    # fused like pretraining's optimiser on CUDA (constructing it needs no GPU)
+    assert finetune_optimizer(model, cfg, settings, torch.device("cuda")).defaults["fused"] is True
 
 
 def test_resume_repeats_the_uninterrupted_run(source_run, tmp_path, monkeypatch):

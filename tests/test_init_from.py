@@ -194,3 +194,28 @@ def test_which_init_refuses_a_start_file_that_changed_or_went(source_run, tmp_pa
     with pytest.raises(CheckpointError, match="initial weights are unknown now: .*no such file"):
         load(run, which="init", device="cpu")
 
+
+
+def test_a_preset_name_or_missing_path_is_a_one_line_config_error(tmp_path):
+    from vjepa.init_from import prepare_init
+
+    for value, why in (("debug", "a preset name, which has no weights"), (str(tmp_path / "nope.pt"), "no such file")):
+        with pytest.raises(ConfigError, match=f"model.init_from=.*{why}.*it takes a checkpoint or weights") as err:
+            prepare_init(apply_overrides(preset("debug"), [f"model.init_from={value}"]))
+        assert "\n" not in str(err.value) and value in str(err.value)
+
+
+def test_one_resolver_for_the_start_file_run_directory_and_hugging_face_folder(source_run, tmp_path):
+    from vjepa.formats import checkpoint_path
+    from vjepa.init_from import weights_file
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "vjepa2"}))
+    (hf / "model.safetensors").write_bytes(b"")
+    for source, expected in ((source_run, source_run / "latest.pt"), (hf, hf / "model.safetensors"),
+                             (source_run / "latest.pt", source_run / "latest.pt")):
+        assert weights_file(source) == checkpoint_path(source) == expected
+    (hf / "config.json").unlink()  # not a Hugging Face folder any more: a folder without weights
+    with pytest.raises(ConfigError, match="without latest.pt.*it takes a checkpoint"):
+        weights_file(hf)

@@ -129,3 +129,21 @@ def test_build_encoder_and_token_grid_follow_the_configured_clip():
     assert encoder(clip).shape[1] == math.prod(token_grid(cfg)) and encoder.pos_embed.shape[1] == math.prod(token_grid(cfg))
     assert not any(p.requires_grad for p in encoder.patch_embed.parameters())
     assert all(p.requires_grad for p in encoder.blocks.parameters())
+
+
+@pytest.mark.parametrize("frames, size", [(16, 224), (8, 32)])
+def test_every_token_grid_is_clip_grid(frames, size):
+    """token_grid(cfg), the encoder's built grid, PatchEmbed3D.grid and Encoder.grid() all come from
+    patch_embed.clip_grid, so they agree for the paper's 16x224 clip and a tiny 8x32 one."""
+    from vjepa.config import apply_overrides, preset
+    from vjepa.encoder import Encoder
+    from vjepa.models.factory import build_encoder, token_grid
+    from vjepa.models.patch_embed import clip_grid
+
+    cfg = apply_overrides(preset("debug"), [f"data.num_frames={frames}", f"data.crop_size={size}",
+                                            "model.patch_size=16", "model.tubelet_size=2"])
+    model = build_encoder(cfg)
+    expected = (frames // 2, size // 16, size // 16)
+    assert clip_grid(frames, size, size, 2, 16) == expected
+    assert token_grid(cfg) == model.grid == model.patch_embed.grid(frames, size, size) == expected
+    assert Encoder(model, cfg).grid() == expected and Encoder(model, cfg).grid(4) == (2, size // 16, size // 16)

@@ -122,24 +122,37 @@ def load(
     """
     cfg, networks, description, stored = _read_weights(source, num_frames, img_size, num_heads, pos_embed)
     if which == "init":
-        if not stored:  # its seed is unknown: a seed-0 encoder would pose as the run's own init
-            raise CheckpointError(f"{description} stores no config, so its run's initial weights are unknown; "
-                                  "which='init' needs a vjepa checkpoint, run directory, export or preset")
-        return Encoder(_initial_model(cfg), cfg, None, "init", description, precision).to(device)
+        return _run_init_encoder(cfg, stored, description, precision).to(device)
     encoders = {k: v for k, v in networks.items() if k not in ("predictor", "probe")}
     hf = description.startswith("Hugging Face")  # one encoder by design: no fallback warning
     name = _choose_network(encoders, which, description, warn_fallback and not hf)
-    if name is None:  # a preset: its seeded random init, the same on every call and in every process
-        model = _initial_model(cfg)
-    else:
-        model = build_encoder(cfg)
-        load_state_strict(model, networks[name], f"{description} [{name}]")
+    model = _network_model(cfg, networks, name, description)
     predictor = None
     if with_predictor and networks.get("predictor"):
         expected = num_generators(cfg.mask) if stored else None  # a run's own: one token per generator
         predictor = _load_predictor(cfg, networks["predictor"], model.grid, f"{description} [predictor]", expected)
     encoder = Encoder(model, cfg, predictor, name or "random", description, precision)
     return encoder.to(device)
+
+
+def _run_init_encoder(cfg: Config, stored: bool, description: str, precision: str) -> Encoder:
+    """`load(which="init")`: the encoder as the run's training initialised it (no weights read, no
+    predictor); refused for files without a stored config, whose seed is unknown."""
+    if not stored:  # a seed-0 encoder would pose as the run's own init
+        raise CheckpointError(f"{description} stores no config, so its run's initial weights are unknown; "
+                              "which='init' needs a vjepa checkpoint, run directory, export or preset")
+    return Encoder(_initial_model(cfg), cfg, None, "init", description, precision)
+
+
+def _network_model(cfg: Config, networks: dict[str, Any], name: str | None,
+                   description: str) -> VisionTransformer:
+    """The encoder network `name` of a file with its weights loaded strictly; for a preset (`name`
+    None) its seeded random init, the same on every call and in every process."""
+    if name is None:
+        return _initial_model(cfg)
+    model = build_encoder(cfg)
+    load_state_strict(model, networks[name], f"{description} [{name}]")
+    return model
 
 
 def _initial_model(cfg: Config) -> VisionTransformer:

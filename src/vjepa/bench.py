@@ -46,6 +46,7 @@ from vjepa.flops import mask_token_counts, step_flops
 from vjepa.jepa import JEPA, StepOptions, official_options, param_groups
 from vjepa.masks import MaskBatch, num_generators
 from vjepa.masks.step import masks_for_step
+from vjepa.models.factory import token_grid
 from vjepa.precision import resolve_dtype
 from vjepa.train import compile_blocks, train_step
 
@@ -80,8 +81,10 @@ def official_structure(cfg: Config, dtype: str = "fp32") -> Variant:
     return Variant(name, cfg, official_options())
 
 
-def _changed(name: str, base: Variant, dtype: str | None = None, collate: str | None = None, **changes) -> Variant:
-    """`base` with one change: the run dtype, the mask collation, or `StepOptions` / kernel fields."""
+def _next_variant(name: str, base: Variant, dtype: str | None = None, collate: str | None = None,
+                  **changes: Any) -> Variant:
+    """`base` with one change: its dtype, its mask collation, or `StepOptions` fields (`kernels`: a
+    dict of `Kernels` fields)."""
     new = copy.deepcopy(base.cfg)
     new.run.dtype = dtype or new.run.dtype
     new.mask.collate = collate or new.mask.collate
@@ -96,7 +99,9 @@ def ablation_variants(cfg: Config) -> list[Variant]:
     pad-collation step adds work (it keeps every token instead of truncating); the others change
     speed only. The matmul-attention step matters on CPU in bf16 only.
     """
-    official, ours, step = official_structure(cfg), StepOptions(), _changed
+    official = official_structure(cfg)
+    ours = StepOptions()
+    step = _next_variant
     chain = [official]
     if cfg.run.dtype != official.cfg.run.dtype:
         chain.append(step(f"+{cfg.run.dtype}_autocast", chain[-1], dtype=cfg.run.dtype))
@@ -220,7 +225,7 @@ class _Run:
         if cfg.run.compile:
             compile_blocks(self.model)
         d = cfg.data
-        self.grid = self.model.encoder.patch_embed.grid(d.num_frames, d.crop_size, d.crop_size)
+        self.grid = token_grid(cfg)
         start = time.perf_counter()
         self.masks = [masks_for_step(cfg, self.grid, d.batch_size, s, 0) for s in range(num_steps)]
         self.mask_seconds = (time.perf_counter() - start) / num_steps
@@ -249,14 +254,19 @@ class _Run:
 
     def report(self, peaks: list[float], warmup: int) -> dict[str, Any]:
         """The variant's JSON record (`peaks`: matmul FLOP/s samples for its dtype)."""
-        cfg, d = self.cfg, self.cfg.data
-        num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
         timed_masks = self.masks[warmup : warmup + len(self.times)]
-        flops = [step_flops(cfg, [m.to("cpu") for m in masks], num_tokens) for masks in timed_masks]
-        mean_flops = {k: statistics.fmean(f.as_dict()[k] for f in flops) for k in flops[0].as_dict()}
-        median, peak = statistics.median(self.times), statistics.median(peaks)
-        achieved = mean_flops["total"] / median
-        tokens = statistics.fmean(valid_tokens(masks) for masks in timed_masks)
+        return {
+            **self._settings(),
+            **self._throughput(timed_masks),
+            **self._efficiency(timed_masks, peaks),
+            "peak_memory_mb": (_state_bytes(self.model, self.optimizer) + self.memory) / 2**20,
+            "step_memory_mb": self.memory / 2**20,
+            "final_loss": float(self.loss),
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        """What was timed: the variant's name, dtype, collate, model options, batch and clip."""
+        cfg, d = self.cfg, self.cfg.data
         return {
             "name": self.variant.name,
             "dtype": cfg.run.dtype,
@@ -266,22 +276,36 @@ class _Run:
             "activation_checkpointing": cfg.run.activation_checkpointing,
             "batch_size": d.batch_size,
             "clip": [d.num_frames, d.crop_size, d.crop_size],
-            "tokens_per_clip": num_tokens,
+            "tokens_per_clip": self.grid[0] * self.grid[1] * self.grid[2],
             "timed_steps": len(self.times),
-            "clips_per_s": d.batch_size / median,
+        }
+
+    def _throughput(self, timed_masks: list[Any]) -> dict[str, Any]:
+        """Clips and valid (unmasked context + target) tokens per second of the median step."""
+        median = statistics.median(self.times)
+        tokens = statistics.fmean(valid_tokens(masks) for masks in timed_masks)
+        return {
+            "clips_per_s": self.cfg.data.batch_size / median,
             "valid_tokens_per_step": tokens,
             "valid_tokens_per_s": tokens / median,
             "step_time_s": {"median": median, "min": min(self.times), "max": max(self.times)},
             "mask_sampling_s_per_step": self.mask_seconds,
+        }
+
+    def _efficiency(self, timed_masks: list[Any], peaks: list[float]) -> dict[str, Any]:
+        """FLOPs per step (by part, from the sampled masks), achieved FLOP/s and MFU against `peaks`."""
+        num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
+        flops = [step_flops(self.cfg, [m.to("cpu") for m in masks], num_tokens) for masks in timed_masks]
+        mean_flops = {k: statistics.fmean(f.as_dict()[k] for f in flops) for k in flops[0].as_dict()}
+        median, peak = statistics.median(self.times), statistics.median(peaks)
+        achieved = mean_flops["total"] / median
+        return {
             "flops_per_step": mean_flops,
             "achieved_flops_per_s": achieved,
             "peak_matmul_flops_per_s": peak,
             "mfu": achieved / peak,
             # the same from the fastest step and the best peak: less sensitive to a busy machine
             "mfu_best": mean_flops["total"] / min(self.times) / max(peaks),
-            "peak_memory_mb": (_state_bytes(self.model, self.optimizer) + self.memory) / 2**20,
-            "step_memory_mb": self.memory / 2**20,
-            "final_loss": float(self.loss),
         }
 
 
@@ -376,28 +400,42 @@ def benchmark(
     cfg.run.dtype = resolve_dtype(cfg.run.dtype, dev)  # "auto": bf16 only where the device has it natively
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    ours = Variant("ours", copy.deepcopy(cfg))
-    if ablation:
-        variants = ablation_variants(cfg)
-    elif compare_official:
-        variants = [ours] + [official_structure(cfg, dtype) for dtype in official_dtypes]
-    elif official:
-        variants = [official_structure(cfg)]
-    else:
-        variants = [ours]
+    variants = _chosen_variants(cfg, official, compare_official, ablation, official_dtypes)
     results = run_variants(variants, dev, steps, warmup, cfg.run.seed)
     env = environment(dev)
     if len(results) == 1:
         return {**results[0], **env}
-    if ablation:
-        speedups = {r["name"]: {"vs_official": r["clips_per_s"] / results[0]["clips_per_s"],
-                                "vs_previous": r["clips_per_s"] / p["clips_per_s"]}
-                    for p, r in itertools.pairwise(results)}
-    else:
-        by_name = {r["name"]: r for r in results}
-        speedups = {}
-        for name in [r["name"] for r in results[1:]]:
-            base = by_name[name]
-            speedups[f"ours_vs_{name}"] = by_name["ours"]["clips_per_s"] / base["clips_per_s"]
-            speedups[f"ours_vs_{name}_valid_tokens"] = by_name["ours"]["valid_tokens_per_s"] / base["valid_tokens_per_s"]
+    speedups = _ablation_speedups(results) if ablation else _official_speedups(results)
     return {"environment": env, "results": results, "speedups": speedups}
+
+
+def _chosen_variants(
+    cfg: Config, official: bool, compare_official: bool, ablation: bool, official_dtypes: tuple[str, ...]
+) -> list[Variant]:
+    """The variants `benchmark` times for its flags (see its docstring); ours alone by default."""
+    if ablation:
+        return ablation_variants(cfg)
+    if compare_official:
+        return [Variant("ours", copy.deepcopy(cfg))] + [official_structure(cfg, dtype) for dtype in official_dtypes]
+    if official:
+        return [official_structure(cfg)]
+    return [Variant("ours", copy.deepcopy(cfg))]
+
+
+def _ablation_speedups(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Clips/s of each ablation step against the official step (the first) and the step before it."""
+    return {r["name"]: {"vs_official": r["clips_per_s"] / results[0]["clips_per_s"],
+                        "vs_previous": r["clips_per_s"] / p["clips_per_s"]}
+            for p, r in itertools.pairwise(results)}
+
+
+def _official_speedups(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Our speed-up over each other variant (the official step per dtype), in clips/s and valid tokens/s."""
+    by_name = {r["name"]: r for r in results}
+    ours = by_name["ours"]
+    speedups = {}
+    for name in [r["name"] for r in results[1:]]:
+        base = by_name[name]
+        speedups[f"ours_vs_{name}"] = ours["clips_per_s"] / base["clips_per_s"]
+        speedups[f"ours_vs_{name}_valid_tokens"] = ours["valid_tokens_per_s"] / base["valid_tokens_per_s"]
+    return speedups

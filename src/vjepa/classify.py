@@ -278,9 +278,7 @@ class TrainedProbe:
         """Normalised views [B, V, 3, F, h, w] -> tokens [B, V, N, D] (float32, CPU), `batch_size` views
         per encoder call."""
         if self.encoder is None:
-            raise ValueError(
-                "this probe has no encoder: pass encoder= to load_probe (a run dir or checkpoint)"
-            )
+            raise ValueError("this probe has no encoder: pass encoder= to load_probe (a run dir or checkpoint)")
         flat = views.flatten(0, 1)
         tokens = torch.cat([self.encoder(chunk).cpu() for chunk in flat.split(batch_size)])  # [B*V, N, D]
         return tokens.view(*views.shape[:2], *tokens.shape[1:])
@@ -299,10 +297,11 @@ class TrainedProbe:
         Returns:
             `Prediction` with probs [B, K] (B = 1 for a path or a raw video).
         """
-        return self.predict_tokens(self.encode(self.as_views(clips), batch_size))
+        return self.predict_tokens(self.encode(self._as_views(clips), batch_size))
 
-    def as_views(self, clips: Any) -> torch.Tensor:
-        """What `predict` accepts, as normalised views [B, V, 3, F, h, w]."""
+    def _as_views(self, clips: Any) -> torch.Tensor:
+        """`predict`'s input as normalised views [B, V, 3, F, h, w]: a path or raw video viewed by
+        `protocol` (B = 1), float clips [B, 3, T, h, w] as one view each, or views as given."""
         if isinstance(clips, (str, Path)):
             return self.protocol.read_views(clips)[None]
         if isinstance(clips, np.ndarray) or (isinstance(clips, torch.Tensor) and not clips.is_floating_point()):
@@ -431,6 +430,21 @@ def load_probe(
     return probe
 
 
+def _hf_pooler(state: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The V-JEPA 2 attentive probe of a Hugging Face classifier state (official layout), loaded
+    strictly with the config's heads, pooler depth and LayerNorm eps; and its probe spec."""
+    embed_dim, num_classes = state["pooler.query_tokens"].shape[-1], state["linear.weight"].shape[0]
+    depth, heads = 1 + int(config.get("num_pooler_layers", 3)), int(config["num_attention_heads"])
+    module = build_probe("attentive", embed_dim, heads, num_classes, depth, "vjepa2")
+    for norm in module.modules():
+        if isinstance(norm, nn.LayerNorm):
+            norm.eps = float(config.get("layer_norm_eps", 1e-6))
+    load_state_strict(module, state, f"Hugging Face classifier {path}")
+    spec = {"kind": "attentive", "variant": "vjepa2", "depth": depth, "embed_dim": embed_dim, "num_heads": heads,
+            "num_classes": num_classes}
+    return module, spec
+
+
 def load_hf_probe(path: str | Path, class_names: list[str] | None = None) -> TrainedProbe:
     """The classifier of a Hugging Face `VJEPA2ForVideoClassification` folder as a probe, strictly.
 
@@ -451,17 +465,9 @@ def load_hf_probe(path: str | Path, class_names: list[str] | None = None) -> Tra
     if not state:
         raise CheckpointError(f"{path} is a Hugging Face V-JEPA 2 model without a classifier: train a probe "
                               f"on it (`vjepa probe {path} --data ...`) and classify with that probe file")
-    embed_dim, num_classes = state["pooler.query_tokens"].shape[-1], state["linear.weight"].shape[0]
-    depth, heads = 1 + int(config.get("num_pooler_layers", 3)), int(config["num_attention_heads"])
-    module = build_probe("attentive", embed_dim, heads, num_classes, depth, "vjepa2")
-    for norm in module.modules():
-        if isinstance(norm, nn.LayerNorm):
-            norm.eps = float(config.get("layer_norm_eps", 1e-6))
-    load_state_strict(module, state, f"Hugging Face classifier {path}")
+    module, spec = _hf_pooler(state, config, path)
     labels = config.get("id2label") or {}
-    names = class_names or [str(labels.get(str(k), k)) for k in range(num_classes)]
-    spec = {"kind": "attentive", "variant": "vjepa2", "depth": depth, "embed_dim": embed_dim, "num_heads": heads,
-            "num_classes": num_classes}
+    names = class_names or [str(labels.get(str(k), k)) for k in range(spec["num_classes"])]
     info = {"source": str(path), "official": True, "encoder": {"source": str(folder.resolve()), "which": "encoder"}}
     return TrainedProbe(module.eval(), spec, ViewProtocol.from_dict({"resize_ratio": 256 / 224}), names, info=info)
 

@@ -85,6 +85,15 @@ def _probe_after(cfg) -> dict:
         return {"skipped": f"the after-training probe uses the built-in set's motion labels; for data.source="
                            f"{cfg.data.source} run `vjepa probe {cfg.run.out_dir} --task label` (labelled videos; "
                            "data.path may hold {split} for the train/val/test lists)"}
+    results = _quick_probes(cfg, quick_probe, describe)
+    if "init" not in results:  # a probe failed: its message (and the trained encoder's score, if any)
+        return results
+    return _report_gain(results["target_encoder"], results["init"], describe_classes)
+
+
+def _quick_probes(cfg, quick_probe, describe) -> dict:
+    """The quick motion probe's results of the trained target encoder and of its init, by network;
+    after a failure, {"failed": why} or the trained encoder's top-1 and {"init_failed": why}."""
     results = {}
     for which in ("target_encoder", "init"):
         try:
@@ -96,7 +105,11 @@ def _probe_after(cfg) -> dict:
                 return {"failed": str(err)}
             print(describe(results["target_encoder"]))  # keep the trained encoder's score
             return {"target_encoder": results["target_encoder"]["top1"], "init_failed": str(err)}
-    target, init = results["target_encoder"], results["init"]
+    return results
+
+
+def _report_gain(target: dict, init: dict, describe_classes) -> dict:
+    """Print the trained encoder's and its init's quick-probe top-1 and the gain; return the summary."""
     gain = round(target["top1"] - init["top1"], 1)
     print(f"after-training probe: motion, attentive, {target['num_train']} training clips, top-1 on the "
           f"{target['eval_split']} split ({target['num_test']} clips, chance 12.5%):\n"
@@ -209,6 +222,15 @@ def _probe_config(args: argparse.Namespace):
 
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
+    """The options `probe` and `eval` share, in help order."""
+    _probe_input_args(p)
+    _probe_training_args(p)
+    _probe_view_args(p)
+    _probe_run_args(p)
+
+
+def _probe_input_args(p: argparse.ArgumentParser) -> None:
+    """What to probe and on which data: the checkpoint, the labelled data, the protocol preset and clip sampling."""
     p.add_argument("path", help="run directory (uses latest.pt), checkpoint, export, official .pth.tar, or a "
                                 "preset name (random init)")
     p.add_argument("--data", help="labelled data to probe on: a CSV (`path label` lines), class folders, ...; "
@@ -225,6 +247,10 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
                    help="run the encoder on every batch (memory bounded by the batch; augmented training clips) "
                         "instead of caching tokens (presets stream)")
     p.add_argument("--workers", type=int, help="DataLoader workers decoding clips (default 0)")
+
+
+def _probe_training_args(p: argparse.ArgumentParser) -> None:
+    """How the probe trains: cross-validation, checkpointing, epochs, batch, learning rate and its shape."""
     p.add_argument("--folds", type=int, help="K-fold cross-validation on the train split instead of scoring "
                                              "--eval-split (video-wise)")
     p.add_argument("--group-by", choices=["file", "folder"],
@@ -238,12 +264,20 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, help="attentive probe blocks (default 1; V-JEPA 2 uses 4 with --variant vjepa2)")
     p.add_argument("--variant", choices=["vjepa1", "vjepa2"],
                    help="extra blocks on the query after cross-attention (vjepa1, default) or on the tokens before")
+
+
+def _probe_view_args(p: argparse.ArgumentParser) -> None:
+    """The test-time views: segments, crops, frames per segment and resizing."""
     p.add_argument("--segments", type=int, help="temporal segments per clip (default 1)")
     p.add_argument("--crops", type=int, choices=[1, 3], help="spatial crops per segment at test time")
     p.add_argument("--attend-across-segments", action="store_true", default=None,
                    help="one probe reads all segments' tokens at once")
     p.add_argument("--frames", type=int, help="frames per segment (default: the run's data.num_frames)")
     p.add_argument("--resize-ratio", type=float, help="short side = crop * ratio before cropping (default 1)")
+
+
+def _probe_run_args(p: argparse.ArgumentParser) -> None:
+    """The encoder network, data limits, feature cache, device, seed, output file and config overrides."""
     p.add_argument("--which", choices=ENCODER_NETWORKS, help="network to probe")
     p.add_argument("--max-train-clips", type=int, help="use at most this many training clips (0: all)")
     p.add_argument("--eval-split", help="split to score (default test)")

@@ -458,6 +458,44 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _coerce_sequence(value: Any, origin: type, args: tuple, where: str) -> list | tuple:
+    """A list or tuple (`origin`) of the item types `args` from a YAML list or a CLI "[a,b]" string."""
+    if isinstance(value, str):
+        value = [v for v in value.strip("[]()").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    """A bool from a YAML bool or a CLI word (true/false, 1/0, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise ConfigError(f"{where}: expected true/false, got {value!r}")
+
+
+def _coerce_scalar(value: Any, kind: type, where: str) -> int | float | str:
+    """An int, float or str; an int refuses fractions ("1e3" and 2.0 are whole, 2.5 is not)."""
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if kind is int and isinstance(value, str):
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the annotated type `kind`, or raise ConfigError naming `where`."""
     origin = typing.get_origin(kind)
@@ -471,35 +509,11 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             return None
         return _coerce(value, options[0], where)
     if origin in (list, tuple):
-        args = typing.get_args(kind)
-        if isinstance(value, str):
-            value = [v for v in value.strip("[]()").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple:
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(v, args[0], where) for v in value)
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return _coerce_sequence(value, origin, typing.get_args(kind), where)
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return _coerce_bool(value, where)
     if kind in (int, float, str):
-        try:
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if kind is int and isinstance(value, str):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-            return kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+        return _coerce_scalar(value, kind, where)
     return value
 
 
@@ -583,8 +597,9 @@ def merge(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     return cfg
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file; every way it can fail is a one-line ConfigError."""
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; ConfigError naming the file when it is a folder,
+    missing, unreadable, not UTF-8, not YAML or not a mapping."""
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; pass a YAML file (e.g. {path}/config.yaml)")
     try:
@@ -610,7 +625,7 @@ def load_yaml(path: str | Path, base: Config | None = None, stored: bool = False
     (`migrate_stored`) instead of refused.
     """
     path = Path(path)
-    data = read_yaml_mapping(path)
+    data = _read_yaml_mapping(path)
     if stored:
         data = migrate_stored(data, str(path))
     if "preset" in data:
@@ -762,20 +777,19 @@ def _check_ranges(cfg: Config) -> None:
             _check_range(f"{section}.{name}", getattr(sections[section], name), bounds)
 
 
-def validate(cfg: Config) -> Config:
-    """Check every setting's range or choice and the cross-field constraints.
-
-    Raises:
-        ConfigError: one line naming the offending key and what it must be.
-    """
-    _check_ranges(cfg)
-    m, d = cfg.model, cfg.data
+def _check_data_settings(cfg: Config) -> None:
+    """Mask generators present, one mixture weight per path, frame limits in order."""
+    d = cfg.data
     if not cfg.mask.generators and cfg.mask.kind != "tube":
         raise ConfigError(f"mask.generators is empty; mask.kind={cfg.mask.kind} needs at least one generator")
     if d.source == "mixture" and d.weights and len(d.weights) != len([p for p in d.path.split(",") if p.strip()]):
         raise ConfigError(f"data.weights has {len(d.weights)} values for {d.path!r}: give one per path")
     if d.max_frames and d.max_frames < d.min_frames:
         raise ConfigError(f"data.max_frames={d.max_frames} is below data.min_frames={d.min_frames}")
+
+
+def _check_shapes(m: ModelConfig, d: DataConfig) -> None:
+    """Widths divisible by the head counts (RoPE heads wide enough), the clip a whole number of tokens."""
     if m.embed_dim % m.num_heads:
         raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by model.num_heads={m.num_heads}")
     heads = m.predictor_num_heads or m.num_heads
@@ -789,8 +803,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.num_frames={d.num_frames} is not a multiple of model.tubelet_size")
     if d.crop_size % m.patch_size:
         raise ConfigError(f"data.crop_size={d.crop_size} is not a multiple of model.patch_size={m.patch_size}")
-    if not cfg.run.out_dir.strip():
-        raise ConfigError("run.out_dir is empty; name the run directory")
+
+
+def _check_choices(cfg: Config) -> None:
+    """Every setting with a fixed set of values holds one of them."""
+    m, d = cfg.model, cfg.data
     choices = {
         "model.pos_embed": (m.pos_embed, ("sincos", "rope")),
         "model.predictor_mask_token": (m.predictor_mask_token, ("generator", "clip_length")),
@@ -807,10 +824,24 @@ def validate(cfg: Config) -> Config:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every setting's range or choice and the cross-field constraints.
+
+    Raises:
+        ConfigError: one line naming the offending key and what it must be.
+    """
+    _check_ranges(cfg)
+    _check_data_settings(cfg)
+    _check_shapes(cfg.model, cfg.data)
+    if not cfg.run.out_dir.strip():
+        raise ConfigError("run.out_dir is empty; name the run directory")
+    _check_choices(cfg)
     if cfg.objective.target_norm != "layer" and cfg.objective.kind != "jepa":
         raise ConfigError(f"objective.target_norm={cfg.objective.target_norm!r} needs objective.kind=jepa "
                           "(pixel targets are normalised per tubelet)")
-    if m.init_from_arch and not m.init_from.strip():
+    if cfg.model.init_from_arch and not cfg.model.init_from.strip():
         raise ConfigError("model.init_from_arch=true needs model.init_from=PATH (the file to take the architecture from)")
     check_device(cfg.run.device, "run.device")
     return cfg

@@ -329,34 +329,37 @@ def broadcast_state(state: dict[str, Any] | None, env: DistEnv) -> dict[str, Any
     if not env.distributed:
         return state or {}
     tensors: list[torch.Tensor] = []
-
-    def skeleton(node: Any) -> Any:
-        if isinstance(node, torch.Tensor):
-            tensors.append(node)
-            return ("__tensor__", len(tensors) - 1, tuple(node.shape), node.dtype)
-        if isinstance(node, dict):
-            return {key: skeleton(value) for key, value in node.items()}
-        if isinstance(node, (list, tuple)):
-            return type(node)(skeleton(value) for value in node)
-        return node
-
-    box = [skeleton(state) if env.is_main else None]
+    box = [_skeleton(state, tensors) if env.is_main else None]
     dist.broadcast_object_list(box, src=0)
+    return _fill(box[0], tensors, env)  # depth-first, the same order on every rank
 
-    def fill(node: Any) -> Any:
-        if isinstance(node, tuple) and len(node) == 4 and node[0] == "__tensor__":
-            _, index, shape, dtype = node
-            empty = torch.empty(shape, dtype=dtype)
-            buffer = _as_bytes(tensors[index] if env.is_main else empty).to(env.device)
-            dist.broadcast(buffer, src=0)
-            return tensors[index] if env.is_main else buffer.cpu().view(dtype).reshape(shape)
-        if isinstance(node, dict):
-            return {key: fill(value) for key, value in node.items()}
-        if isinstance(node, (list, tuple)):
-            return type(node)(fill(value) for value in node)
-        return node
 
-    return fill(box[0])  # depth-first, the same order on every rank
+def _skeleton(node: Any, tensors: list[torch.Tensor]) -> Any:
+    """`node` with every tensor replaced by ("__tensor__", index, shape, dtype), appended to `tensors`."""
+    if isinstance(node, torch.Tensor):
+        tensors.append(node)
+        return ("__tensor__", len(tensors) - 1, tuple(node.shape), node.dtype)
+    if isinstance(node, dict):
+        return {key: _skeleton(value, tensors) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_skeleton(value, tensors) for value in node)
+    return node
+
+
+def _fill(node: Any, tensors: list[torch.Tensor], env: DistEnv) -> Any:
+    """Rebuild a `_skeleton` on every rank, broadcasting each tensor's bytes from rank 0 in turn
+    (rank 0 keeps its own `tensors`; the others receive CPU copies)."""
+    if isinstance(node, tuple) and len(node) == 4 and node[0] == "__tensor__":
+        _, index, shape, dtype = node
+        empty = torch.empty(shape, dtype=dtype)
+        buffer = _as_bytes(tensors[index] if env.is_main else empty).to(env.device)
+        dist.broadcast(buffer, src=0)
+        return tensors[index] if env.is_main else buffer.cpu().view(dtype).reshape(shape)
+    if isinstance(node, dict):
+        return {key: _fill(value, tensors, env) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_fill(value, tensors, env) for value in node)
+    return node
 
 
 def resume_state(path: Path, env: DistEnv, load: Callable[[Path], dict[str, Any]],

@@ -288,33 +288,75 @@ def _restore_or_start(cfg: Config, settings: FinetuneSettings, latest: Path,
 
 
 def _finetune_locked(cfg: Config, settings: FinetuneSettings, env: dist_utils.DistEnv, out_dir: Path) -> dict:
-    device, is_main = env.device, env.rank == 0
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    allow_tf32(device)
+    """`finetune` once the run directory is locked: restore or start, train, score rank 0's model."""
+    _prepare_process(cfg, env, out_dir)
     latest = out_dir / "latest.pt"
-    if is_main:
-        remove_stale_temps(out_dir)  # left by a save that was killed (safe: we hold the lock)
     cfg, state, init = _restore_or_start(cfg, settings, latest, env)
     start = int(state["step"]) if state is not None else 0
     loader, dataset = build_train_loader(cfg, start, env.rank, env.world_size, env.device)
     num_classes, class_names = num_classes_for(cfg, settings.task, dataset)
+    model = _starting_classifier(cfg, settings, num_classes, state, init, latest).to(env.device)
+    wrapped = dist_utils.wrap(model, env, "ddp")
+    optimizer = finetune_optimizer(model, cfg, settings, env.device)
+    if state is not None:
+        optimizer.load_state_dict(state["opt"])
+    del state
+    head_info = _head_info(model, settings, num_classes, class_names)
+    log = _start_run_files(cfg, settings, out_dir, start, env)
+    t0 = time.perf_counter()
+    try:
+        summary = _loop(cfg, settings, wrapped, model, optimizer, loader, start, env, log, head_info)
+    finally:
+        log.close()
+    if env.rank == 0 and settings.eval_split:
+        _score_and_save(summary, model, cfg, settings, env.device, class_names, out_dir)
+    return {**summary, "seconds": time.perf_counter() - t0, "rank": env.rank}
+
+
+def _prepare_process(cfg: Config, env: dist_utils.DistEnv, out_dir: Path) -> None:
+    """Threads and TF32 as configured; rank 0 removes temp files a killed save left (safe: the
+    run directory is locked)."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    allow_tf32(env.device)
+    if env.rank == 0:
+        remove_stale_temps(out_dir)
+
+
+def _starting_classifier(cfg: Config, settings: FinetuneSettings, num_classes: int, state: dict | None,
+                         init: Any, latest: Path) -> Classifier:
+    """The classifier on the CPU with the weights it starts from: the resumed checkpoint's encoder
+    and head, else the source's target encoder (`init`) and a fresh head, else a seeded random init."""
     model = build_classifier(cfg, settings, num_classes)
     if state is not None:
         load_state_strict(model.encoder, state["encoder"], f"{latest} [encoder]")
         load_state_strict(model.head, state["classifier"], f"{latest} [classifier]")
     elif init is not None:
         load_target_into(model.encoder, init, model.encoder.grid)
-    model.to(device)
-    wrapped = dist_utils.wrap(model, env, "ddp")
-    optimizer = torch.optim.AdamW(layer_decay_groups(model.encoder, model.head, settings.layer_decay),
-                                  lr=cfg.optim.lr, betas=cfg.optim.betas)
-    if state is not None:
-        optimizer.load_state_dict(state["opt"])
-    del state
-    head_info = {"kind": settings.head, "depth": settings.head_depth, "embed_dim": model.encoder.embed_dim,
-                 "num_heads": model.encoder.num_heads, "num_classes": num_classes, "class_names": class_names,
-                 "task": settings.task}
+    return model
+
+
+def finetune_optimizer(model: Classifier, cfg: Config, settings: FinetuneSettings,
+                       device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `layer_decay_groups` (the weight-decay split of `vjepa.jepa.param_groups`), fused on
+    CUDA as in pretraining (`vjepa.jepa.build_optimizer`); build it after wrapping."""
+    groups = layer_decay_groups(model.encoder, model.head, settings.layer_decay)
+    fused = True if torch.device(device).type == "cuda" else None
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=fused)
+
+
+def _head_info(model: Classifier, settings: FinetuneSettings, num_classes: int, class_names: list[str]) -> dict:
+    """What a checkpoint records about the head, so `classify` can rebuild it."""
+    return {"kind": settings.head, "depth": settings.head_depth, "embed_dim": model.encoder.embed_dim,
+            "num_heads": model.encoder.num_heads, "num_classes": num_classes, "class_names": class_names,
+            "task": settings.task}
+
+
+def _start_run_files(cfg: Config, settings: FinetuneSettings, out_dir: Path, start: int,
+                     env: dist_utils.DistEnv) -> RunLog:
+    """Rank 0 writes config.yaml and finetune.json and trims metrics past `start`; the run log
+    (written by rank 0 only) records the start or resume."""
+    is_main = env.rank == 0
     if is_main:
         write_config(cfg, out_dir)
         trim_metrics(out_dir, start)  # steps logged after the last checkpoint are trained again
@@ -323,22 +365,21 @@ def _finetune_locked(cfg: Config, settings: FinetuneSettings, env: dist_utils.Di
     log = RunLog(out_dir, enabled=is_main)
     if is_main:
         log.write({"step": start, "event": "start" if start == 0 else "resume", "world_size": env.world_size})
-    t0 = time.perf_counter()
-    try:
-        summary = _loop(cfg, settings, wrapped, model, optimizer, loader, start, env, log, head_info)
-    finally:
-        log.close()
-    if is_main and settings.eval_split:
-        summary["eval_top1"] = evaluate(model, cfg, settings, device, class_names)
-        summary["eval_split"] = settings.eval_split
-        atomic_write(out_dir / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
-    return {**summary, "seconds": time.perf_counter() - t0, "rank": env.rank}
+    return log
+
+
+def _score_and_save(summary: dict, model: Classifier, cfg: Config, settings: FinetuneSettings,
+                    device: torch.device, class_names: list[str], out_dir: Path) -> None:
+    """Add the eval split's top-1 to `summary` and write it to result.json."""
+    summary["eval_top1"] = evaluate(model, cfg, settings, device, class_names)
+    summary["eval_split"] = settings.eval_split
+    atomic_write(out_dir / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
 
 
 def _loop(cfg, settings, wrapped, model, optimizer, loader, start, env, log, head_info) -> dict[str, Any]:
     """Steps start..steps-1: train, log, checkpoint (latest.pt every run.checkpoint_every and at the end,
     step_N.pt every run.keep_every)."""
-    device, is_main, out_dir = env.device, env.rank == 0, Path(cfg.run.out_dir)
+    device, out_dir = env.device, Path(cfg.run.out_dir)
     batches, task = iter(loader), settings.task
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     last = {"loss": float("nan"), "top1": float("nan")}
@@ -351,36 +392,50 @@ def _loop(cfg, settings, wrapped, model, optimizer, loader, start, env, log, hea
         loss_sum, correct, seen = loss_sum + loss * len(labels), correct + hits, seen + len(labels)
         done = step + 1
         if done % cfg.run.log_every == 0 or done == cfg.optim.steps:
-            totals = dist_utils.all_reduce_mean(torch.stack([loss_sum, correct.float()]) / seen, env)
-            last = {"loss": totals[0].item(), "top1": 100.0 * totals[1].item()}
-            if not math.isfinite(last["loss"]):
-                raise RuntimeError(f"the fine-tuning loss became NaN or infinite by step {done}; lower optim.lr")
-            log.write({"step": done, "loss": last["loss"], "train_top1": last["top1"],
-                       "lr": optimizer.param_groups[-1]["lr"]})
+            last = _log_window(loss_sum, correct, seen, done, optimizer, log, env)
             loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        is_keep = bool(cfg.run.keep_every) and done % cfg.run.keep_every == 0
-        if done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps or is_keep:
-            # never save what load_checkpoint would refuse (the last good file stays); DDP replicas
-            # hold equal weights, so every rank stops here together
-            bad = nonfinite_tensors({"encoder": model.encoder.state_dict(), "classifier": model.head.state_dict()})
-            if bad:
-                raise RuntimeError(f"the fine-tuned weights became NaN or infinite by step {done} "
-                                   f"({describe_nonfinite(bad)}); lower optim.lr")
-            if is_main:
-                state = _checkpoint(model, optimizer, done, last["loss"], cfg, settings, head_info)
-                save_checkpoint(out_dir / "latest.pt", state, keep=out_dir / f"step_{done}.pt" if is_keep else None)
-            dist_utils.barrier(env)
+        _checkpoint_if_due(model, optimizer, done, last["loss"], cfg, settings, head_info, env)
     return {"steps": cfg.optim.steps, "final_loss": last["loss"], "train_top1": last["top1"],
             "task": task, "out_dir": str(out_dir)}
 
 
-@torch.no_grad()
-def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device: torch.device,
-             class_names: list[str], batch_size: int = 16) -> float | None:
-    """Top-1 (percent) of encoder + head on `settings.eval_split`: one centre view per clip.
+def _log_window(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, done: int,
+                optimizer: torch.optim.Optimizer, log: RunLog, env: dist_utils.DistEnv) -> dict[str, float]:
+    """Mean loss and top-1 (percent) of the logging window over all ranks, written to the run log;
+    a non-finite loss stops the run."""
+    totals = dist_utils.all_reduce_mean(torch.stack([loss_sum, correct.float()]) / seen, env)
+    last = {"loss": totals[0].item(), "top1": 100.0 * totals[1].item()}
+    if not math.isfinite(last["loss"]):
+        raise RuntimeError(f"the fine-tuning loss became NaN or infinite by step {done}; lower optim.lr")
+    log.write({"step": done, "loss": last["loss"], "train_top1": last["top1"],
+               "lr": optimizer.param_groups[-1]["lr"]})
+    return last
 
-    Returns None when the data has no such split (`data.path` without `{split}`, a `split`
-    sub-folder or a `split.csv`): scoring the training videos would pose as a test score.
+
+def _checkpoint_if_due(model: Classifier, optimizer: torch.optim.Optimizer, done: int, loss: float, cfg: Config,
+                       settings: FinetuneSettings, head_info: dict[str, Any], env: dist_utils.DistEnv) -> None:
+    """After step `done`: save latest.pt every run.checkpoint_every and at the end (rank 0), keeping
+    step_N.pt every run.keep_every; weights gone non-finite stop the run instead."""
+    out_dir = Path(cfg.run.out_dir)
+    is_keep = bool(cfg.run.keep_every) and done % cfg.run.keep_every == 0
+    if not (done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps or is_keep):
+        return
+    # never save what load_checkpoint would refuse (the last good file stays); DDP replicas
+    # hold equal weights, so every rank stops here together
+    bad = nonfinite_tensors({"encoder": model.encoder.state_dict(), "classifier": model.head.state_dict()})
+    if bad:
+        raise RuntimeError(f"the fine-tuned weights became NaN or infinite by step {done} "
+                           f"({describe_nonfinite(bad)}); lower optim.lr")
+    if env.rank == 0:
+        state = _checkpoint(model, optimizer, done, loss, cfg, settings, head_info)
+        save_checkpoint(out_dir / "latest.pt", state, keep=out_dir / f"step_{done}.pt" if is_keep else None)
+    dist_utils.barrier(env)
+
+
+def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, class_names: list[str],
+                 batch_size: int) -> Any:
+    """A DataLoader of `settings.eval_split` (one centre view per clip), or None when the data has no
+    such split apart from the training one.
 
     Raises:
         ConfigError: when the split's classes differ from the training split's.
@@ -400,7 +455,23 @@ def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device:
     classes = getattr(dataset, "classes", None)
     if d.source != "synthetic" and list(classes or []) != class_names:
         raise ConfigError(f"the {settings.eval_split} split's classes {classes} differ from training's {class_names}")
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(cfg.data.num_workers, device))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(d.num_workers, device))
+
+
+@torch.no_grad()
+def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device: torch.device,
+             class_names: list[str], batch_size: int = 16) -> float | None:
+    """Top-1 (percent) of encoder + head on `settings.eval_split`: one centre view per clip.
+
+    Returns None when the data has no such split (`data.path` without `{split}`, a `split`
+    sub-folder or a `split.csv`): scoring the training videos would pose as a test score.
+
+    Raises:
+        ConfigError: when the split's classes differ from the training split's.
+    """
+    loader = _eval_loader(cfg, settings, device, class_names, batch_size)
+    if loader is None:
+        return None
     model.eval()
     hits, total = 0, 0
     for batch in loader:

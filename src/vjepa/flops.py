@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from vjepa.config import Config
+from vjepa.config import Config, ModelConfig
 from vjepa.masks import MaskBatch
 
 
@@ -95,6 +95,21 @@ class StepFlops:
         return {**asdict(self), "total": self.total}
 
 
+def _masked_forward_flops(m: ModelConfig, masks: Sequence[MaskBatch], out_dim: int, embed: int) -> tuple[int, int]:
+    """Forward FLOPs of the context encoder (plus `embed`, the clips' embedding) and of the
+    predictor over every sample of every generator, from the masks' token counts."""
+    D, P = m.embed_dim, m.predictor_embed_dim
+    mlp, predictor_mlp = int(D * m.mlp_ratio), int(P * m.predictor_mlp_ratio)
+    context, predictor = embed, 0
+    for mask in masks:
+        for num_context, num_target in zip(*mask_token_counts(mask)):
+            context += encoder_flops(num_context, D, m.depth, mlp)
+            predictor += 2 * num_context * D * P  # predictor_embed
+            predictor += encoder_flops(num_context + num_target, P, m.predictor_depth, predictor_mlp)
+            predictor += 2 * num_target * P * out_dim  # predictor_proj
+    return context, predictor
+
+
 def step_flops(cfg: Config, masks: Sequence[MaskBatch], num_tokens: int) -> StepFlops:
     """Model FLOPs of one training step (see the module docstring for the formula).
 
@@ -107,23 +122,16 @@ def step_flops(cfg: Config, masks: Sequence[MaskBatch], num_tokens: int) -> Step
         A `StepFlops` summed over the batch.
     """
     m = cfg.model
-    D, P = m.embed_dim, m.predictor_embed_dim
-    mlp, predictor_mlp = int(D * m.mlp_ratio), int(P * m.predictor_mlp_ratio)
+    D = m.embed_dim
     patch_dim = m.in_chans * m.tubelet_size * m.patch_size**2
-    out_dim = patch_dim if cfg.objective.kind == "pixel" else D
     embed = 2 * num_tokens * patch_dim * D  # tubelet embedding of one clip
     flops = StepFlops()
     batch = masks[0].context_idx.shape[0]
     if cfg.objective.kind == "jepa":
-        flops.target_forward = batch * (embed + encoder_flops(num_tokens, D, m.depth, mlp))
-    context = batch * embed  # the clip is embedded once for every generator
-    predictor = 0
-    for mask in masks:
-        for num_context, num_target in zip(*mask_token_counts(mask)):
-            context += encoder_flops(num_context, D, m.depth, mlp)
-            predictor += 2 * num_context * D * P  # predictor_embed
-            predictor += encoder_flops(num_context + num_target, P, m.predictor_depth, predictor_mlp)
-            predictor += 2 * num_target * P * out_dim  # predictor_proj
+        flops.target_forward = batch * (embed + encoder_flops(num_tokens, D, m.depth, int(D * m.mlp_ratio)))
+    out_dim = patch_dim if cfg.objective.kind == "pixel" else D
+    # the clip is embedded once for every generator
+    context, predictor = _masked_forward_flops(m, masks, out_dim, batch * embed)
     flops.context_forward, flops.context_backward = float(context), 2.0 * context
     flops.predictor_forward, flops.predictor_backward = float(predictor), 2.0 * predictor
     flops.target_forward = float(flops.target_forward)

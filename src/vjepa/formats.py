@@ -405,6 +405,56 @@ def _map_blocks(tensors, src: str, dst: str, names: dict[str, str], count: int, 
     return out
 
 
+_HF_QKV = ("attn.qkv", "attention.query", "attention.key", "attention.value")  # our fused key, HF's parts
+
+
+def _hf_encoder(sub: dict[str, torch.Tensor], config: dict[str, Any], used: set[str], where: str) -> dict[str, torch.Tensor]:
+    """Our encoder state dict from a Hugging Face `VJEPA2Model`'s `encoder.*` tensors (adds the keys
+    it reads to `used`)."""
+    enc = {
+        "patch_embed.proj.weight": _take(sub, "encoder.embeddings.patch_embeddings.proj.weight", used, where),
+        "patch_embed.proj.bias": _take(sub, "encoder.embeddings.patch_embeddings.proj.bias", used, where),
+        "norm.weight": _take(sub, "encoder.layernorm.weight", used, where),
+        "norm.bias": _take(sub, "encoder.layernorm.bias", used, where),
+    }
+    enc.update(_map_blocks(sub, "encoder.layer.", "blocks.", _HF_BLOCK, config["num_hidden_layers"], used, where,
+                           _HF_QKV))
+    return enc
+
+
+def _hf_predictor(sub: dict[str, torch.Tensor], config: dict[str, Any], used: set[str], where: str) -> dict[str, torch.Tensor]:
+    """Our predictor state dict from a Hugging Face `VJEPA2Model`'s `predictor.*` tensors (adds the
+    keys it reads to `used`); its stacked mask tokens [M, 1, 1, P] become `mask_tokens.i`."""
+    tokens = _take(sub, "predictor.embeddings.mask_tokens", used, where)  # [M, 1, 1, P]
+    pred = {f"mask_tokens.{i}": t for i, t in enumerate(tokens.unbind(0))}
+    for ours, theirs in (("predictor_embed", "predictor.embeddings.predictor_embeddings"),
+                         ("predictor_norm", "predictor.layernorm"), ("predictor_proj", "predictor.proj")):
+        for kind in ("weight", "bias"):
+            pred[f"{ours}.{kind}"] = _take(sub, f"{theirs}.{kind}", used, where)
+    pred.update(_map_blocks(sub, "predictor.layer.", "predictor_blocks.", _HF_BLOCK,
+                            config["pred_num_hidden_layers"], used, where, _HF_QKV))
+    return pred
+
+
+def _hf_probe(tensors: dict[str, torch.Tensor], config: dict[str, Any], used: set[str], where: str) -> dict[str, torch.Tensor]:
+    """The official `AttentiveClassifier` state of a `VJEPA2ForVideoClassification`'s pooler and
+    classifier (adds the keys it reads to `used`); the cross-attention's k and v fuse into `xattn.kv`."""
+    probe = {"pooler.query_tokens": _take(tensors, "pooler.query_tokens", used, where)}
+    probe.update(_map_blocks(tensors, "pooler.self_attention_layers.", "pooler.blocks.", _HF_POOLER_SELF,
+                             config.get("num_pooler_layers", 3), used, where,
+                             ("attn.qkv", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")))
+    for ours, theirs in _HF_POOLER_CROSS.items():
+        for kind in ("weight", "bias"):
+            probe[f"pooler.cross_attention_block.{ours}.{kind}"] = _take(
+                tensors, f"pooler.cross_attention_layer.{theirs}.{kind}", used, where)
+    for kind in ("weight", "bias"):
+        probe[f"pooler.cross_attention_block.xattn.kv.{kind}"] = torch.cat(
+            [_take(tensors, f"pooler.cross_attention_layer.cross_attn.{p}.{kind}", used, where)
+             for p in ("k_proj", "v_proj")])
+        probe[f"linear.{kind}"] = _take(tensors, f"classifier.{kind}", used, where)
+    return probe
+
+
 def hf_to_networks(config: dict[str, Any], tensors: dict[str, torch.Tensor], where: str):
     """Map a Hugging Face V-JEPA 2 state dict to our networks.
 
@@ -419,43 +469,13 @@ def hf_to_networks(config: dict[str, Any], tensors: dict[str, torch.Tensor], whe
     prefix = "vjepa2." if any(k.startswith("vjepa2.") for k in tensors) else ""
     sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     used: set[str] = set()
-    enc = {
-        "patch_embed.proj.weight": _take(sub, "encoder.embeddings.patch_embeddings.proj.weight", used, where),
-        "patch_embed.proj.bias": _take(sub, "encoder.embeddings.patch_embeddings.proj.bias", used, where),
-        "norm.weight": _take(sub, "encoder.layernorm.weight", used, where),
-        "norm.bias": _take(sub, "encoder.layernorm.bias", used, where),
-    }
-    qkv = ("attn.qkv", "attention.query", "attention.key", "attention.value")
-    enc.update(_map_blocks(sub, "encoder.layer.", "blocks.", _HF_BLOCK, config["num_hidden_layers"], used, where, qkv))
-    networks = {"encoder": enc}
+    networks = {"encoder": _hf_encoder(sub, config, used, where)}
     if any(k.startswith("predictor.") for k in sub):
-        tokens = _take(sub, "predictor.embeddings.mask_tokens", used, where)  # [M, 1, 1, P]
-        pred = {f"mask_tokens.{i}": t for i, t in enumerate(tokens.unbind(0))}
-        for ours, theirs in (("predictor_embed", "predictor.embeddings.predictor_embeddings"),
-                             ("predictor_norm", "predictor.layernorm"), ("predictor_proj", "predictor.proj")):
-            for kind in ("weight", "bias"):
-                pred[f"{ours}.{kind}"] = _take(sub, f"{theirs}.{kind}", used, where)
-        pred.update(_map_blocks(sub, "predictor.layer.", "predictor_blocks.", _HF_BLOCK,
-                                config["pred_num_hidden_layers"], used, where, qkv))
-        networks["predictor"] = pred
+        networks["predictor"] = _hf_predictor(sub, config, used, where)
     probe = None
     if prefix:  # VJEPA2ForVideoClassification: pooler + classifier beside the model
         used = {prefix + k for k in used}
-        probe = {"pooler.query_tokens": _take(tensors, "pooler.query_tokens", used, where)}
-        probe.update(_map_blocks(tensors, "pooler.self_attention_layers.", "pooler.blocks.", _HF_POOLER_SELF,
-                                 config.get("num_pooler_layers", 3), used, where,
-                                 ("attn.qkv", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")))
-        cross = {}
-        for ours, theirs in _HF_POOLER_CROSS.items():
-            for kind in ("weight", "bias"):
-                cross[f"pooler.cross_attention_block.{ours}.{kind}"] = _take(
-                    tensors, f"pooler.cross_attention_layer.{theirs}.{kind}", used, where)
-        for kind in ("weight", "bias"):
-            cross[f"pooler.cross_attention_block.xattn.kv.{kind}"] = torch.cat(
-                [_take(tensors, f"pooler.cross_attention_layer.cross_attn.{p}.{kind}", used, where)
-                 for p in ("k_proj", "v_proj")])
-            cross[f"linear.{kind}"] = _take(tensors, f"classifier.{kind}", used, where)
-        probe.update(cross)
+        probe = _hf_probe(tensors, config, used, where)
     unused = sorted(set(tensors) - used)
     if unused:
         raise CheckpointError(f"{where}: keys not understood as a V-JEPA 2 model: {', '.join(unused[:12])}")
@@ -478,6 +498,33 @@ def hf_model_config(config: dict[str, Any]):
     return cfg
 
 
+def _blocks_to_hf(state: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+    """Our transformer blocks (`src`i.*) in Hugging Face names (`dst`i.*), the fused qkv split in three."""
+    out = {}
+    for i in range(sum(k.startswith(src) and k.endswith(".norm1.weight") for k in state)):
+        for ours, theirs in _HF_BLOCK.items():
+            for kind in ("weight", "bias"):
+                out[f"{dst}{i}.{theirs}.{kind}"] = state[f"{src}{i}.{ours}.{kind}"]
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{src}{i}.attn.qkv.{kind}"].chunk(3, dim=0)
+            out.update({f"{dst}{i}.attention.query.{kind}": q, f"{dst}{i}.attention.key.{kind}": k,
+                        f"{dst}{i}.attention.value.{kind}": v})
+    return out
+
+
+def _hf_config(m: Any, num_mask_tokens: int) -> dict[str, Any]:
+    """The config.json of a Hugging Face `VJEPA2Model` for our `ModelConfig` `m`."""
+    return {
+        "model_type": "vjepa2", "architectures": ["VJEPA2Model"], "hidden_size": m.embed_dim,
+        "num_hidden_layers": m.depth, "num_attention_heads": m.num_heads, "mlp_ratio": m.mlp_ratio,
+        "patch_size": m.patch_size, "tubelet_size": m.tubelet_size, "in_chans": m.in_chans,
+        "crop_size": m.img_size, "frames_per_clip": m.num_frames, "pred_hidden_size": m.predictor_embed_dim,
+        "pred_num_hidden_layers": m.predictor_depth, "pred_num_attention_heads": m.predictor_num_heads or m.num_heads,
+        "pred_mlp_ratio": m.predictor_mlp_ratio, "pred_num_mask_tokens": num_mask_tokens,
+        "layer_norm_eps": 1e-6, "qkv_bias": True, "hidden_act": "gelu",
+    }
+
+
 def networks_to_hf(cfg, encoder: dict[str, torch.Tensor], predictor: dict[str, torch.Tensor]):
     """Our RoPE encoder + predictor state dicts -> (Hugging Face `VJEPA2Model` tensors, config.json dict)."""
     m = cfg.model
@@ -495,23 +542,8 @@ def networks_to_hf(cfg, encoder: dict[str, torch.Tensor], predictor: dict[str, t
         for kind in ("weight", "bias"):
             out[f"{theirs}.{kind}"] = predictor[f"{ours}.{kind}"]
     for state, src, dst in ((encoder, "blocks.", "encoder.layer."), (predictor, "predictor_blocks.", "predictor.layer.")):
-        for i in range(sum(k.startswith(src) and k.endswith(".norm1.weight") for k in state)):
-            for ours, theirs in _HF_BLOCK.items():
-                for kind in ("weight", "bias"):
-                    out[f"{dst}{i}.{theirs}.{kind}"] = state[f"{src}{i}.{ours}.{kind}"]
-            for kind in ("weight", "bias"):
-                q, k, v = state[f"{src}{i}.attn.qkv.{kind}"].chunk(3, dim=0)
-                out.update({f"{dst}{i}.attention.query.{kind}": q, f"{dst}{i}.attention.key.{kind}": k,
-                            f"{dst}{i}.attention.value.{kind}": v})
-    config = {
-        "model_type": "vjepa2", "architectures": ["VJEPA2Model"], "hidden_size": m.embed_dim,
-        "num_hidden_layers": m.depth, "num_attention_heads": m.num_heads, "mlp_ratio": m.mlp_ratio,
-        "patch_size": m.patch_size, "tubelet_size": m.tubelet_size, "in_chans": m.in_chans,
-        "crop_size": m.img_size, "frames_per_clip": m.num_frames, "pred_hidden_size": m.predictor_embed_dim,
-        "pred_num_hidden_layers": m.predictor_depth, "pred_num_attention_heads": m.predictor_num_heads or m.num_heads,
-        "pred_mlp_ratio": m.predictor_mlp_ratio, "pred_num_mask_tokens": int(out["predictor.embeddings.mask_tokens"].shape[0]),
-        "layer_norm_eps": 1e-6, "qkv_bias": True, "hidden_act": "gelu",
-    }
+        out.update(_blocks_to_hf(state, src, dst))
+    config = _hf_config(m, int(out["predictor.embeddings.mask_tokens"].shape[0]))
     return {k: v.detach().contiguous().clone() for k, v in out.items()}, config
 
 
@@ -544,15 +576,18 @@ def read_weights(
 
 
 def checkpoint_path(source: str | Path) -> Path:
-    """The file `load` reads for `source`: a run directory's latest.pt, or the file itself.
+    """The file that holds `source`'s weights: a run directory's latest.pt, a Hugging Face folder's
+    model.safetensors, or the file itself (the one resolver of `load`, caches and `model.init_from`).
 
     Raises:
-        CheckpointError: naming `source` when there is no such file (or the folder has no latest.pt).
+        CheckpointError: naming `source` when there is no such file (or the folder has neither).
     """
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {source} (and it is not a preset: {', '.join(PRESETS)})")
     if path.is_dir():
+        if not (path / "latest.pt").is_file() and is_hf(path) and (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
         path = path / "latest.pt"
         if not path.is_file():
             raise CheckpointError(f"{source} is a folder without latest.pt (pass a run directory or a file)")
@@ -570,6 +605,29 @@ def _read_hf(path: Path) -> tuple[Config, dict[str, dict[str, torch.Tensor]], st
     return None
 
 
+def _file_networks(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any] | None]:
+    """The networks of a .safetensors export or a .pt / .pth.tar checkpoint, and its stored config
+    dict (None when the file has none)."""
+    if path.suffix == ".safetensors":
+        tensors, config = load_safetensors(path)
+        which = read_safetensors_metadata(path).get("which", "encoder")
+        networks = {which: {k: v for k, v in tensors.items() if not k.startswith("predictor.")}}
+        predictor = {k[len("predictor."):]: v for k, v in tensors.items() if k.startswith("predictor.")}
+        networks.update({"predictor": predictor} if predictor else {})
+        return networks, config
+    state = load_checkpoint(path)
+    return split_networks(state), state.get("config") if isinstance(state.get("config"), dict) else None
+
+
+def _check_hints(path: Path, cfg: Config, **given: int | None) -> None:
+    """CheckpointError when a clip-size or head hint contradicts the file's stored config."""
+    stored = {"num_frames": cfg.data.num_frames, "img_size": cfg.data.crop_size, "num_heads": cfg.model.num_heads}
+    wrong = [f"{name}={value} (stored {stored[name]})" for name, value in given.items()
+             if value not in (None, stored[name])]
+    if wrong:
+        raise CheckpointError(f"{path} stores its config; these hints contradict it: {', '.join(wrong)}")
+
+
 def _read_weights(
     source: str | Path, num_frames: int | None, img_size: int | None, num_heads: int | None,
     pos_embed: str | None = None,
@@ -582,25 +640,12 @@ def _read_weights(
     if foreign:
         return foreign
     path = checkpoint_path(source)
-    if path.suffix == ".safetensors":
-        tensors, config = load_safetensors(path)
-        which = read_safetensors_metadata(path).get("which", "encoder")
-        networks = {which: {k: v for k, v in tensors.items() if not k.startswith("predictor.")}}
-        predictor = {k[len("predictor."):]: v for k, v in tensors.items() if k.startswith("predictor.")}
-        networks.update({"predictor": predictor} if predictor else {})
-    else:
-        state = load_checkpoint(path)
-        networks = split_networks(state)
-        config = state.get("config") if isinstance(state.get("config"), dict) else None
+    networks, config = _file_networks(path)
     if not config:
         cfg = infer_model_config(networks, num_frames, img_size, num_heads, str(path), pos_embed)
         if cfg.model.pos_embed == "rope":
             drop_unused_tables(networks)  # released V-JEPA 2 files still carry a sin-cos table
         return cfg, networks, str(path), False
     cfg = config_from_stored(config, str(path))
-    hints = {"num_frames": (num_frames, cfg.data.num_frames), "img_size": (img_size, cfg.data.crop_size),
-             "num_heads": (num_heads, cfg.model.num_heads)}
-    wrong = [f"{name}={given} (stored {stored})" for name, (given, stored) in hints.items() if given not in (None, stored)]
-    if wrong:
-        raise CheckpointError(f"{path} stores its config; these hints contradict it: {', '.join(wrong)}")
+    _check_hints(path, cfg, num_frames=num_frames, img_size=img_size, num_heads=num_heads)
     return cfg, networks, str(path), True

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vjepa.checkpoint import CheckpointError, load_state_strict
-from vjepa.config import Config, ConfigError, to_dict, validate
+from vjepa.config import PRESETS, Config, ConfigError, to_dict, validate
 from vjepa.models.factory import token_grid
 from vjepa.models.pos_embed import interpolate_3d
 
@@ -50,21 +50,36 @@ class InitWeights:
 
 
 def weights_file(source: str | Path) -> Path:
-    """The file whose bytes identify `source`: a run directory's latest.pt, a Hugging Face folder's
-    model.safetensors, or the file itself.
+    """The file whose bytes identify `model.init_from` (`vjepa.formats.checkpoint_path`: a run
+    directory's latest.pt, a Hugging Face folder's model.safetensors, or the file itself).
 
     Raises:
-        ConfigError: naming `source` when no such file exists.
+        ConfigError: one line naming `source` and what `model.init_from` takes, when it names no
+            weights (a missing path or a folder without them).
     """
-    path = Path(source)
-    if path.is_dir():
-        for name in ("latest.pt", "model.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise ConfigError(f"model.init_from={source}: a folder without latest.pt or model.safetensors")
-    if not path.is_file():
-        raise ConfigError(f"model.init_from={source}: no such file or folder")
-    return path
+    from vjepa.formats import checkpoint_path
+
+    try:
+        return checkpoint_path(source)
+    except CheckpointError as err:
+        raise ConfigError(_not_weights(source, "no such file or folder" if not Path(source).exists() else err)) from None
+
+
+def _not_weights(value: str | Path, why: Any) -> str:
+    """The one-line refusal of a `model.init_from` that names no weights."""
+    return (f"model.init_from={value}: {why}; it takes a checkpoint or weights file (.pt, .pth.tar, "
+            ".safetensors), a run directory or a Hugging Face folder")
+
+
+def _recorded_path(value: str) -> str:
+    """`model.init_from` as the run records it: absolute, valid from any working directory.
+
+    Raises:
+        ConfigError: for a preset name (it has no weights to start from).
+    """
+    if value in PRESETS and not Path(value).exists():
+        raise ConfigError(_not_weights(value, "a preset name, which has no weights"))
+    return str(Path(value).expanduser().resolve())
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -102,13 +117,9 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
         return cfg, None
     cfg = copy.deepcopy(cfg)  # the caller's config stays as given
     m = cfg.model
-    m.init_from = str(Path(m.init_from).expanduser().resolve())  # recorded absolute: valid from any cwd
+    m.init_from = _recorded_path(m.init_from)
     if saved_config is not None:  # a resume: latest.pt holds the weights; keep what the run recorded
-        saved = saved_config.get("model", {})
-        if saved.get("init_from") == m.init_from:
-            if m.init_from_arch:
-                _copy_arch(cfg, saved, with_predictor=True)
-            m.init_from_sha256 = m.init_from_sha256 or saved.get("init_from_sha256", "")
+        _keep_recorded(cfg, saved_config.get("model", {}))
         return cfg, None
     from vjepa.formats import read_weights  # the one reader: every format `vjepa.load` takes
 
@@ -128,6 +139,16 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
     differences = tuple(f"model.{k}: file {file_model[k]!r}, config {getattr(m, k)!r}" for k in keys
                         if file_model[k] != getattr(m, k))
     return cfg, InitWeights(networks, token_grid(file_cfg), description, differences)
+
+
+def _keep_recorded(cfg: Config, saved_model: dict[str, Any]) -> None:
+    """On resume from the same `init_from`: take the architecture (with `init_from_arch`) and the
+    file's fingerprint the run recorded, as the file is not read again (it may be gone)."""
+    m = cfg.model
+    if saved_model.get("init_from") == m.init_from:
+        if m.init_from_arch:
+            _copy_arch(cfg, saved_model, with_predictor=True)
+        m.init_from_sha256 = m.init_from_sha256 or saved_model.get("init_from_sha256", "")
 
 
 def resample_positions(state: dict[str, torch.Tensor], key: str, src_grid: tuple[int, int, int],

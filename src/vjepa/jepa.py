@@ -402,7 +402,8 @@ def build_optimizer(encoder: nn.Module, predictor: nn.Module, optim_cfg: OptimCo
 
 
 def param_groups(*modules: nn.Module, lr_scales: tuple[float, ...] | None = None) -> list[dict]:
-    """AdamW groups as in the official code: biases and 1-D tensors get no weight decay.
+    """AdamW groups as in the official code: biases and 1-D tensors get no weight decay, nor the
+    query tokens of an attentive head (as the probe's optimiser; pretraining has none).
 
     `lr_scales` (one per module) multiply the scheduled LR of that module's parameters (see
     `set_schedules`); modules with equal scales share groups, so the default is the official two.
@@ -415,7 +416,7 @@ def param_groups(*modules: nn.Module, lr_scales: tuple[float, ...] | None = None
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            no_decay = name.endswith(".bias") or param.ndim == 1
+            no_decay = param.ndim == 1 or name.endswith((".bias", "query_tokens"))
             groups.setdefault((float(scale), no_decay), []).append(param)
     out = []
     for (scale, no_decay), params in sorted(groups.items()):

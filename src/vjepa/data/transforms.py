@@ -8,6 +8,7 @@ Shape legend: T frames, H/W input pixels, C channels (1 is repeated to 3), V eva
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -109,10 +110,18 @@ def normalise(video: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
         video: [C, T, h, w] or [B, C, T, h, w]; C = 1 broadcasts to 3.
         mean, std: per-channel statistics of values in [0, 1].
     """
-    shape = (3, 1, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32).view(shape).to(video.device) * 255.0
-    s = torch.tensor(std, dtype=torch.float32).view(shape).to(video.device) * 255.0
+    m, s = _pixel_stats(tuple(mean), tuple(std), video.device)
     return (video.float() - m) / s
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """255 * mean and 255 * std as float32 [3, 1, 1, 1] on `device`, made once per device (a copy
+    from pageable host memory every step would make the GPU stream wait)."""
+    shape = (3, 1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(shape) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(shape) * 255.0
+    return m.to(device), s.to(device)
 
 
 class _Normalise:

@@ -317,18 +317,25 @@ def check_labels(train: torch.Tensor, test: torch.Tensor, task: str, names: list
         return int(max(train.max(), test.max())) + 1
     num_classes = len(names) or int(train.max()) + 1
     for split, labels, paths in (("train", train, train_paths), ("test", test, test_paths)):
-        bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
-        if len(bad):
-            first = int(bad[0])
-            where = f" ({paths[first]})" if len(paths) > first else ""
-            raise DataError(f"{len(bad)} {split} clips have labels outside the {num_classes} training classes "
-                            f"0..{num_classes - 1}, e.g. label {int(labels[first])}{where}; unlabelled clips are -1")
+        _check_label_range(split, labels, paths, num_classes)
     # class folders number the union of both splits' classes: a test class may have no training clip
     untrained = sorted(set(test.tolist()) - set(train.tolist()))
     if untrained:
         lacking = ", ".join(names[k] if k < len(names) else str(k) for k in untrained)
         raise DataError(f"the test split has classes the train split lacks: {lacking} (no training clips)")
     return num_classes
+
+
+def _check_label_range(split: str, labels: torch.Tensor, paths: list[str], num_classes: int) -> None:
+    """DataError naming the first clip of `split` whose label is not in [0, num_classes) (-1: unlabelled)."""
+    from vjepa.data.datasets import DataError
+
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if len(bad):
+        first = int(bad[0])
+        where = f" ({paths[first]})" if len(paths) > first else ""
+        raise DataError(f"{len(bad)} {split} clips have labels outside the {num_classes} training classes "
+                        f"0..{num_classes - 1}, e.g. label {int(labels[first])}{where}; unlabelled clips are -1")
 
 
 def class_balance(train: Any, test: Any, probe_cfg: ProbeConfig) -> tuple[Any, int, list[str]]:

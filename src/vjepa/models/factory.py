@@ -10,17 +10,19 @@ from __future__ import annotations
 import torch
 
 from vjepa.config import Config
+from vjepa.models.patch_embed import clip_grid
 from vjepa.models.vit import VisionTransformer
 from vjepa.seeds import mix_seed
 
 
 def token_grid(cfg: Config) -> tuple[int, int, int]:
-    """(T', H', W'): the token grid of the configured clip, cut into tubelets and patches.
+    """(T', H', W'): the token grid of the configured clip (`data.num_frames` x `data.crop_size`^2), as
+    `build_encoder(cfg).grid` (`vjepa.models.patch_embed.clip_grid`).
 
     E.g. 16 frames of 224x224, tubelet 2, patch 16 -> (8, 14, 14), N = 1568 tokens.
     """
     m, d = cfg.model, cfg.data
-    return d.num_frames // m.tubelet_size, d.crop_size // m.patch_size, d.crop_size // m.patch_size
+    return clip_grid(d.num_frames, d.crop_size, d.crop_size, m.tubelet_size, m.patch_size)
 
 
 def build_encoder(cfg: Config) -> VisionTransformer:

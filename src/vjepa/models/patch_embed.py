@@ -17,6 +17,15 @@ def patchify(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.T
     return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, (t // s) * (h // p) * (w // p), c * s * p * p)
 
 
+def clip_grid(frames: int, height: int, width: int, tubelet_size: int, patch_size: int) -> tuple[int, int, int]:
+    """Token grid (T', H', W') of a clip cut into tubelets and patches: the one place this is
+    computed (`PatchEmbed3D.grid`, `vjepa.models.factory.token_grid` and `Encoder.grid` call it).
+
+    E.g. 16 frames of 224x224, tubelet 2, patch 16 -> (8, 14, 14), N = 1568 tokens.
+    """
+    return frames // tubelet_size, height // patch_size, width // patch_size
+
+
 class PatchEmbed3D(nn.Module):
     """(B, C, T, H, W) -> (B, N, D). State-dict key `proj.*` as in the official code.
 
@@ -33,8 +42,8 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """Token grid (T', H', W') for a clip of the given size."""
-        return frames // self.tubelet_size, height // self.patch_size, width // self.patch_size
+        """Token grid (T', H', W') for a clip of the given size (`clip_grid`)."""
+        return clip_grid(frames, height, width, self.tubelet_size, self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed a clip: [B, C, T, H, W] -> [B, N, D], tokens ordered (t, h, w)."""

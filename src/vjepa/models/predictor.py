@@ -58,6 +58,23 @@ def grid_sequence(
     return x.scatter_add(1, index, embedded.to(x.dtype))  # context features added at their positions
 
 
+def concatenated_valid(
+    context_idx: torch.Tensor,
+    context_valid: torch.Tensor | None,
+    target_idx: torch.Tensor,
+    target_valid: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """Valid flags [B, Kc+Kt] of the context-then-targets layout (a side given None is all valid),
+    or None when neither side has padding slots."""
+    if context_valid is None and target_valid is None:
+        return None
+    if context_valid is None:
+        context_valid = torch.ones_like(context_idx, dtype=torch.bool)
+    if target_valid is None:
+        target_valid = torch.ones_like(target_idx, dtype=torch.bool)
+    return torch.cat([context_valid, target_valid], dim=1)
+
+
 class Predictor(nn.Module):
     """Project context features to width P, append one learned mask token per target position
     (token `mask_index`, one per mask generator, zero-initialised), add 3D positions to both, run
@@ -131,34 +148,57 @@ class Predictor(nn.Module):
         Returns:
             Predictions [B, Kt, D] (padding slots hold values the loss must ignore).
         """
-        b, num_context = context_idx.shape
         embedded = self.predictor_embed(context)  # [B, Kc, P]
         grid = grid or self.grid
-        positions = self.positions(grid, context.dtype).expand(b, -1, -1)  # [B, N, P]
-        dtype = torch.promote_types(embedded.dtype, positions.dtype)
+        positions = self.positions(grid, context.dtype).expand(context_idx.shape[0], -1, -1)  # [B, N, P]
+        token = self.mask_token(mask_index, torch.promote_types(embedded.dtype, positions.dtype))
+        predict = self._predict_grid if full_grid else self._predict_concatenated
+        return predict(positions, embedded, context_idx, context_valid, token, target_idx, target_valid)
+
+    def mask_token(self, mask_index: int | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The mask token [1, 1, P] of one index, or [B, 1, P] for a LongTensor [B] of indices."""
         if isinstance(mask_index, int):
-            token = self.mask_tokens[mask_index].to(dtype)  # [1, 1, P]
-        else:
-            token = torch.cat(list(self.mask_tokens))[mask_index].to(dtype)  # [B, 1, P]
-        if full_grid:
-            x = grid_sequence(positions, embedded, context_idx, context_valid, token, target_idx, target_valid)
-            rope = self.rope(torch.arange(x.shape[1], device=x.device), x.dtype)
-            x = run_blocks(self.predictor_blocks, x, None, self.activation_checkpointing, rope)  # [B, N, P]
-            return self.predictor_proj(self.predictor_norm(gather_tokens(x, target_idx)))  # [B, Kt, D]
+            return self.mask_tokens[mask_index].to(dtype)
+        return torch.cat(list(self.mask_tokens))[mask_index].to(dtype)
+
+    def _predict_grid(
+        self,
+        positions: torch.Tensor,
+        embedded: torch.Tensor,
+        context_idx: torch.Tensor,
+        context_valid: torch.Tensor | None,
+        token: torch.Tensor,
+        target_idx: torch.Tensor,
+        target_valid: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`forward(full_grid=True)`: one grid-ordered sequence of N tokens per sample, no attention mask.
+
+        Shapes as in `grid_sequence`; returns [B, Kt, D].
+        """
+        x = grid_sequence(positions, embedded, context_idx, context_valid, token, target_idx, target_valid)
+        rope = self.rope(torch.arange(x.shape[1], device=x.device), x.dtype)
+        x = run_blocks(self.predictor_blocks, x, None, self.activation_checkpointing, rope)  # [B, N, P]
+        return self.predictor_proj(self.predictor_norm(gather_tokens(x, target_idx)))  # [B, Kt, D]
+
+    def _predict_concatenated(
+        self,
+        positions: torch.Tensor,
+        embedded: torch.Tensor,
+        context_idx: torch.Tensor,
+        context_valid: torch.Tensor | None,
+        token: torch.Tensor,
+        target_idx: torch.Tensor,
+        target_valid: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`forward` in the official layout: context tokens then target queries, padding slots masked
+        out of attention. Shapes as in `grid_sequence`; returns [B, Kt, D]."""
         x = embedded + gather_tokens(positions, context_idx)  # [B, Kc, P]
         queries = token + gather_tokens(positions, target_idx)  # [B, Kt, P]
         x = torch.cat([x, queries], dim=1)  # [B, Kc+Kt, P]
-        valid = None
-        if context_valid is not None or target_valid is not None:
-            ones_c = torch.ones_like(context_idx, dtype=torch.bool)
-            ones_t = torch.ones_like(target_idx, dtype=torch.bool)
-            valid = torch.cat(
-                [ones_c if context_valid is None else context_valid, ones_t if target_valid is None else target_valid],
-                dim=1,
-            )
+        valid = concatenated_valid(context_idx, context_valid, target_idx, target_valid)
         rope = self.rope(torch.cat([context_idx, target_idx], dim=1), x.dtype)  # [B, Kc+Kt] positions
         x = run_blocks(self.predictor_blocks, x, key_padding_mask(valid), self.activation_checkpointing, rope)
-        x = self.predictor_norm(x[:, num_context:])  # [B, Kt, P]
+        x = self.predictor_norm(x[:, context_idx.shape[1]:])  # [B, Kt, P]
         return self.predictor_proj(x)  # [B, Kt, D]
 
     def forward_packed(self, context: torch.Tensor, packed: PackedMasks, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
@@ -181,7 +221,7 @@ class Predictor(nn.Module):
         embedded = self.predictor_embed(context)  # [Tc, P]
         positions = self.positions(grid, context.dtype)  # [1, N, P]
         dtype = torch.promote_types(embedded.dtype, positions.dtype)
-        token = torch.cat(list(self.mask_tokens))[packed.mask_index].to(dtype)  # [R, 1, P]
+        token = self.mask_token(packed.mask_index, dtype)  # [R, 1, P]
         is_target = torch.zeros(rows * n, 1, dtype=dtype, device=context.device)
         is_target[packed.target.slot] = 1.0  # [R*N, 1]
         x = positions.to(dtype) + is_target.view(rows, n, 1) * token  # [R, N, P]: mask tokens at targets

@@ -317,12 +317,7 @@ class VisionTransformer(nn.Module):
         self.activation_checkpointing = False
         self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.tubelet_size, cfg.in_chans, cfg.embed_dim)
         self.grid = self.patch_embed.grid(num_frames, img_size, img_size)
-        if cfg.pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed={cfg.pos_embed!r}; choose one of {', '.join(POS_EMBEDS)}")
-        self.use_rope = cfg.pos_embed == "rope"
-        if not self.use_rope:
-            table = sincos_3d(cfg.embed_dim, self.grid[1], self.grid[0], cfg.uniform_power)
-            self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
+        self._init_positions(cfg)
         rates = stochastic_depth_rates(cfg.drop_path, cfg.depth)
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, True, rate, self.kernels)  # qkv bias: always
@@ -332,6 +327,16 @@ class VisionTransformer(nn.Module):
         self.apply(init_weights)
         if cfg.rescale_residual:
             rescale_residuals(self.blocks)
+
+    def _init_positions(self, cfg: ModelConfig) -> None:
+        """RoPE (positions rotate q/k in attention: no table) or the fixed sin-cos table [1, N, D] of
+        the built grid, a buffer saved under the official key `pos_embed`."""
+        if cfg.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed={cfg.pos_embed!r}; choose one of {', '.join(POS_EMBEDS)}")
+        self.use_rope = cfg.pos_embed == "rope"
+        if not self.use_rope:
+            table = sincos_3d(cfg.embed_dim, self.grid[1], self.grid[0], cfg.uniform_power)
+            self.register_buffer("pos_embed", table[None], persistent=True)  # [1, N, D], key `pos_embed`
 
     def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """Position table for a token grid, interpolated if it differs from the built one: [1, N, D]."""
