@@ -170,7 +170,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "batched_pass_uses_mask_token_zero", "every generator uses mask token 0 in the batched predictor pass",
         "predict_batched",
-        (("mask_index = torch.arange(len(masks), device=context.device).repeat_interleave(b)",
+        (("mask_index = self.mask_tokens(len(masks), b, context.device)",
           "mask_index = torch.zeros(len(masks) * b, dtype=torch.long, device=context.device)"),),
         ("tests/test_objective_invariants.py",),
     ),
@@ -297,8 +297,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "per_generator_predictor_ignores_context_padding", "the per-generator predictor call drops context_valid",
         "forward",  # JEPA.forward
-        (("pred = self.predictor(context, m.context_idx, m.target_idx, index, m.context_valid, m.target_valid, grid)",
-          "pred = self.predictor(context, m.context_idx, m.target_idx, index, None, m.target_valid, grid)"),),
+        (("pred = self.predictor(context, m.context_idx, m.target_idx, token, m.context_valid, m.target_valid, grid)",
+          "pred = self.predictor(context, m.context_idx, m.target_idx, token, None, m.target_valid, grid)"),),
         ("tests/test_objective_invariants.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(
@@ -308,9 +308,9 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_masks.py", "tests/test_sweep_gaps.py"),
     ),
     Mutation(
-        "mask_batch_to_drops_target_valid", "moving a MaskBatch to a device loses its target valid flags",
-        "to",  # MaskBatch.to
-        (("target_valid=move(self.target_valid),", "target_valid=None,"),),
+        "mask_batch_to_drops_target_valid", "moving (or pinning) a MaskBatch loses its target valid flags",
+        "_map",  # MaskBatch._map, behind MaskBatch.to and pin_memory
+        (("apply(self.context_valid), apply(self.target_valid))", "apply(self.context_valid), None)"),),
         ("tests/test_masks.py", "tests/test_sweep_gaps.py"),
     ),
     # -- packed contexts (docs/performance.md) -------------------------------------------------------
@@ -371,8 +371,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "device_normalise_wrong_scale", "on-device normalisation forgets that pixels are in [0, 255]",
-        "normalise",
-        (("view(shape).to(video.device) * 255.0\n    s =", "view(shape).to(video.device) * 1.0\n    s ="),),
+        "_pixel_stats",
+        (("m = torch.tensor(mean, dtype=torch.float32).view(shape) * 255.0", "m = torch.tensor(mean, dtype=torch.float32).view(shape) * 1.0"),),
         ("tests/test_train.py", "tests/test_transforms.py"),
     ),
 ]
