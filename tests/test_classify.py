@@ -129,6 +129,17 @@ def test_predict_on_a_path_raw_frames_and_clips_agree(probed):
         probe.predict(frames[:5])
 
 
+def test_a_file_too_short_for_one_segment_is_a_decode_error_naming_it(probed, tmp_path):
+    """`read_views` goes through the datasets' `read_clip_frames`: same rules, same error."""
+    from vjepa.data.decode import DecodeError
+
+    probe = vjepa.load_probe(probed[1]["probe_file"])
+    short = write_index_video(tmp_path / "short.mp4", num_frames=3, width=48)
+    with pytest.raises(DecodeError, match=r"short\.mp4.*too_short|too_short.*short\.mp4") as caught:
+        probe.predict(str(short))
+    assert caught.value.reason == "too_short"
+
+
 def test_classify_with_an_explicit_encoder_and_nothing_readable(probed, tmp_path, capsys):
     root, result = probed
     broken = tmp_path / "broken.mp4"

@@ -142,21 +142,9 @@ class ViewProtocol:
         Raises:
             DecodeError: naming the file and the reason (missing, corrupt, too_short, ...).
         """
-        from vjepa.data.decode import DecodeError, probe_video, read_frames
-        from vjepa.data.sampling import clip_span, frame_step_for, sample_clip_indices
+        from vjepa.data.datasets import read_clip_frames
 
-        info = probe_video(path, decoder)
-        spec = self.clip_spec()
-        step = frame_step_for(spec, info.fps)
-        indices = sample_clip_indices(info.num_frames, spec, False, None, step)  # [S, F] or None
-        if indices is None:
-            raise DecodeError(
-                path,
-                "too_short",
-                f"{info.num_frames} frames; one segment spans {clip_span(self.frames_per_segment, step)}",
-            )
-        frames = torch.from_numpy(read_frames(path, indices.reshape(-1), decoder))  # [S*F, H, W, 3]
-        return self._transform_segments(frames.view(*indices.shape, *frames.shape[1:]))
+        return self._transform_segments(read_clip_frames(path, self.clip_spec(), decoder))  # from [S, F, H, W, 3]
 
     def _transform_segments(self, segments: torch.Tensor) -> torch.Tensor:
         """uint8 [S, F, H, W, 3] -> float [S*C, 3, F, h, w]."""

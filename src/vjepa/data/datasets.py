@@ -357,13 +357,8 @@ class VideoClipDataset(Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        info = probe_video(record.path, self.decoder)
-        step = frame_step_for(self.spec, info.fps)
-        _check_length(record.path, info.num_frames, self.spec, step)
         generator = _item_generator() if self.train else None
-        clips = sample_clip_indices(info.num_frames, self.spec, self.train, generator, step)
-        frames = read_frames(record.path, clips.reshape(-1), self.decoder)  # [clips * T, H, W, 3]
-        frames = torch.from_numpy(frames).view(clips.shape + frames.shape[1:])  # [clips, T, H, W, 3]
+        frames = read_clip_frames(record.path, self.spec, self.decoder, self.train, generator)  # [clips, T, H, W, 3]
         video = apply_transform(frames, self.transform, self.train, generator, self._takes_generator)
         return {"video": video, "label": record.label, "path": record.path}
 
@@ -382,6 +377,29 @@ def _first_good(dataset: Any, index: int, load: Callable[[int], dict]) -> dict[s
                 raise
             dataset.skips.mark(candidate, error)
     raise DataError(f"every one of the {count} videos was skipped: {dict(dataset.skipped)}")
+
+
+def read_clip_frames(path: str | Path, spec: ClipSpec, decoder: str = "pyav", train: bool = False,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample a video's clips (the official rules, `sample_clip_indices`) and decode only their frames.
+
+    The one path from a file to clip frames: training and evaluation datasets and `vjepa classify`
+    (`classify.ViewProtocol.read_views`) call it.
+
+    Returns:
+        uint8 [num_clips, T, H, W, 3].
+
+    Raises:
+        DecodeError: naming the file and the reason (missing, corrupt, zero_frames, too_short, ...).
+    """
+    info = probe_video(path, decoder)
+    step = frame_step_for(spec, info.fps)
+    _check_length(str(path), info.num_frames, spec, step)
+    clips = sample_clip_indices(info.num_frames, spec, train, generator, step)  # [clips, T] or None
+    if clips is None:
+        raise DecodeError(path, "too_short", f"{info.num_frames} frames; one clip spans {clip_span(spec.frames_per_clip, step)}")
+    frames = read_frames(path, clips.reshape(-1), decoder)  # [clips * T, H, W, 3]
+    return torch.from_numpy(frames).view(clips.shape + frames.shape[1:])
 
 
 def _check_length(path: str, num_frames: int, spec: ClipSpec, step: int) -> None:
