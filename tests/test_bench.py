@@ -97,3 +97,16 @@ def test_cli_lets_idle_openmp_threads_sleep_unless_the_user_chose(preset_policy)
               "import torch; print(os.environ['OMP_WAIT_POLICY'])")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == (preset_policy or "PASSIVE")
+
+
+def test_each_side_is_timed_with_its_own_optimiser():
+    """Ours: training's AdamW (fused on CUDA, so the GPU bench times what training runs); the official
+    step: the plain AdamW its code builds."""
+    from vjepa.bench import Variant, step_optimizer
+
+    cfg = preset("debug")
+    ours = Variant("ours", cfg, StepOptions())
+    model = JEPA(cfg, 2)
+    assert step_optimizer(ours, model, torch.device("cuda")).defaults["fused"] is True  # built without a GPU
+    assert not step_optimizer(ours, model, torch.device("cpu")).defaults["fused"]
+    assert not step_optimizer(official_structure(cfg), model, torch.device("cuda")).defaults["fused"]

@@ -43,7 +43,7 @@ import torch
 from vjepa.config import Config, validate
 from vjepa.distributed import resolve_device
 from vjepa.flops import mask_token_counts, step_flops
-from vjepa.jepa import JEPA, StepOptions, official_options, param_groups
+from vjepa.jepa import JEPA, StepOptions, build_optimizer, official_options, param_groups
 from vjepa.masks import MaskBatch, num_generators
 from vjepa.masks.step import masks_for_step
 from vjepa.models.factory import token_grid
@@ -211,6 +211,14 @@ def _state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> in
 # running variants
 
 
+def step_optimizer(variant: Variant, model: JEPA, device: torch.device) -> torch.optim.Optimizer:
+    """The optimiser each side's own code builds: ours is training's (`jepa.build_optimizer`, fused on
+    CUDA); the official step gets a plain AdamW over the same groups, as the official code makes it."""
+    if variant.name.startswith("official"):
+        return torch.optim.AdamW(param_groups(model.encoder, model.predictor), lr=variant.cfg.optim.lr)
+    return build_optimizer(model.encoder, model.predictor, variant.cfg.optim, device)
+
+
 class _Run:
     """A variant's model, optimiser, inputs and measurements."""
 
@@ -221,7 +229,7 @@ class _Run:
         self.model = JEPA(cfg, num_generators(cfg.mask), variant.options).to(device)
         if cfg.run.activation_checkpointing:
             self.model.encoder.activation_checkpointing = self.model.predictor.activation_checkpointing = True
-        self.optimizer = torch.optim.AdamW(param_groups(self.model.encoder, self.model.predictor), lr=cfg.optim.lr)
+        self.optimizer = step_optimizer(variant, self.model, device)
         if cfg.run.compile:
             compile_blocks(self.model)
         d = cfg.data
