@@ -53,7 +53,7 @@ from vjepa.config import Config, ConfigError, apply_overrides, merge, to_dict, v
 from vjepa.data.loader import build_train_loader
 from vjepa.data.transforms import normalise
 from vjepa.init_from import load_target_into, prepare_init
-from vjepa.jepa import param_groups, set_schedules
+from vjepa.jepa import adamw, param_groups, set_schedules
 from vjepa.models.factory import build_encoder, init_seed
 from vjepa.models.probe import PROBE_KINDS, build_probe
 from vjepa.models.vit import VisionTransformer
@@ -340,9 +340,7 @@ def finetune_optimizer(model: Classifier, cfg: Config, settings: FinetuneSetting
                        device: torch.device) -> torch.optim.AdamW:
     """AdamW over `layer_decay_groups` (the weight-decay split of `vjepa.jepa.param_groups`), fused on
     CUDA as in pretraining (`vjepa.jepa.build_optimizer`); build it after wrapping."""
-    groups = layer_decay_groups(model.encoder, model.head, settings.layer_decay)
-    fused = True if torch.device(device).type == "cuda" else None
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=fused)
+    return adamw(layer_decay_groups(model.encoder, model.head, settings.layer_decay), cfg.optim, device)
 
 
 def _head_info(model: Classifier, settings: FinetuneSettings, num_classes: int, class_names: list[str]) -> dict:

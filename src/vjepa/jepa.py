@@ -396,7 +396,12 @@ def build_optimizer(encoder: nn.Module, predictor: nn.Module, optim_cfg: OptimCo
         optim_cfg: `cfg.optim` (lr, betas, predictor_lr_scale).
         device: where the parameters live.
     """
-    groups = param_groups(encoder, predictor, lr_scales=(1.0, optim_cfg.predictor_lr_scale))
+    return adamw(param_groups(encoder, predictor, lr_scales=(1.0, optim_cfg.predictor_lr_scale)), optim_cfg, device)
+
+
+def adamw(groups: list[dict], optim_cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `groups` with `optim_cfg`'s lr and betas: fused on CUDA, the default elsewhere.
+    Pretraining and fine-tuning build theirs here."""
     fused = True if torch.device(device).type == "cuda" else None
     return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=optim_cfg.betas, fused=fused)
 
