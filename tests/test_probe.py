@@ -90,3 +90,19 @@ def test_every_trainable_parameter_gets_a_gradient(kind, variant):
     # only V-JEPA 1's output projection, which the official forward never applies, is frozen
     assert frozen == ({"pooler.cross_attention_block.xattn.proj.weight", "pooler.cross_attention_block.xattn.proj.bias"}
                       if kind == "attentive" and variant == "vjepa1" else set())
+
+
+def test_probe_optimizer_decays_only_weight_matrices_and_schedules_group_0():
+    """The official probe's split (through `jepa.param_groups`): no decay for biases, norms and the
+    query tokens; group 0 is the decayed one `probe_step` reschedules."""
+    from vjepa.eval.probe_train import make_probe_config, probe_optimizer
+
+    probe = AttentiveClassifier(32, 4, 5, depth=2)
+    optimizer = probe_optimizer(probe, make_probe_config(weight_decay=0.05))
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert optimizer.param_groups[0]["weight_decay"] == 0.05
+    assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups[1:])
+    trained = [(name, p) for name, p in probe.named_parameters() if p.requires_grad]  # xattn.proj is frozen
+    for name, p in trained:
+        assert (id(p) in decayed) == (p.ndim > 1 and not name.endswith("query_tokens")), name
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trained)

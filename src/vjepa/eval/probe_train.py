@@ -20,6 +20,7 @@ from vjepa.config import ConfigError, ProbeConfig
 from vjepa.distributed import resolve_device
 from vjepa.eval.features import Features, pool_tokens
 from vjepa.eval.metrics import aggregate_views, class_names, confusion_matrix, per_class_top1, top1
+from vjepa.jepa import param_groups
 from vjepa.models.probe import PROBE_KINDS, PROBE_VARIANTS, build_probe
 from vjepa.precision import autocast
 
@@ -78,11 +79,11 @@ def probe_lr(step: int, total_steps: int, warmup_steps: int, lr: float, final_lr
 
 
 def probe_optimizer(probe: nn.Module, probe_cfg: ProbeConfig) -> torch.optim.Optimizer:
-    """AdamW; biases, norms and the query tokens' 1-D parameters get no weight decay."""
-    decay = [p for n, p in probe.named_parameters() if p.ndim > 1 and not n.endswith("query_tokens")]
-    rest = [p for n, p in probe.named_parameters() if not (p.ndim > 1 and not n.endswith("query_tokens"))]
-    groups = [{"params": decay, "weight_decay": probe_cfg.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
+    """AdamW over `vjepa.jepa.param_groups` (biases, norms and the query tokens get no weight decay);
+    group 0 is the decayed one, whose decay `probe_step` schedules."""
+    groups = param_groups(probe)
+    for group in groups:
+        group.setdefault("weight_decay", probe_cfg.weight_decay)  # the no-decay group holds 0.0
     return torch.optim.AdamW(groups, lr=probe_cfg.lr)
 
 
