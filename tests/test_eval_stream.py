@@ -274,6 +274,11 @@ def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, streami
     assert resumed["final_loss"] == pytest.approx(whole["final_loss"], abs=1e-6)
     with pytest.raises(ValueError, match="other settings.*lr"):
         probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **{**settings, "lr": 0.1})
+    state = torch.load(state_file, weights_only=True)  # an optimiser grouped otherwise (another version)
+    state["optimizer"]["param_groups"][0]["params"] = state["optimizer"]["param_groups"][0]["params"][:-1]
+    torch.save(state, state_file)
+    with pytest.raises(ValueError, match="optimiser state does not fit.*delete it"):
+        probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **settings)
 
 
 def _probe_rank(rank, world_size, port, weights, data, out_dir):

@@ -81,7 +81,11 @@ class ProbeProgress:
             raise ConfigError(f"{path} was written by a probe with other settings ({', '.join(changed)}); "
                               "delete it or restore them")
         self.probe.load_state_dict(state["probe"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # e.g. a file from a version whose optimiser grouped parameters otherwise
+            raise ConfigError(f"{path}: its optimiser state does not fit this probe's ({err}); delete it to "
+                              "start the probe over") from None
         self.step, self.epoch, self.history, self.current = (state["step"], state["epoch"], state["history"],
                                                             state["current"])
         print(f"resuming probe training from {path} at step {self.step}", flush=True)
