@@ -272,21 +272,12 @@ def test_keep_falls_back_to_a_copy_without_hard_links(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "latest.pt") == load_checkpoint(tmp_path / "step_4.pt") == {"step": 4}
 
 
-def test_drop_path_run_resumes_bit_for_bit_on_cpu(tmp_path, monkeypatch):
+def test_drop_path_run_resumes_bit_for_bit_on_cpu(tmp_path, monkeypatch, interrupt_at):
     """Drop path draws from the global generator; without its state in the checkpoint the resumed
     steps drew other numbers than the uninterrupted run."""
-    import vjepa.train as train_module
-
     extra = ("model.drop_path=0.5", "run.checkpoint_every=2")
     train(cfg_for(tmp_path / "whole", 2, 4, *extra))
-    real = train_module.train_step
-
-    def interrupt_after_the_step_2_checkpoint(model, optimizer, video, masks, step, *rest):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(model, optimizer, video, masks, step, *rest)
-
-    monkeypatch.setattr(train_module, "train_step", interrupt_after_the_step_2_checkpoint)
+    interrupt_at(2)  # after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train(cfg_for(tmp_path / "split", 2, 4, *extra))
     monkeypatch.undo()

@@ -101,24 +101,15 @@ def test_an_exported_encoder_starts_both_encoders(source_run, tmp_path):
     assert_equal_states(ours["target_encoder"], start["target_encoder"])
 
 
-def test_resuming_an_init_from_run_resumes_instead_of_starting_over(source_run, tmp_path, monkeypatch):
+def test_resuming_an_init_from_run_resumes_instead_of_starting_over(source_run, tmp_path, monkeypatch, interrupt_at):
     import shutil
-
-    import vjepa.train as train_module
 
     src = tmp_path / "src"
     shutil.copytree(source_run, src)
     args = ["optim.steps=6", "run.checkpoint_every=3", f"model.init_from={src}"]
     full, part = tmp_path / "full", tmp_path / "part"
     train(debug_cfg(full, *args))
-    real = train_module.train_step
-
-    def interrupt_at_step_4(model, optimizer, video, masks, step, *rest):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(model, optimizer, video, masks, step, *rest)
-
-    monkeypatch.setattr(train_module, "train_step", interrupt_at_step_4)
+    interrupt_at(4)
     with pytest.raises(KeyboardInterrupt):
         train(debug_cfg(part, *args))
     monkeypatch.undo()

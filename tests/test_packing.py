@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from jepa_utils import sharpen
 from vjepa.config import preset
 from vjepa.jepa import JEPA, StepOptions
 from vjepa.masks import MaskBatch, pack_masks
@@ -20,12 +21,7 @@ def sharpened(pos_embed: str, reg_coeff: float = 0.0, seed: int = 0):
     cfg.run.dtype, cfg.model.pos_embed, cfg.objective.reg_coeff = "fp32", pos_embed, reg_coeff
     torch.manual_seed(seed)
     model = JEPA(cfg, 2)
-    with torch.no_grad():
-        for block in list(model.encoder.blocks) + list(model.predictor.predictor_blocks):
-            block.attn.proj.weight.mul_(10)
-            block.attn.qkv.weight.mul_(3)
-        for token in model.predictor.mask_tokens:
-            token.normal_()
+    sharpen(model)
     return cfg, model
 
 

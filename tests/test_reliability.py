@@ -332,15 +332,8 @@ def test_a_second_run_on_a_locked_run_dir_names_the_holder(tmp_path, capsys):
     RunLock(tmp_path).acquire().release()
 
 
-def test_resume_trims_metrics_back_to_the_checkpoint(tmp_path, monkeypatch):
-    real = train_module.train_step
-
-    def die_at_step_5(model, optimizer, video, masks, step, *rest):
-        if step == 5:
-            raise KeyboardInterrupt  # after the step-4 checkpoint and the step-5 log line
-        return real(model, optimizer, video, masks, step, *rest)
-
-    monkeypatch.setattr(train_module, "train_step", die_at_step_5)
+def test_resume_trims_metrics_back_to_the_checkpoint(tmp_path, monkeypatch, interrupt_at):
+    interrupt_at(5)  # after the step-4 checkpoint and the step-5 log line
     with pytest.raises(KeyboardInterrupt):
         train(debug_cfg(tmp_path, "optim.steps=8", "run.checkpoint_every=4"))
     monkeypatch.undo()

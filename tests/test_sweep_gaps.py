@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from jepa_utils import sharpen
 from vjepa.config import MaskConfig, OptimConfig, preset
 from vjepa.jepa import (
     JEPA,
@@ -36,12 +37,7 @@ def sharpened_model(seed: int = 0, **objective):
     cfg.objective = dataclasses.replace(cfg.objective, **objective)  # a misspelled key is a TypeError
     torch.manual_seed(seed)
     model = JEPA(cfg, 2).eval()
-    with torch.no_grad():
-        for block in list(model.encoder.blocks) + list(model.predictor.predictor_blocks):
-            block.attn.proj.weight.mul_(10)
-            block.attn.qkv.weight.mul_(3)
-        for token in model.predictor.mask_tokens:
-            token.normal_()
+    sharpen(model)
     return cfg, model
 
 

@@ -91,19 +91,10 @@ def test_demo32_preset_trains_on_its_own_clip_size(tmp_path):
     assert {g.get("lr_scale") for g in state["opt"]["param_groups"]} == {None, 10.0}
 
 
-def test_resume_gives_identical_losses(tmp_path, monkeypatch):
-    import vjepa.train as train_module
-
+def test_resume_gives_identical_losses(tmp_path, monkeypatch, interrupt_at):
     full, part = tmp_path / "full", tmp_path / "part"
     train(debug_cfg(full, "optim.steps=8", "run.checkpoint_every=4"))
-    real = train_module.train_step
-
-    def interrupt_at_step_5(model, optimizer, video, masks, step, *rest):
-        if step == 5:
-            raise KeyboardInterrupt  # the run dies after the step-4 checkpoint, mid-way through step 6
-        return real(model, optimizer, video, masks, step, *rest)
-
-    monkeypatch.setattr(train_module, "train_step", interrupt_at_step_5)
+    interrupt_at(5)  # the run dies after the step-4 checkpoint, mid-way through step 6
     with pytest.raises(KeyboardInterrupt):
         train(debug_cfg(part, "optim.steps=8", "run.checkpoint_every=4"))
     monkeypatch.undo()
