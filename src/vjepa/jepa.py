@@ -292,8 +292,7 @@ class JEPA(nn.Module):
         losses equal the padded paths' to float rounding (a mean per sample, then per generator).
         """
         b, n = video.shape[0], targets.shape[1]
-        packed = pack_masks(masks, n)
-        packed.mask_index = self.mask_tokens(len(masks), b, video.device)  # [G*B]
+        packed = pack_masks(masks, n, self.mask_tokens(len(masks), b, video.device))
         tokens = self.encoder.embed(video)  # [B, N, D], embedded once for every generator
         context = self.encoder.encode_packed(tokens, packed.context, grid)  # [Tc, D]
         pred = self.predictor.forward_packed(context, packed, grid)  # [Tt, D]

@@ -180,12 +180,14 @@ def _pack_side(indices: list[tuple[torch.Tensor, torch.Tensor | None]], num_toke
     return PackedTokens(rows_t, idx_t, (rows_t % batch) * num_tokens + idx_t, rows_t * num_tokens + idx_t, lengths)
 
 
-def pack_masks(masks: list[MaskBatch], num_tokens: int) -> PackedMasks:
+def pack_masks(masks: list[MaskBatch], num_tokens: int, mask_index: torch.Tensor | None = None) -> PackedMasks:
     """Pack the valid context and target tokens of every generator's `MaskBatch` (no padding slots).
 
     Args:
         masks: one `MaskBatch` per generator, all with the same batch size B.
         num_tokens: N, tokens in the clip's grid.
+        mask_index: LongTensor [G*B], each row's predictor mask token (default: generator g's rows
+            use token g).
 
     Returns:
         A `PackedMasks` whose context holds sum(valid Kc) tokens and target sum(valid Kt) tokens.
@@ -193,5 +195,6 @@ def pack_masks(masks: list[MaskBatch], num_tokens: int) -> PackedMasks:
     batch = masks[0].context_idx.shape[0]
     context = _pack_side([(m.context_idx, m.context_valid) for m in masks], num_tokens)
     target = _pack_side([(m.target_idx, m.target_valid) for m in masks], num_tokens)
-    mask_index = torch.arange(len(masks), device=context.idx.device).repeat_interleave(batch)  # [R]
+    if mask_index is None:
+        mask_index = torch.arange(len(masks), device=context.idx.device).repeat_interleave(batch)  # [R]
     return PackedMasks(context, target, mask_index, batch, len(masks), num_tokens)
