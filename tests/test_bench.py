@@ -74,7 +74,15 @@ def test_bench_cli_writes_json(tmp_path, small_peak, capsys):
     assert code == 0
     report = json.loads(out.read_text())
     assert [r["name"] for r in report["results"]] == ["ours", "official", "official_bf16"]
-    assert report["speedups"]["ours_vs_official_valid_tokens"] > 0
+    speedups = report["speedups"]
+    assert speedups["ours_vs_official_valid_tokens"] > 0
+    # clips/s ratio = FLOP-rate ratio / work-per-clip ratio; keeping the truncated tokens costs work
+    ours, official = report["results"][:2]
+    assert speedups["ours_vs_official_work_per_clip"] == pytest.approx(
+        ours["flops_per_step"]["total"] / official["flops_per_step"]["total"])
+    assert speedups["ours_vs_official_work_per_clip"] > 1
+    assert speedups["ours_vs_official_flop_rate"] / speedups["ours_vs_official_work_per_clip"] == pytest.approx(
+        speedups["ours_vs_official"])
 
 
 def test_bench_cli_rejects_an_unwritable_json_path_before_timing(tmp_path, capsys):
