@@ -118,3 +118,14 @@ def test_each_side_is_timed_with_its_own_optimiser():
     assert step_optimizer(ours, model, torch.device("cuda")).defaults["fused"] is True  # built without a GPU
     assert not step_optimizer(ours, model, torch.device("cpu")).defaults["fused"]
     assert not step_optimizer(official_structure(cfg), model, torch.device("cuda")).defaults["fused"]
+
+
+def test_compile_benchmark_times_eager_packed_eager_padded_compiled_and_official():
+    from benchmark_utils import load_benchmark
+
+    chosen = load_benchmark("compile_step").variants("debug", "fp32", batch_size=3)
+    assert [v.name for v in chosen] == ["ours", "ours_padded", "ours_compiled", "official"]
+    assert [v.cfg.run.compile for v in chosen] == [False, False, True, False]
+    assert chosen[1].options.pack is False and chosen[0].options is None  # None: JEPA's default (packed, eager)
+    assert chosen[3].cfg.mask.collate == "truncate"
+    assert {v.cfg.data.batch_size for v in chosen} == {3} and {v.cfg.run.dtype for v in chosen} == {"fp32"}
