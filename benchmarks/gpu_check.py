@@ -1,6 +1,6 @@
-"""One-GPU readiness check (issue 25): six checks of what only a GPU can show, printed as one JSON.
+"""One-GPU readiness check (issues 24, 25): eight checks of what only a GPU can show, printed as one JSON.
 
-    bash benchmarks/gpu_check.sh                 # on a CUDA machine, vitl16, < 5 min on one H100/H200
+    bash benchmarks/gpu_check.sh                 # on a CUDA machine, vitl16, meant to take < 8 min on one H100/H200
     bash benchmarks/gpu_check.sh --dry-run       # the same code on the CPU with the debug preset, ~15 s
 
 Checks (each reports its figures, or {"error": ...} without stopping the others):
@@ -19,6 +19,12 @@ Checks (each reports its figures, or {"error": ...} without stopping the others)
 6. `loader`: real-video (H.264 via PyAV) DataLoader throughput at 0 / 8 / 16 workers through the
    training loader (`vjepa.train.build_train_loader`), the bytes one step's clips take, and the
    host-to-device copy time of one batch.
+7. `compare`: `vjepa bench --compare` on the GPU: our step against the official step as its configs
+   run it there (bf16 autocast, SDPA, truncation), interleaved: clips/s, valid tokens/s, and the
+   clips/s ratio split into FLOP rate and work per clip (issue 24's goals).
+8. `packed_attention`: `benchmarks/packed_attention.py` on the GPU in bf16: which block-diagonal
+   kernel (per-row loop, one padded masked call, nested jagged SDPA, compiled flex_attention) is
+   fastest over one step's real context rows, against the official truncated layout.
 
 The dry run uses the debug preset in fp32, few steps, workers 0 / 1, `aot_eager` instead of inductor
 (no C++ toolchain needed) and the math kernel alongside the fused ones (the CPU has no fused kernel
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import json
 import math
 import sys
@@ -52,7 +59,8 @@ from vjepa.models.factory import token_grid
 from vjepa.precision import allow_tf32, autocast
 from vjepa.train import build_train_loader, compile_blocks, train, train_step
 
-CHECKS = ("sdpa_kernels", "host_syncs", "bench_eager", "bench_compile", "resume", "loader")
+CHECKS = ("sdpa_kernels", "host_syncs", "bench_eager", "bench_compile", "resume", "loader", "compare",
+          "packed_attention")
 
 
 def settings(dry_run: bool, preset_name: str) -> dict[str, Any]:
@@ -60,11 +68,13 @@ def settings(dry_run: bool, preset_name: str) -> dict[str, Any]:
     if dry_run:
         return {"preset": "debug", "device": torch.device("cpu"), "bench_steps": 1, "warmup": 1, "compile_steps": 2,
                 "resume_steps": (2, 3), "workers": (0, 1), "loader_batches": 2, "videos": 2, "backend": "eager",
-                "overrides": ("run.dtype=fp32",), "small_batch": ()}  # CPUs without bf16 units take ~1 min per bf16 matmul peak
+                "overrides": ("run.dtype=fp32",), "small_batch": (),  # CPUs without bf16 units take ~1 min per bf16 matmul peak
+                "official_dtypes": ("fp32",), "attention_dtype": "fp32", "attention_repeats": 1}
     return {"preset": preset_name, "device": torch.device("cuda"), "bench_steps": 10, "warmup": 3, "compile_steps": 3,
             "resume_steps": (10, 12), "workers": (0, 8, 16), "loader_batches": 10, "videos": 24, "backend": "inductor",
                 "overrides": (),
-                "small_batch": ("data.batch_size=8",)}  # the math kernel materialises attention: ~45 GB at 24
+                "small_batch": ("data.batch_size=8",),  # the math kernel materialises attention: ~45 GB at 24
+                "official_dtypes": ("bf16",), "attention_dtype": "bf16", "attention_repeats": 10}
 
 
 def base_config(opts: dict[str, Any], *overrides: str) -> Config:
@@ -263,6 +273,23 @@ def check_loader(opts: dict[str, Any], folder: Path, videos: str | None) -> dict
     return record
 
 
+def check_compare(opts: dict[str, Any]) -> dict[str, Any]:
+    """Check 7: our step against the official step as its configs run on this device, interleaved."""
+    report = benchmark(base_config(opts), steps=opts["bench_steps"], warmup=opts["warmup"], compare_official=True,
+                       device=opts["device"].type, official_dtypes=opts["official_dtypes"])
+    records = {r["name"]: {**_bench_record(r), "valid_tokens_per_s": r["valid_tokens_per_s"],
+                           "flops_per_step": r["flops_per_step"]["total"]} for r in report["results"]}
+    return {**records, "speedups": report["speedups"]}
+
+
+def check_packed_attention(opts: dict[str, Any]) -> dict[str, Any]:
+    """Check 8: the block-diagonal attention kernels over one step's real rows (`packed_attention.py`)."""
+    spec = importlib.util.spec_from_file_location("packed_attention", Path(__file__).with_name("packed_attention.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.measure(opts["preset"], opts["attention_dtype"], opts["device"].type, opts["attention_repeats"])
+
+
 def run_checks(dry_run: bool, preset_name: str = "vitl16", videos: str | None = None,
                only: tuple[str, ...] = CHECKS) -> dict[str, Any]:
     """Run the checks named in `only`; returns {"environment", check name: figures or {"error"}}."""
@@ -281,6 +308,8 @@ def run_checks(dry_run: bool, preset_name: str = "vitl16", videos: str | None = 
             "bench_compile": lambda: check_bench_compile(opts),
             "resume": lambda: check_resume(opts, Path(tmp) / "resume"),
             "loader": lambda: check_loader(opts, Path(tmp), videos),
+            "compare": lambda: check_compare(opts),
+            "packed_attention": lambda: check_packed_attention(opts),
         }
         for name in only:
             start = time.perf_counter()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-GPU readiness check (issue 25): six checks, one JSON on stdout, < 5 min on one GPU.
+# One-GPU readiness check (issues 24, 25): eight checks, one JSON on stdout, < 8 min on one GPU.
 #   bash benchmarks/gpu_check.sh [--dry-run] [--preset vitl16] [--videos list.csv] [--out check.json]
 # --dry-run runs the same code on the CPU with tiny shapes (what the test suite does).
 # PYTHON picks the interpreter (default: python); run from anywhere.

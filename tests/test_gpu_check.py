@@ -11,7 +11,7 @@ from benchmark_utils import BENCHMARKS, load_benchmark
 
 
 @pytest.mark.slow
-def test_the_dry_run_runs_all_six_checks(tmp_path):
+def test_the_dry_run_runs_all_eight_checks(tmp_path):
     out = tmp_path / "check.json"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run", "--out", str(out)],
@@ -31,6 +31,12 @@ def test_the_dry_run_runs_all_six_checks(tmp_path):
     assert set(report["loader"]["clips_per_s"]) == {"0", "1"}
     assert report["loader"]["bytes_per_step_as_fp32"] == 4 * report["loader"]["bytes_per_step"]
     assert report["loader"]["dtype"] == "torch.uint8"
+    compare = report["compare"]  # ours against the official step (fp32 on the CPU; bf16 autocast on a GPU)
+    assert compare["ours"]["clips_per_s"] > 0 and compare["official"]["valid_tokens_per_s"] > 0
+    assert compare["speedups"]["ours_vs_official_work_per_clip"] > 1  # we keep the tokens truncation drops
+    attention = report["packed_attention"]
+    assert attention["device"] == "cpu" and attention["tokens"] > 0
+    assert {"segments_loop", "segments_padded", "official_truncated"} <= set(attention["median_ms"])
 
 
 def test_a_failing_check_is_reported_and_fails_the_script(monkeypatch, capsys):
