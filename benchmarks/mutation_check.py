@@ -375,6 +375,12 @@ MUTATIONS: list[Mutation] = [
         (("m = torch.tensor(mean, dtype=torch.float32).view(shape) * 255.0", "m = torch.tensor(mean, dtype=torch.float32).view(shape) * 1.0"),),
         ("tests/test_train.py", "tests/test_transforms.py"),
     ),
+    Mutation(
+        "bench_work_ratio_inverted", "`--compare` reports the official step's work per clip over ours",
+        "_official_speedups",
+        (("_flops_per_clip(ours) / _flops_per_clip(base)", "_flops_per_clip(base) / _flops_per_clip(ours)"),),
+        ("tests/test_bench.py",),
+    ),
 ]
 
 
