@@ -78,6 +78,10 @@ def test_csv_list(library: Path, tmp_path: Path) -> None:
         read_csv_list(_csv(tmp_path, ["a.mp4 0", "b.mp4 cat"], "bad.csv"))
     with pytest.raises(DataError, match="not found"):
         read_csv_list(tmp_path / "absent.csv")
+    for lines in (["a.mp4,0"], ["path,label", "a.mp4,0"]):  # a spreadsheet export: one clear line, not N missing files
+        with pytest.raises(DataError, match=r"comma\.csv:1: .* looks comma-separated; .* separated by a space"):
+            read_csv_list(_csv(tmp_path, lines, "comma.csv"))
+    assert read_csv_list(_csv(tmp_path, ["x,y.mp4 2", "a,b.mp4"], "commas_in_names.csv"))[0].label == 2
 
 
 def test_folder_labels_from_subfolders(library: Path) -> None:

@@ -163,6 +163,35 @@ def test_labelled_real_video_folders(source_run, tmp_path):
     assert summary["eval_split"] == "test" and 0 <= summary["eval_top1"] <= 100
 
 
+def test_a_csv_of_path_label_lines(source_run, tmp_path):
+    from vjepa.config import SyntheticConfig
+    from vjepa.data.synthetic import render_clip, write_mp4
+
+    for split in ("train", "test"):
+        lines = []
+        for i in range(4):
+            frames, _, _ = render_clip(SyntheticConfig(size=32, num_frames=20), split, i)
+            write_mp4(frames, tmp_path / f"{split}{i}.mp4")
+            lines.append(f"{split}{i}.mp4 {2 * (i % 2)}")  # labels 0 and 2: class 1 has no video
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    overrides = [f"run.out_dir={tmp_path / 'run'}", *QUIET, "optim.steps=2", "data.frame_step=2"]
+    cfg, settings = finetune_config(str(source_run), overrides, "k400", data=str(tmp_path / "{split}.csv"))
+    assert cfg.data.source == "csv" and settings.task == "label"
+    summary = finetune(cfg, settings)
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["head"]["class_names"] == ["0", "1", "2"]
+    assert summary["eval_split"] == "test" and 0 <= summary["eval_top1"] <= 100
+    (tmp_path / "test.csv").write_text("test0.mp4 3\n")  # a class training does not have
+    cfg, settings = finetune_config(str(source_run), [*overrides, f"run.out_dir={tmp_path / 'run3'}"], "k400",
+                                    data=str(tmp_path / "{split}.csv"))
+    with pytest.raises(ConfigError, match=r"labels \[3\] are not all among training's classes 0..2"):
+        finetune(cfg, settings)
+    (tmp_path / "train.csv").write_text("train0.mp4\n")  # no label
+    cfg, settings = finetune_config(str(source_run), [*overrides, f"run.out_dir={tmp_path / 'run2'}"], "k400",
+                                    data=str(tmp_path / "{split}.csv"))
+    with pytest.raises(ConfigError, match="lines without a label"):
+        finetune(cfg, settings)
+
+
 def _ddp_worker(rank, world_size, port, cfg, settings):
     import os
 

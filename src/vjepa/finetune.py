@@ -173,7 +173,9 @@ def check_settings(cfg: Config, settings: FinetuneSettings) -> None:
 
 
 def num_classes_for(cfg: Config, task: str, dataset: Any) -> tuple[int, list[str]]:
-    """Classes of `task`: the built-in set's class lists, or the dataset's `classes` for real video."""
+    """Classes of `task`: the built-in set's class lists; for real video the dataset's `classes`
+    (class folders), or for a CSV of `path label` lines classes 0..max label named by their index
+    (as `vjepa probe` counts them)."""
     if cfg.data.source == "synthetic":
         from vjepa.data.synthetic import APPEARANCE_CLASSES, MOTION_CLASSES
 
@@ -181,11 +183,16 @@ def num_classes_for(cfg: Config, task: str, dataset: Any) -> tuple[int, list[str
             raise ConfigError(f"finetune.task={task!r}: the built-in set has motion and appearance labels")
         names = list(MOTION_CLASSES if task == "motion" else APPEARANCE_CLASSES)
         return len(names), names
-    classes = getattr(dataset, "classes", None)
-    if task != "label" or not classes:
-        raise ConfigError(f"fine-tuning on data.source={cfg.data.source} needs finetune.task=label and labelled "
-                          "data with class names (class folders, or a CSV of `path label` lines)")
-    return len(classes), list(classes)
+    if task != "label":
+        raise ConfigError(f"finetune.task={task!r}: real video (data.source={cfg.data.source}) has one task, label")
+    classes = list(getattr(dataset, "classes", None) or [])
+    if not classes:
+        labels = [record.label for record in getattr(dataset, "records", [])]
+        if not labels or min(labels) < 0:
+            raise ConfigError(f"fine-tuning needs labelled videos: {cfg.data.path} has lines without a label "
+                              "(use class folders, or a CSV of `path label` lines with integer labels)")
+        classes = [str(k) for k in range(max(labels) + 1)]
+    return len(classes), classes
 
 
 def layer_decay_groups(encoder: VisionTransformer, head: nn.Module, decay: float) -> list[dict]:
@@ -436,7 +443,8 @@ def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, 
     such split apart from the training one.
 
     Raises:
-        ConfigError: when the split's classes differ from the training split's.
+        ConfigError: when the split's classes differ from the training split's (a CSV's labels:
+            when one is not a training class index).
     """
     from torch.utils.data import DataLoader
 
@@ -451,7 +459,12 @@ def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, 
     transform = build_transform(d, train=False, num_crops=1, resize_ratio=1.0)
     dataset = build_dataset(d, split=settings.eval_split, train=False, transform=transform)
     classes = getattr(dataset, "classes", None)
-    if d.source != "synthetic" and list(classes or []) != class_names:
+    if d.source == "csv":  # labels are class indices: each must be one training knows
+        labels = {record.label for record in dataset.records}
+        if not labels <= set(range(len(class_names))):
+            raise ConfigError(f"the {settings.eval_split} split's labels {sorted(labels)} are not all among "
+                              f"training's classes 0..{len(class_names) - 1}")
+    elif d.source != "synthetic" and list(classes or []) != class_names:
         raise ConfigError(f"the {settings.eval_split} split's classes {classes} differ from training's {class_names}")
     return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(d.num_workers, device))
 

@@ -76,8 +76,8 @@ def read_csv_list(csv_path: str | Path) -> list[VideoRecord]:
     lines starting with `#` are ignored.
 
     Raises:
-        DataError: naming the file (and line) when it is missing, not UTF-8 text, or a label is not
-            an integer.
+        DataError: naming the file (and line) when it is missing, not UTF-8 text, a label is not
+            an integer, or a line is comma-separated.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -96,6 +96,10 @@ def read_csv_list(csv_path: str | Path) -> list[VideoRecord]:
 
 def _csv_record(line: str, csv_path: Path, number: int) -> VideoRecord:
     head, _, tail = line.rpartition(" ")
+    _, comma, after = line.rpartition(",")
+    if not head and comma and (after.strip().lstrip("-").isdigit() or not Path(after).suffix):  # `a.mp4,3`, `path,label`
+        raise DataError(f"{csv_path}:{number}: {line!r} looks comma-separated; a video list has one "
+                        "`path label` per line, separated by a space")
     if head and tail.lstrip("-").isdigit():
         path, label = head.strip(), int(tail)
     elif not head or Path(tail).suffix:  # a lone path (possibly with spaces): unlabelled
