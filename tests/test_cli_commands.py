@@ -94,3 +94,14 @@ def test_cli_eval_figures_match_their_confusion_and_vjepa_probe(tiny_run, tmp_pa
     probe = json.loads(probe_json.read_text())
     same = next(r for r in results if (r["task"], r["probe"]) == ("appearance", "linear"))
     assert probe["top1"] == same["top1"] and probe["confusion"] == same["confusion"]
+def test_the_cli_prints_the_librarys_warnings_on_one_line(monkeypatch, capsys):
+    import warnings
+
+    from vjepa.data.datasets import SkippedVideoWarning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    assert main(["config", "debug"]) == 0
+    ours = warnings.formatwarning("skipping video a.mp4: missing", SkippedVideoWarning, "datasets.py", 3)
+    assert ours == "vjepa: SkippedVideoWarning: skipping video a.mp4: missing\n"  # no source line under it
+    theirs = warnings.formatwarning("someone else's", UserWarning, "lib.py", 7, "source line")
+    assert theirs == "lib.py:7: UserWarning: someone else's\n  source line\n"  # Python's format

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from vjepa.config import (
     ENCODER_NETWORKS,
@@ -584,9 +585,24 @@ def quiet_openmp_threads() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def one_line_warnings() -> None:
+    """Print the library's own warnings (skipped videos, empty classes, ...) as one line each,
+    `vjepa: Category: message`, without the source line Python adds under a warning; other
+    libraries' warnings keep Python's format."""
+    default = warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None) -> str:
+        if category.__module__.split(".")[0] == "vjepa":
+            return f"vjepa: {category.__name__}: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vjepa` console script."""
     quiet_openmp_threads()
+    one_line_warnings()
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may come after options (`pretrain --preset demo a=1 --config f b=2`);
