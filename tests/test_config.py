@@ -77,6 +77,11 @@ def test_validate_errors():
     with pytest.raises(ConfigError, match="needs objective.kind=jepa"):
         validate(apply_overrides(Config(), ["objective.target_norm=layer_center", "objective.kind=pixel"]))
     validate(apply_overrides(Config(), ["objective.target_norm=layer_center"]))
+    with pytest.raises(ConfigError, match=r"data.path='v.csv' is set but data.source=synthetic .* add data.source=csv"):
+        validate(apply_overrides(preset("debug"), ["data.path=v.csv"]))  # would train on the built-in set
+    validate(apply_overrides(preset("debug"), ["data.path=v.csv", "data.source=csv"]))
+    with pytest.raises(ConfigError, match="data.num_clips=2: training takes one clip per video"):
+        validate(apply_overrides(preset("debug"), ["data.num_clips=2"]))  # crashed deep in the patch embedding
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("nope")
 

@@ -324,6 +324,11 @@ def test_cache_resizes_to_training_resolution(library: Path, tmp_path: Path) -> 
     assert dataset.frames(0).shape == (30, 18, 18, 3)  # short side int(16 * 256 / 224)
     loader = DataLoader(dataset, batch_size=1, num_workers=1)  # memory maps reopen in the worker
     assert next(iter(loader))["video"].shape == (1, 3, 4, 18, 18)
+    from vjepa.data.prepare import build_cached_dataset
+
+    build_cached_dataset(folder, ClipSpec.from_config(cfg), None, False, crop_size=8)  # a smaller crop: fine
+    with pytest.raises(DataError, match=r"short side 18 .* data.crop_size=32 needs 36: run vjepa prepare again"):
+        build_cached_dataset(folder, ClipSpec.from_config(cfg), None, False, crop_size=32)  # would enlarge frames
 
 
 # ---------------------------------------------------------------------------------------------

@@ -778,8 +778,15 @@ def _check_ranges(cfg: Config) -> None:
 
 
 def _check_data_settings(cfg: Config) -> None:
-    """Mask generators present, one mixture weight per path, frame limits in order."""
+    """Mask generators present, one clip per video, a data.path only with a source that reads it,
+    one mixture weight per path, frame limits in order."""
     d = cfg.data
+    if d.num_clips > 1:  # the training loader and the step take one clip per video
+        raise ConfigError(f"data.num_clips={d.num_clips}: training takes one clip per video per step; several "
+                          "clips per video are an evaluation protocol (vjepa probe --segments)")
+    if d.source == "synthetic" and d.path.strip():
+        raise ConfigError(f"data.path={d.path!r} is set but data.source=synthetic (the built-in set) ignores it: "
+                          "add data.source=csv|folder|frames|tiff|images|cache|mixture")
     if not cfg.mask.generators and cfg.mask.kind != "tube":
         raise ConfigError(f"mask.generators is empty; mask.kind={cfg.mask.kind} needs at least one generator")
     if d.source == "mixture" and d.weights and len(d.weights) != len([p for p in d.path.split(",") if p.strip()]):

@@ -61,7 +61,7 @@ def build_dataset(
         from vjepa.data.prepare import build_cached_dataset
 
         cache_dir = resolve_split_path(cfg.path, split)
-        return build_cached_dataset(cache_dir, spec, transform, train, cfg.weights, cfg.strict)
+        return build_cached_dataset(cache_dir, spec, transform, train, cfg.weights, cfg.strict, cfg.crop_size)
     if cfg.source == "mixture":
         paths = [p.strip() for p in cfg.path.split(",") if p.strip()]
         parts = [file_dataset(cfg, spec, detect_source(resolve_split_path(p, split)), p, split, train, transform)

@@ -410,12 +410,22 @@ def build_cached_dataset(
     train: bool,
     weights: Sequence[float] = (),
     strict: bool = False,
+    crop_size: int | None = None,
 ) -> Dataset:
     """A cache as a dataset; a cached mixture becomes a `MixtureDataset` of its sources in training.
 
     Weights: `weights` if given, else the ones stored at prepare time, else proportional to size.
+
+    Raises:
+        DataError: the cache was prepared for a smaller crop than `crop_size` (its frames would be
+            enlarged: prepare it again with the run's preset and data.crop_size).
     """
     index = load_cache_index(cache_dir)
+    needed = cache_short_side(crop_size) if crop_size else 0
+    if index["short_side"] < needed:
+        raise DataError(f"{cache_dir} holds frames at short side {index['short_side']} (prepared for a smaller crop) "
+                        f"but data.crop_size={crop_size} needs {needed}: run vjepa prepare again with the same "
+                        "preset and data.crop_size as the run")
     weights = list(weights) or list(index.get("weights", []))
     if not train or len(index.get("sources", [])) <= 1:
         return CachedVideoDataset(cache_dir, spec, transform, train, strict)
