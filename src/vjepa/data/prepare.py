@@ -184,7 +184,8 @@ def prepare_cache(
         The split's cache folder (read it with `data.source=cache data.path=out_dir`).
 
     Raises:
-        DataError: for a source that names no files; DecodeError for a bad file when `cfg.strict`.
+        DataError: for a source that names no files or when no video could be read; DecodeError for a
+            bad file when `cfg.strict`.
     """
     sources, records, classes = _mixture_records(cfg, split)
     folder = Path(out_dir) / split
@@ -192,6 +193,9 @@ def prepare_cache(
     short_side = short_side or cache_short_side(cfg.crop_size)
     writer = _ShardWriter(folder)
     videos, skipped, short_reads = _write_videos(cfg, records, short_side, writer, progress, f"prepare {split}")
+    if not videos:  # an empty cache would only fail later, at training
+        raise DataError(f"every one of the {len(records)} videos of {split} was skipped "
+                        f"({dict(Counter(reason for _, reason in skipped))}): nothing cached in {folder}")
     index = {
         "version": CACHE_VERSION,
         "source": cfg.source,
@@ -467,5 +471,13 @@ def prepare_main(
 
     Returns:
         One `cache_summary` line per split.
+
+    Raises:
+        DataError: two splits resolve to the same videos, or a split has no readable video.
     """
+    if cfg.source != "mixture":
+        paths = [resolve_split_path(cfg.path, split) for split in splits]
+        if len(set(paths)) < len(paths):
+            raise DataError(f"--split {' '.join(splits)}: data.path={cfg.path} has no {{split}} placeholder, split "
+                            "sub-folders or split CSVs, so every split would cache the same videos")
     return [cache_summary(prepare_cache(cfg, out_dir, split, progress)) for split in splits]
