@@ -345,3 +345,15 @@ def test_build_dataset_synthetic_and_errors() -> None:
         build_dataset(DataConfig(source="youtube"), "train", True)
     with pytest.raises(DataError, match="needs data.path"):
         build_dataset(DataConfig(source="csv"), "train", True)
+
+
+def test_a_decoder_that_does_not_import_fails_once_not_per_file(library: Path, tmp_path: Path, monkeypatch) -> None:
+    import vjepa.data.decode
+
+    monkeypatch.setattr(vjepa.data.decode, "available_decoders", lambda: ["pyav"])  # as without torchcodec
+    csv = _csv(library, ["cats/a.mp4 0"], "one.csv")
+    cfg = DataConfig(source="csv", path=str(csv), decoder="torchcodec", num_frames=4, crop_size=16)
+    with pytest.raises(DataError, match="data.decoder=torchcodec, but torchcodec does not import here.*data.decoder=pyav"):
+        build_dataset(cfg, "train", True)  # was: every file skipped as unsupported, one warning each
+    with pytest.raises(DataError, match="data.decoder=torchcodec"):
+        prepare_cache(cfg, tmp_path, "train", progress=False)

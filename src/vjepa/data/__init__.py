@@ -34,7 +34,8 @@ def build_dataset(
     or be a folder with a `split` sub-folder or `split.csv` (see `datasets.resolve_split_path`).
 
     Raises:
-        DataError: for an unknown source or a path that does not exist.
+        DataError: for an unknown source, a path that does not exist, or a `cfg.decoder` that does
+            not import here.
     """
     from vjepa.data.datasets import (
         SOURCES,
@@ -48,6 +49,8 @@ def build_dataset(
     from vjepa.data.transforms import build_transform
 
     transform = build_transform(cfg, train) if transform is None else transform
+    if cfg.source in ("csv", "folder", "mixture"):  # the sources that decode video files
+        check_decoder(cfg.decoder)
     if cfg.source == "synthetic":
         from vjepa.data.synthetic import SyntheticVideoDataset
 
@@ -81,3 +84,17 @@ def collate(items: list[Any]) -> dict[str, Any]:
         raise RuntimeError("every clip in this batch came from an unreadable file; see the warnings above")
     return batch
 
+
+def check_decoder(name: str) -> None:
+    """Fail once, in one line, when the video decoder `name` (data.decoder) does not import here,
+    instead of skipping every file as unsupported.
+
+    Raises:
+        DataError: naming the key and the working alternative.
+    """
+    from vjepa.data.datasets import DataError
+    from vjepa.data.decode import available_decoders
+
+    if name not in available_decoders():
+        raise DataError(f"data.decoder={name}, but {name} does not import here (it needs its package and FFmpeg's "
+                        "shared libraries): install them, or use data.decoder=pyav")

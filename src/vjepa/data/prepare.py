@@ -187,6 +187,9 @@ def prepare_cache(
         DataError: for a source that names no files or when no video could be read; DecodeError for a
             bad file when `cfg.strict`.
     """
+    from vjepa.data import check_decoder
+
+    check_decoder(cfg.decoder)
     sources, records, classes = _mixture_records(cfg, split)
     folder = Path(out_dir) / split
     folder.mkdir(parents=True, exist_ok=True)
