@@ -116,3 +116,22 @@ def test_the_cli_prints_the_librarys_warnings_on_one_line(monkeypatch, capsys):
     assert ours == "vjepa: SkippedVideoWarning: skipping video a.mp4: missing\n"  # no source line under it
     theirs = warnings.formatwarning("someone else's", UserWarning, "lib.py", 7, "source line")
     assert theirs == "lib.py:7: UserWarning: someone else's\n  source line\n"  # Python's format
+
+
+@pytest.mark.parametrize("argv", [["debug"], ["--preset", "debug"], ["--preset", "debug", "optim.steps=7"],
+                                  ["debug", "optim.steps=7"]])
+def test_cli_config_takes_the_preset_as_a_name_or_as_preset_like_the_other_commands(argv, capsys):
+    assert main(["config", *argv]) == 0
+    printed = capsys.readouterr().out
+    assert "embed_dim: 64" in printed and f"steps: {7 if 'optim.steps=7' in argv else 20}" in printed
+
+
+def test_cli_config_errors(tmp_path, capsys):
+    assert main(["config", "vitl1"]) == 2
+    assert "unknown preset 'vitl1'; choose from debug, demo" in capsys.readouterr().err
+    assert main(["config", "--preset", "debug", "demo"]) == 2
+    assert "two presets given: demo and --preset debug" in capsys.readouterr().err
+    (tmp_path / "mine.yaml").write_text("optim:\n  steps: 9\n")
+    assert main(["config", "debug", "--config", str(tmp_path / "mine.yaml")]) == 0
+    assert "steps: 9" in capsys.readouterr().out
+

@@ -128,15 +128,26 @@ def _add_pretrain(sub) -> None:
 
 
 def _config(args: argparse.Namespace) -> int:
-    cfg = apply_overrides(preset(args.name), args.overrides)
-    sys.stdout.write(to_yaml(cfg))
+    if args.name and args.name in PRESETS:  # `vjepa config demo64 ...`: the positional form
+        if args.preset_flag and args.preset_flag != args.name:
+            raise ConfigError(f"two presets given: {args.name} and --preset {args.preset_flag}")
+        args.preset = args.name
+    elif args.name and "=" not in args.name:
+        raise ConfigError(f"unknown preset {args.name!r}; choose from {', '.join(PRESETS)}")
+    else:  # `vjepa config --preset demo64 a=1`: the first override landed in `name`
+        args.overrides = ([args.name] if args.name else []) + args.overrides
+        args.preset = args.preset_flag or "demo"
+    sys.stdout.write(to_yaml(build_config(args)))
     return 0
 
 
 def _add_config(sub) -> None:
-    p = sub.add_parser("config", help="print a preset as YAML (a starting point for your own runs)")
-    p.add_argument("name", nargs="?", default="demo", choices=list(PRESETS))
-    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("config", help="print a preset (with --config and overrides applied) as YAML: a starting "
+                                      "point for your own runs")
+    p.add_argument("name", nargs="?", help=f"preset name (or --preset): {', '.join(PRESETS)}; default demo")
+    p.add_argument("--preset", dest="preset_flag", choices=list(PRESETS), help="starting preset")
+    p.add_argument("--config", help="YAML file applied on top of the preset")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.steps=100")
     p.set_defaults(func=_config)
 
 
