@@ -84,6 +84,12 @@ def test_csv_list(library: Path, tmp_path: Path) -> None:
     assert read_csv_list(_csv(tmp_path, ["x,y.mp4 2", "a,b.mp4"], "commas_in_names.csv"))[0].label == 2
 
 
+def test_a_video_list_given_as_a_folder_source_says_to_use_csv(library: Path, tmp_path: Path) -> None:
+    csv = _csv(tmp_path, ["a.mp4 0"], "list.csv")
+    with pytest.raises(DataError, match=r"list\.csv is a video list, not a folder source: use data.source=csv"):
+        scan_folder(csv)  # was: the list itself skipped as an unsupported video
+
+
 def test_folder_labels_from_subfolders(library: Path) -> None:
     records, classes, ignored = scan_folder(library)
     assert classes == ["cats", "dogs"]
@@ -351,7 +357,7 @@ def test_a_decoder_that_does_not_import_fails_once_not_per_file(library: Path, t
     import vjepa.data.decode
 
     monkeypatch.setattr(vjepa.data.decode, "available_decoders", lambda: ["pyav"])  # as without torchcodec
-    csv = _csv(library, ["cats/a.mp4 0"], "one.csv")
+    csv = _csv(tmp_path, [f"{library}/cats/a.mp4 0"], "one.csv")
     cfg = DataConfig(source="csv", path=str(csv), decoder="torchcodec", num_frames=4, crop_size=16)
     with pytest.raises(DataError, match="data.decoder=torchcodec, but torchcodec does not import here.*data.decoder=pyav"):
         build_dataset(cfg, "train", True)  # was: every file skipped as unsupported, one warning each

@@ -141,11 +141,13 @@ def scan_folder(
         (records, class names, ignored files with an unsupported extension).
 
     Raises:
-        DataError: when `root` does not exist.
+        DataError: when `root` does not exist or is a CSV/TXT video list.
     """
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
+    if root.is_file() and root.suffix.lower() in (".csv", ".txt"):
+        raise DataError(f"{root} is a video list, not a {kind} source: use data.source=csv")
     if root.is_file() or (kind == "frames" and _is_frame_folder(root)):
         return [VideoRecord(str(root))], [], []
     records, ignored = _listing(root, kind, recursive=False)
