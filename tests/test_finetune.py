@@ -82,7 +82,7 @@ def test_finetune_optimizer_uses_the_training_decay_split_and_fuses_on_cuda(sour
     assert finetune_optimizer(model, cfg, settings, torch.device("cuda")).defaults["fused"] is True
 
 
-def test_resume_repeats_the_uninterrupted_run(source_run, tmp_path, monkeypatch):
+def test_resume_repeats_the_uninterrupted_run(source_run, tmp_path, monkeypatch, capsys):
     import vjepa.finetune as module
 
     args = ["optim.steps=6", "optim.warmup_steps=2", "run.checkpoint_every=3", "finetune.eval_split="]
@@ -99,7 +99,9 @@ def test_resume_repeats_the_uninterrupted_run(source_run, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         finetune(*config(source_run, part, *args))
     monkeypatch.undo()
+    capsys.readouterr()
     finetune(*config(source_run, part, *args))
+    assert f"vjepa: resuming {part} from step 3 of 6 (latest.pt)" in capsys.readouterr().err
     records = {d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, part)}
     loss = {d: {r["step"]: r["loss"] for r in rs if "loss" in r} for d, rs in records.items()}
     assert loss[full] == loss[part] and len(loss[full]) == 6

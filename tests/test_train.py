@@ -91,14 +91,16 @@ def test_demo32_preset_trains_on_its_own_clip_size(tmp_path):
     assert {g.get("lr_scale") for g in state["opt"]["param_groups"]} == {None, 10.0}
 
 
-def test_resume_gives_identical_losses(tmp_path, monkeypatch, interrupt_at):
+def test_resume_gives_identical_losses(tmp_path, monkeypatch, interrupt_at, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
     train(debug_cfg(full, "optim.steps=8", "run.checkpoint_every=4"))
     interrupt_at(5)  # the run dies after the step-4 checkpoint, mid-way through step 6
     with pytest.raises(KeyboardInterrupt):
         train(debug_cfg(part, "optim.steps=8", "run.checkpoint_every=4"))
     monkeypatch.undo()
+    assert "resuming" not in capsys.readouterr().err
     train(debug_cfg(part, "optim.steps=8", "run.checkpoint_every=4"))  # resumes from latest.pt (step 4)
+    assert f"vjepa: resuming {part} from step 4 of 8 (latest.pt)" in capsys.readouterr().err
     a, b = losses(full), losses(part)
     assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]
     wa = load_checkpoint(full / "latest.pt")["encoder"]

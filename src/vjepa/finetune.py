@@ -58,7 +58,7 @@ from vjepa.models.factory import build_encoder, init_seed
 from vjepa.models.probe import PROBE_KINDS, build_probe
 from vjepa.models.vit import VisionTransformer
 from vjepa.precision import allow_tf32, autocast, resolve_dtype
-from vjepa.rundir import run_dir_lock, write_config
+from vjepa.rundir import announce_resume, run_dir_lock, write_config
 from vjepa.runlog import RunLog, trim_metrics
 from vjepa.seeds import mix_seed
 
@@ -310,6 +310,8 @@ def _finetune_locked(cfg: Config, settings: FinetuneSettings, env: dist_utils.Di
     del state
     head_info = _head_info(model, settings, num_classes, class_names)
     log = _start_run_files(cfg, settings, out_dir, start, env)
+    if env.rank == 0:
+        announce_resume(out_dir, start, cfg.optim.steps)
     t0 = time.perf_counter()
     try:
         summary = _loop(cfg, settings, wrapped, model, optimizer, loader, start, env, log, head_info)

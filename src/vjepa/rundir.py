@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,13 @@ class RunDirLocked(RuntimeError):
 def write_config(cfg: Config, out_dir: Path) -> None:
     """Write the resolved config to `out_dir/config.yaml` atomically (a full disk leaves the old one)."""
     atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+
+
+def announce_resume(out_dir: Path, start: int, steps: int) -> None:
+    """Tell the user (stderr) that a run continues from a checkpoint; nothing for a fresh run.
+    Otherwise only the progress bar's count would show that this run is not new."""
+    if start:
+        print(f"vjepa: resuming {out_dir} from step {start} of {steps} (latest.pt)", file=sys.stderr)
 
 
 @contextmanager

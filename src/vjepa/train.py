@@ -47,7 +47,7 @@ from vjepa.jepa import (
 from vjepa.masks import MaskBatch, num_generators
 from vjepa.models.factory import init_seed, token_grid
 from vjepa.precision import allow_tf32, autocast, resolve_dtype
-from vjepa.rundir import StopRequest, run_dir_lock, write_config
+from vjepa.rundir import StopRequest, announce_resume, run_dir_lock, write_config
 from vjepa.runlog import RunLog, trim_metrics
 
 
@@ -196,6 +196,7 @@ def _train_locked(cfg: Config, env: dist_utils.DistEnv, out_dir: Path, stop: Sto
     log = RunLog(out_dir, enabled=is_main, tensorboard=cfg.run.tensorboard)
     if is_main:
         log.write({"step": start, "event": "start" if start == 0 else "resume", "world_size": env.world_size})
+        announce_resume(out_dir, start, cfg.optim.steps)
     saver = BackgroundSaver(background=cfg.run.async_checkpoint and is_main)
     try:
         summary = run_loop(cfg, wrapped, model, optimizer, loader, dataset, start, env, log, stop, saver)
