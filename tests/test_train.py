@@ -331,7 +331,8 @@ def test_real_video_csv_run_counts_skipped_files(tmp_path):
     (tmp_path / "list.csv").write_text("\n".join(lines + ["bad.mp4 0", "missing.mp4 1"]) + "\n")
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="bad.mp4"):
-        train(debug_cfg(out, "data.source=csv", f"data.path={tmp_path / 'list.csv'}", "data.frame_step=2",
-                        "optim.steps=6", "run.log_every=3"))
+        summary = train(debug_cfg(out, "data.source=csv", f"data.path={tmp_path / 'list.csv'}", "data.frame_step=2",
+                                  "optim.steps=6", "run.log_every=3"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["skipped_files"] == {"corrupt": 1, "missing": 1}
+    assert summary["skipped_files"] == {"corrupt": 1, "missing": 1}  # the summary the CLI prints says it too

@@ -260,7 +260,8 @@ def run_loop(cfg, wrapped, model, optimizer, loader, dataset, start, env, log, s
             bar.close()
             raise interrupted(cfg, done, is_main)
     bar.close()
-    summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir), **monitor.summary()}
+    summary = {"steps": cfg.optim.steps, "final_loss": last_loss, "out_dir": str(out_dir), **monitor.summary(),
+               **skipped_files(dataset)}
     if model.target_encoder is not None:
         summary["target_init_share"] = ema_init_share(cfg.optim.steps, cfg.optim)
     return summary
@@ -274,10 +275,13 @@ def log_record(done: int, mean_loss: float, rate: float, result: StepResult, env
     record = {"step": done, "loss": mean_loss, "lr": result.lr, "weight_decay": result.weight_decay,
               "momentum": result.momentum, "clips_per_s": rate,
               "generator_losses": [round(v, 5) for v in generator_losses]}
-    skipped = getattr(dataset, "skipped", None)  # bad files replaced so far, by reason
-    if skipped:
-        record["skipped_files"] = dict(skipped)
-    return record
+    return {**record, **skipped_files(dataset)}
+
+
+def skipped_files(dataset: Any) -> dict[str, dict[str, int]]:
+    """{"skipped_files": {reason: count}} of the bad files the dataset replaced so far, or {} if none."""
+    skipped = getattr(dataset, "skipped", None)
+    return {"skipped_files": dict(skipped)} if skipped else {}
 
 
 def interrupted(cfg: Config, done: int, is_main: bool) -> TrainingInterrupted:
