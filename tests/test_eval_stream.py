@@ -140,7 +140,7 @@ def test_image_folder_probe_skips_and_names_an_unreadable_image(tmp_path, capsys
     captured = capsys.readouterr()
     assert "broken.png" in captured.err
     result = json.loads(out.read_text())
-    assert result["class_names"] == ["blue", "red"] and result["num_train"] == 7
+    assert result["class_names"] == ["blue", "red"] and result["num_train"] == 6  # the broken image left out
     assert any(p.endswith("broken.png") for p in result["skipped"]["train"]["skipped_files"])
 
 
@@ -238,9 +238,9 @@ def test_features_npy_roundtrip_bf16_memory_mapped(tmp_path):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, streaming):
+def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, capsys, streaming):
     """Interrupted after step 4 of 6 with checkpoints every 2 steps, a rerun ends where an
-    uninterrupted run does (augmented streaming clips included)."""
+    uninterrupted run does (augmented streaming clips included), and says once where it resumed."""
     from vjepa.eval import progress
 
     encoder, cfg = encoder_and_cfg()
@@ -264,12 +264,15 @@ def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, streami
     with pytest.raises(KeyboardInterrupt):
         probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **settings)
     assert torch.load(state_file, weights_only=True)["step"] == 4
+    assert "resumed" not in capsys.readouterr().out  # a first run says nothing of resuming
     states.clear()
     monkeypatch.setattr(progress.ProbeProgress, "record",
                         lambda self, *a: real_record(self, *a) or states.append({k: v.clone() for k, v in
                                                                                  self.probe.state_dict().items()}))
     resumed = probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **settings)
     assert len(states) == 2  # only steps 5 and 6 ran again
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "resumed" in line]
+    assert line == f"resumed probe training from {state_file}: step 4 of 6, epoch 2 of 2"  # 3 steps per epoch
     assert all(torch.equal(final[k], states[-1][k]) for k in final)
     assert resumed["final_loss"] == pytest.approx(whole["final_loss"], abs=1e-6)
     with pytest.raises(ValueError, match="other settings.*lr"):
