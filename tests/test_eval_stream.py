@@ -319,7 +319,10 @@ def _run_and_keep(weights, data, keep, output):
         progress.ProbeProgress.finish = real
 
 
-def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp_path):
+@pytest.mark.parametrize("unreadable", [False, True])
+def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp_path, unreadable):
+    """Also with an unreadable training clip: it is left out (each step's loss is the mean over the
+    clips read on all ranks) and rank 0 reports it whichever rank met it."""
     import socket
 
     import torch.multiprocessing as mp
@@ -329,11 +332,20 @@ def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp
     encoder, cfg = encoder_and_cfg()
     weights = tmp_path / "enc.pt"
     torch.save({"encoder": encoder.state_dict(), "config": to_dict(cfg)}, weights)
-    _run_and_keep(str(weights), str(videos), str(tmp_path / "single.pt"), str(tmp_path / "single.json"))
+    data = str(videos)
+    if unreadable:  # the same clips as lists, a corrupt file among the training ones
+        (tmp_path / "corrupt.mp4").write_bytes(b"\x00 not a video" * 64)
+        for split in ("train", "test"):
+            files = sorted((videos / split).rglob("*.mp4"))
+            lines = [f"{f} {int(f.parent.name == 'dogs')}" for f in files]
+            lines = lines[:2] + [f"{tmp_path / 'corrupt.mp4'} 0"] + lines[2:] if split == "train" else lines
+            (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        data = str(tmp_path / "{split}.csv")
+    _run_and_keep(str(weights), data, str(tmp_path / "single.pt"), str(tmp_path / "single.json"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_probe_rank, args=(2, port, str(weights), str(videos), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_probe_rank, args=(2, port, str(weights), data, str(tmp_path)), nprocs=2, join=True)
     single = torch.load(tmp_path / "single.pt", weights_only=True)
     for rank in range(2):
         state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
@@ -342,6 +354,7 @@ def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp
     assert all(torch.equal(drawn[0][k], drawn[1][k]) for k in drawn[0])
     ran = json.loads((tmp_path / "result.json").read_text())  # written once, by rank 0
     assert ran["num_train"] == 6 and ran["top1"] == json.loads((tmp_path / "single.json").read_text())["top1"]
+    assert ran["skipped"]["train"]["skipped_files"] == ([str(tmp_path / "corrupt.mp4")] if unreadable else [])
 
 
 def test_eval_command_probes_the_label_task_of_given_data(videos, tmp_path, capsys):
