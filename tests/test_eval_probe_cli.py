@@ -154,3 +154,17 @@ def test_probe_refuses_to_score_its_own_training_clips(lists, tmp_path, capsys):
     assert code == 0, captured.err
     result = json.loads((tmp_path / "p.json").read_text())
     assert result["eval_split"] == "train" and result["num_test"] == result["num_train"] == 5
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_probe_without_one_readable_training_clip_says_why(lists, streaming):
+    """Nothing to substitute any more: a split with no usable clip is a one-line error, streaming too."""
+    from vjepa.data.datasets import DataError
+    from vjepa.eval import probe_encoder
+    from vjepa.models.factory import build_encoder
+
+    cfg = apply_overrides(preset("debug"), ["run.dtype=fp32"])
+    encoder = build_encoder(cfg)
+    with pytest.raises(DataError, match=r"every one of the 8 videos was skipped: .*'too_short': 5"):
+        probe_encoder(encoder, cfg, "label", data=str(lists / "bad" / "{split}.csv"), streaming=streaming,
+                      frames_per_segment=8, frame_step=4, epochs=1, batch_size=4)  # 8 frames 4 apart: 29 > 12

@@ -178,6 +178,7 @@ def probe_streaming(
     """
     import time
 
+    from vjepa.data.datasets import all_skipped_error
     from vjepa.distributed import resolve_device
     from vjepa.eval.features import skip_summary, skipped_records
     from vjepa.eval.probe_train import class_balance, new_probe, score
@@ -191,13 +192,15 @@ def probe_streaming(
     bf16 = resolve_dtype(cfg.run.dtype, device) == "bf16"  # the encoder's autocast, as for cached features
     device = env.device if env is not None else device
     history = train_probe_streaming(probe, encoder, train, probe_cfg.task, probe_cfg, device, bf16, env, progress)
-    probs, labels, paths = predict_streaming(probe, encoder, test, probe_cfg.task, probe_cfg, device, bf16, progress)
-    result = score(probs, labels, num_classes, probe_cfg.task, names)
     if env is not None and env.distributed:  # each rank met the unreadable files of its own share
         _share_skips(train, env)
-    failures = {split: skipped_records(d) for split, d in (("train", train), (probe_cfg.eval_split, test))}
-    skipped = {split: skip_summary(f) for split, f in failures.items()}
-    result = {**result, "num_train": len(train) - len(failures["train"]), "num_test": len(labels), "train_top1": None,
+    train_failures = skipped_records(train)
+    if len(train_failures) == len(train):  # the probe never saw a clip
+        raise all_skipped_error(len(train), skip_summary(train_failures)["skipped"])
+    probs, labels, paths = predict_streaming(probe, encoder, test, probe_cfg.task, probe_cfg, device, bf16, progress)
+    result = score(probs, labels, num_classes, probe_cfg.task, names)
+    skipped = {"train": skip_summary(train_failures), probe_cfg.eval_split: skip_summary(skipped_records(test))}
+    result = {**result, "num_train": len(train) - len(train_failures), "num_test": len(labels), "train_top1": None,
               "final_loss": history[-1] if history else float("nan"), "probe_seconds": time.perf_counter() - start,
               "skipped": skipped, "test_paths": paths, "num_heads": probe_cfg.num_heads or num_heads}
     return (result, probe.cpu()) if return_probe else result
