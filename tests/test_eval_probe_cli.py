@@ -76,9 +76,10 @@ def test_unreadable_clips_are_left_out_and_reported_never_replaced(lists, tmp_pa
     assert "epoch" not in captured.err and "features" not in captured.err  # --no-progress
 
 
-def test_the_disk_cache_holds_only_the_readable_clips(lists, tmp_path):
+def test_the_disk_cache_holds_only_the_readable_clips(lists, tmp_path, monkeypatch):
     """A memory-mapped cache of a split with unreadable files has one row per readable clip and
-    names the others; a later process reads the same from disk."""
+    names the others; a later process reads the same from disk, and never a file of the format that
+    held substitutes' rows."""
     torch.manual_seed(0)
     from vjepa.models.factory import build_encoder
     from vjepa.precision import freeze
@@ -99,6 +100,11 @@ def test_the_disk_cache_holds_only_the_readable_clips(lists, tmp_path):
     again = load_features(files[0], mmap=True)
     assert torch.equal(again.tokens, first.tokens) and again.failures == first.failures
     assert torch.equal(first.tokens[4], first.tokens[0])  # the copy is clip0's pixels, its own row
+    from vjepa.eval import cache
+
+    monkeypatch.setattr(cache, "CACHE_FORMAT", 1)  # as files written before the fix were named
+    FeatureCache(encoder, cfg, probe_cfg).get("train", train=True)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
 
 
 def test_evaluation_datasets_drop_bad_items_and_pretraining_still_substitutes(lists):
