@@ -140,7 +140,7 @@ def test_image_folder_probe_skips_and_names_an_unreadable_image(tmp_path, capsys
     captured = capsys.readouterr()
     assert "broken.png" in captured.err
     result = json.loads(out.read_text())
-    assert result["class_names"] == ["blue", "red"] and result["num_train"] == 7
+    assert result["class_names"] == ["blue", "red"] and result["num_train"] == 6  # the broken image left out
     assert any(p.endswith("broken.png") for p in result["skipped"]["train"]["skipped_files"])
 
 
@@ -238,9 +238,9 @@ def test_features_npy_roundtrip_bf16_memory_mapped(tmp_path):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, streaming):
+def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, capsys, streaming):
     """Interrupted after step 4 of 6 with checkpoints every 2 steps, a rerun ends where an
-    uninterrupted run does (augmented streaming clips included)."""
+    uninterrupted run does (augmented streaming clips included), and says once where it resumed."""
     from vjepa.eval import progress
 
     encoder, cfg = encoder_and_cfg()
@@ -264,12 +264,15 @@ def test_probe_checkpoints_resume_exactly(videos, tmp_path, monkeypatch, streami
     with pytest.raises(KeyboardInterrupt):
         probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **settings)
     assert torch.load(state_file, weights_only=True)["step"] == 4
+    assert "resumed" not in capsys.readouterr().out  # a first run says nothing of resuming
     states.clear()
     monkeypatch.setattr(progress.ProbeProgress, "record",
                         lambda self, *a: real_record(self, *a) or states.append({k: v.clone() for k, v in
                                                                                  self.probe.state_dict().items()}))
     resumed = probe_encoder(encoder, cfg, "label", checkpoint_every=2, state_file=str(state_file), **settings)
     assert len(states) == 2  # only steps 5 and 6 ran again
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "resumed" in line]
+    assert line == f"resumed probe training from {state_file}: step 4 of 6, epoch 2 of 2"  # 3 steps per epoch
     assert all(torch.equal(final[k], states[-1][k]) for k in final)
     assert resumed["final_loss"] == pytest.approx(whole["final_loss"], abs=1e-6)
     with pytest.raises(ValueError, match="other settings.*lr"):
@@ -316,7 +319,10 @@ def _run_and_keep(weights, data, keep, output):
         progress.ProbeProgress.finish = real
 
 
-def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp_path):
+@pytest.mark.parametrize("unreadable", [False, True])
+def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp_path, unreadable):
+    """Also with an unreadable training clip: it is left out (each step's loss is the mean over the
+    clips read on all ranks) and rank 0 reports it whichever rank met it."""
     import socket
 
     import torch.multiprocessing as mp
@@ -326,11 +332,20 @@ def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp
     encoder, cfg = encoder_and_cfg()
     weights = tmp_path / "enc.pt"
     torch.save({"encoder": encoder.state_dict(), "config": to_dict(cfg)}, weights)
-    _run_and_keep(str(weights), str(videos), str(tmp_path / "single.pt"), str(tmp_path / "single.json"))
+    data = str(videos)
+    if unreadable:  # the same clips as lists, a corrupt file among the training ones
+        (tmp_path / "corrupt.mp4").write_bytes(b"\x00 not a video" * 64)
+        for split in ("train", "test"):
+            files = sorted((videos / split).rglob("*.mp4"))
+            lines = [f"{f} {int(f.parent.name == 'dogs')}" for f in files]
+            lines = lines[:2] + [f"{tmp_path / 'corrupt.mp4'} 0"] + lines[2:] if split == "train" else lines
+            (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        data = str(tmp_path / "{split}.csv")
+    _run_and_keep(str(weights), data, str(tmp_path / "single.pt"), str(tmp_path / "single.json"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_probe_rank, args=(2, port, str(weights), str(videos), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_probe_rank, args=(2, port, str(weights), data, str(tmp_path)), nprocs=2, join=True)
     single = torch.load(tmp_path / "single.pt", weights_only=True)
     for rank in range(2):
         state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
@@ -339,6 +354,7 @@ def test_two_ranks_share_the_clips_and_take_the_single_process_steps(videos, tmp
     assert all(torch.equal(drawn[0][k], drawn[1][k]) for k in drawn[0])
     ran = json.loads((tmp_path / "result.json").read_text())  # written once, by rank 0
     assert ran["num_train"] == 6 and ran["top1"] == json.loads((tmp_path / "single.json").read_text())["top1"]
+    assert ran["skipped"]["train"]["skipped_files"] == ([str(tmp_path / "corrupt.mp4")] if unreadable else [])
 
 
 def test_eval_command_probes_the_label_task_of_given_data(videos, tmp_path, capsys):

@@ -300,6 +300,7 @@ def _probe_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--output", help="JSON file to write (default: beside the checkpoint, i.e. inside a run "
                                     "directory; the working directory for a preset name); the path is printed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (encoding clips, probe epochs)")
     p.add_argument("overrides", nargs="*", help="run-config changes, e.g. data.source=csv data.path=list.csv")
 
 
@@ -315,7 +316,7 @@ def _probe(args: argparse.Namespace) -> int:
     probe_cfg.kind = args.probe or probe_cfg.kind
     probe_cfg.label_fraction = args.label_fraction
     save = False if args.no_save_probe else (args.save_probe or True)
-    result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output, save)
+    result = probe_checkpoint(args.path, probe_cfg, args.overrides, args.output, save, progress=not args.no_progress)
     if "output" not in result:  # under torchrun only rank 0 reports
         return 0
     print(describe(result))
@@ -351,7 +352,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = evaluate_checkpoint(args.path, _probe_config(args), tuple(args.label_fractions), args.overrides,
-                                  args.output)
+                                  args.output, progress=not args.no_progress)
     print(format_table(results))
     return 0
 

@@ -9,9 +9,11 @@ Every dataset yields dicts:
 Bad input (a missing, empty, corrupt, truncated or unsupported file, a clip with no frames) never
 stops a run: the file is skipped with one warning naming it and the reason, counted in
 `dataset.skipped` (a Counter of reasons, shared by all DataLoader workers), and the item is taken
-from the next good video instead (index + 1, + 2, ... so it stays deterministic). Videos filtered by
-length (`too_short`, `too_long`) are counted the same way, with one warning per reason. With
-`strict=True` the first bad file raises `DecodeError` naming it (filtering never raises).
+from the next good video instead (index + 1, + 2, ... so it stays deterministic): right for
+pretraining, where a clip is one more sample. Evaluation must not count a clip twice, so
+`drop_bad_items(dataset)` makes a bad item come back as None (which `collate_clips` drops) instead.
+Videos filtered by length (`too_short`, `too_long`) are counted the same way, with one warning per
+reason. With `strict=True` the first bad file raises `DecodeError` naming it (filtering never raises).
 
 `vjepa.data.build_dataset(cfg, split, train)` (the one factory) turns a `DataConfig` into the right dataset.
 
@@ -293,14 +295,14 @@ class SkipLog:
             return
         self.status[index] = REASONS.index(error.reason) + 1
         if error.reason not in FILTER_REASONS:
-            warnings.warn(f"skipping video {error}", SkippedVideoWarning, stacklevel=3)
+            warnings.warn(f"skipping video {error}", SkippedVideoWarning, stacklevel=4)
         elif error.reason not in self._filter_warned:
             self._filter_warned.add(error.reason)
             warnings.warn(
                 f"skipping video {error}; further videos filtered as {error.reason} are only counted "
                 "(dataset.skipped)",
                 SkippedVideoWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def counts(self) -> Counter:
@@ -331,6 +333,8 @@ class VideoClipDataset(Dataset):
         ignored: files left out while listing (unsupported extensions); counted as skipped.
     """
 
+    substitute = True  # a bad record gives the next good one (pretraining); False: None (`drop_bad_items`)
+
     def __init__(
         self,
         records: Sequence[VideoRecord],
@@ -357,8 +361,9 @@ class VideoClipDataset(Dataset):
         """Counter {reason: distinct files skipped so far}, summed over DataLoader workers."""
         return self.skips.counts()
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """The item of `index`, or of the next good video after it if that one is bad."""
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """The item of `index`, or of the next good video after it if that one is bad (None instead
+        after `drop_bad_items`)."""
         return _first_good(self, index, self._load)
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -369,20 +374,55 @@ class VideoClipDataset(Dataset):
         return {"video": video, "label": record.label, "path": record.path}
 
 
-def _first_good(dataset: Any, index: int, load: Callable[[int], dict]) -> dict[str, Any]:
-    """load(index), or load(index + k) for the smallest k whose record is not bad."""
+def _first_good(dataset: Any, index: int, load: Callable[[int], dict]) -> dict[str, Any] | None:
+    """load(index), or load(index + k) for the smallest k whose record is not bad; with
+    `dataset.substitute` False (see `drop_bad_items`), None when record `index` is bad."""
+    if not getattr(dataset, "substitute", True):
+        return _load_or_mark(dataset, index, load)
     count = len(dataset)
     for attempt in range(count):
-        candidate = (index + attempt) % count
-        if dataset.skips.is_bad(candidate):
-            continue
-        try:
-            return load(candidate)
-        except DecodeError as error:
-            if dataset.strict and error.reason not in FILTER_REASONS:
-                raise
-            dataset.skips.mark(candidate, error)
-    raise DataError(f"every one of the {count} videos was skipped: {dict(dataset.skipped)}")
+        item = _load_or_mark(dataset, (index + attempt) % count, load)
+        if item is not None:
+            return item
+    raise all_skipped_error(count, dataset.skipped)
+
+
+def _load_or_mark(dataset: Any, index: int, load: Callable[[int], dict]) -> dict[str, Any] | None:
+    """load(index), or None after marking the record bad (warning once); strict datasets raise."""
+    if dataset.skips.is_bad(index):
+        return None
+    try:
+        return load(index)
+    except DecodeError as error:
+        if dataset.strict and error.reason not in FILTER_REASONS:
+            raise
+        dataset.skips.mark(index, error)
+        return None
+
+
+def all_skipped_error(count: int, reasons: Counter | dict[str, int]) -> DataError:
+    """The error when none of `count` videos could be used ({reason: files} says why)."""
+    return DataError(f"every one of the {count} videos was skipped: {dict(reasons)}")
+
+
+def drop_bad_items(dataset: Dataset) -> Dataset:
+    """Make `dataset` return None for a bad record instead of the next good one (evaluation).
+
+    Pretraining substitutes the next good video (one more sample, any sample will do); an
+    evaluation that did so would count a clip twice and score a list it was not given. Each bad
+    record is still warned about once and counted in `dataset.skipped`; `collate_clips` drops the
+    Nones. Applies to the parts of a `MixtureDataset` and the dataset under a `Subset` too.
+
+    Returns:
+        `dataset` itself (changed in place).
+    """
+    from torch.utils.data import Subset
+
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    for part in getattr(base, "datasets", None) or [base]:
+        if hasattr(part, "skips"):  # the datasets that read files (and so can meet a bad one)
+            part.substitute = False
+    return dataset
 
 
 def read_clip_frames(path: str | Path, spec: ClipSpec, decoder: str = "pyav", train: bool = False,
@@ -499,9 +539,10 @@ class MixtureDataset(Dataset):
         source = int(torch.multinomial(self.weights, 1, generator=generator))
         return source, int(torch.randint(self.sizes[source], (), generator=generator))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         source, local = self.pick(index)
-        return {**self.datasets[source][local], "source": source}
+        item = self.datasets[source][local]
+        return None if item is None else {**item, "source": source}  # None: a dropped bad item
 
     @property
     def skipped(self) -> Counter:

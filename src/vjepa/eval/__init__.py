@@ -24,6 +24,8 @@ from vjepa.eval.features import (
     load_features,
     pool_tokens,
     save_features,
+    skip_summary,
+    skipped_records,
 )
 from vjepa.eval.metrics import (
     aggregate_views,
@@ -70,6 +72,7 @@ from vjepa.eval.run import (
 from vjepa.eval.stream import predict_streaming, probe_streaming, train_probe_streaming
 from vjepa.eval.views import (
     SyntheticViews,
+    check_held_out,
     dataset_labels,
     frames_per_segment,
     probe_data_config,
@@ -89,6 +92,7 @@ __all__ = [
     "aggregate_views",
     "align_labels",
     "balanced_subset",
+    "check_held_out",
     "check_labels",
     "checkpoint_step",
     "class_names",
@@ -130,6 +134,8 @@ __all__ = [
     "recent_cache",
     "save_features",
     "segment_starts",
+    "skip_summary",
+    "skipped_records",
     "top1",
     "train_probe",
     "train_probe_streaming",

@@ -21,6 +21,10 @@ from vjepa.eval.features import Features, encoder_fingerprint, extract_features,
 from vjepa.eval.views import dataset_fingerprint, frames_per_segment, view_dataset
 from vjepa.precision import freeze, resolve_dtype
 
+# bumped when what a cache file holds changes: 2 = one row per readable clip (unreadable ones dropped, listed
+# in `failures`); version 1 files may hold a substitute's duplicate row for each unreadable clip
+CACHE_FORMAT = 2
+
 
 class FeatureCache:
     """Token features of one frozen encoder, computed once per split and view layout.
@@ -63,7 +67,9 @@ class FeatureCache:
         if self._fingerprint is None:
             self._fingerprint = encoder_fingerprint(self.encoder)
         pixels = (self.cfg.data.crop_size, self.cfg.data.mean, self.cfg.data.std)
-        content = hashlib.sha1(json.dumps([dataset_fingerprint(dataset), key[1:], pixels]).encode()).hexdigest()[:12]
+        # CACHE_FORMAT: files written before unreadable clips were dropped (not replaced) must not be reused
+        content = hashlib.sha1(json.dumps([dataset_fingerprint(dataset), key[1:], pixels, CACHE_FORMAT]).encode())
+        content = content.hexdigest()[:12]
         split, segments, crops, frames = key[:4]
         return Path(self.probe_cfg.cache_dir) / f"{self._fingerprint}-{content}_{split}_s{segments}c{crops}f{frames}.npy"
 

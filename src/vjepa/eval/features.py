@@ -202,6 +202,33 @@ def _batch_labels(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(batch[k]).long() for k in keys}
 
 
+def skipped_records(dataset: Dataset) -> list[tuple[str, str]]:
+    """(path, reason) of every record a dataset skipped as unreadable so far, in record order: the
+    form of `Features.failures` (what `embed_files` reports too). Reads the datasets' shared skip
+    logs, so what DataLoader workers met is included; a `Subset` reports only its own records and a
+    mixture those of all its parts."""
+    from vjepa.data.decode import REASONS
+
+    base, rows = (dataset.dataset, set(dataset.indices)) if isinstance(dataset, Subset) else (dataset, None)
+    parts = getattr(base, "datasets", None)
+    if parts:  # a mixture: its parts in order (an evaluation mixture concatenates them)
+        return [failure for part in parts for failure in skipped_records(part)]
+    skips, records = getattr(base, "skips", None), getattr(base, "records", None)
+    if skips is None or records is None:
+        return []
+    return [(str(records[i].path), REASONS[int(skips.status[i]) - 1]) for i in skips.status.nonzero().flatten().tolist()
+            if rows is None or i in rows]
+
+
+def skip_summary(failures: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """What a probe reports of one split's skipped files: {"skipped": {reason: files},
+    "skipped_files": [paths]} (the `skipped` entry of a probe's result, cached or streaming)."""
+    counts: dict[str, int] = {}
+    for _, reason in failures:
+        counts[reason] = counts.get(reason, 0) + 1
+    return {"skipped": counts, "skipped_files": [path for path, _ in failures]}
+
+
 def _dataset_facts(dataset: Dataset) -> tuple[list[str], list[str]]:
     """(class names, one path per item) where the dataset knows them (class folders, lists)."""
     base, rows = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else (dataset, None)
@@ -244,26 +271,45 @@ def extract_features(
 
     Returns:
         `Features` with tokens [M, V, N, D]; class names and per-clip paths where the dataset has them.
+        Items the dataset returns as None (unreadable files of an evaluation dataset, see
+        `datasets.drop_bad_items`) have no row: M counts the clips encoded, and `failures` names
+        the skipped files with their reason.
+
+    Raises:
+        DataError: when the dataset is empty or every one of its items was skipped.
     """
+    from vjepa.data.datasets import DataError, all_skipped_error
+
     device = torch.device(device)
-    tokens, labels, array = None, {}, None
-    for first, batch, batch_labels in encode_batches(encoder, dataset, batch_size, device, bf16, num_workers,
-                                                     progress):
+    tokens, labels, array, kept, filled = None, {}, None, [], 0
+    for rows, batch, batch_labels in encode_batches(encoder, dataset, batch_size, device, bf16, num_workers,
+                                                    progress):
+        if batch is None:  # every item of this batch was dropped
+            continue
         batch = batch.to("cpu", store_dtype)
         if tokens is None:
             tokens, array = _token_store((len(dataset), *batch.shape[1:]), store_dtype, out)
-        tokens[first : first + len(batch)] = batch
+        tokens[filled : filled + len(batch)] = batch  # rows packed in order: dropped items leave no gap
+        filled += len(batch)
+        kept.append(rows)
         for key, value in batch_labels.items():
             labels.setdefault(key, []).append(value)
+    failures = skipped_records(dataset)
     if tokens is None:
-        raise ValueError("cannot extract features of an empty dataset")
+        raise all_skipped_error(len(dataset), skip_summary(failures)["skipped"]) if failures else DataError(
+            "cannot extract features of an empty dataset")
+    kept = torch.cat(kept)
     names, paths = _dataset_facts(dataset)
-    features = Features(tokens, {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops, names, paths)
+    paths = [paths[i] for i in kept.tolist()] if paths else []
     if out is None:
-        return features
+        tokens = tokens if len(kept) == len(tokens) else tokens[: len(kept)].clone()
+        return Features(tokens, {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops, names, paths,
+                        failures=failures)
     array.flush()
     del array, tokens
-    _finish_npy(Path(out), features)
+    features = Features(torch.empty(0), {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops,
+                        names, paths, failures=failures)
+    _finish_npy(Path(out), features, len(kept))
     return load_features(out, mmap=True)
 
 
@@ -279,13 +325,25 @@ def _token_store(shape: tuple[int, ...], dtype: torch.dtype, out: str | Path | N
     return (tokens.view(torch.bfloat16) if dtype == torch.bfloat16 else tokens), array
 
 
-def _finish_npy(path: Path, features: Features) -> None:
-    """Move the filled .partial.npy into place and write its .json index (labels, layout, paths)."""
+def _finish_npy(path: Path, features: Features, rows: int) -> None:
+    """Move the filled .partial.npy into place (its first `rows` rows: the clips encoded) and write
+    its .json index (labels, layout, paths, failures)."""
     import os
 
-    index = {**_index(features), "dtype": str(features.tokens.dtype).removeprefix("torch."),
-             "labels": {k: v.tolist() for k, v in features.labels.items()}}
-    os.replace(path.with_suffix(".partial.npy"), path)
+    partial = path.with_suffix(".partial.npy")
+    filled = np.load(partial, mmap_mode="r")
+    if rows < len(filled):  # skipped clips: copy the rows kept into a file of the right length, in chunks
+        shorter = np.lib.format.open_memmap(path.with_suffix(".short.npy"), mode="w+", dtype=filled.dtype,
+                                            shape=(rows, *filled.shape[1:]))
+        for start in range(0, rows, 256):
+            shorter[start : start + 256] = filled[start : min(start + 256, rows)]
+        shorter.flush()
+        del shorter
+        os.replace(path.with_suffix(".short.npy"), partial)
+    dtype = "bfloat16" if filled.dtype == np.int16 else str(filled.dtype)
+    del filled
+    index = {**_index(features), "dtype": dtype, "labels": {k: v.tolist() for k, v in features.labels.items()}}
+    os.replace(partial, path)
     path.with_suffix(".json").write_text(json.dumps(index) + "\n")
 
 
@@ -301,34 +359,46 @@ def encode_batches(
     keep: tuple[str, ...] = (),
     batches: list[list[int]] | None = None,
 ):
-    """Yield (first row, tokens [b, V, N, D] on `device`, labels) for each batch of a view dataset.
+    """Yield (rows, tokens [b, V, N, D] on `device`, labels) for each batch of a view dataset.
 
     The encoder runs frozen, without gradients, under bf16 autocast when `bf16`; only one batch of
     clips and tokens is alive at a time, so memory does not grow with the dataset. `order` lists
     the items to visit (default: all, in order), or `batches` the item indices of every batch;
     `keep` names further item keys (e.g. "path") passed through with the labels.
+
+    `rows` (int64 [b]) are the dataset positions of the items encoded. An item the dataset returns
+    as None (an unreadable file an evaluation dataset drops, see `datasets.drop_bad_items`) is left
+    out, never replaced; a batch of only such items yields (empty rows, None, {}).
     """
     from tqdm.auto import tqdm
 
-    from vjepa.data import collate
-
     encoder.eval().to(device)
-    # `order` (the item indices to visit) is a sampler: a shuffled epoch is exactly the permutation
-    # the caller drew, whatever the worker count
-    if batches is not None:  # explicit batches (a rank's shares of the global batches)
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
-    else:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, sampler=order)
-    first = 0
-    for batch in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
+    # explicit batches (a rank's shares of the global batches), or `order` (the item indices to
+    # visit: a shuffled epoch is exactly the permutation the caller drew, whatever the worker count)
+    if batches is None:
+        order = list(range(len(dataset))) if order is None else list(order)
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate_kept)
+    for index, (present, batch) in zip(batches, tqdm(loader, desc="features", unit="batch", disable=not progress,
+                                                      leave=False)):
+        rows = torch.tensor([i for i, here in zip(index, present) if here], dtype=torch.int64)
+        if batch is None:
+            yield rows, None, {}
+            continue
         video = batch["video"]
         video = video.unsqueeze(1) if video.ndim == 5 else video  # [b, V, 3, F, h, w]
         b, v = video.shape[:2]
         with torch.no_grad(), autocast(device, bf16):
             out = encoder(video.flatten(0, 1).to(device))  # [b*V, N, D]
         labels = {**_batch_labels(batch), **{k: batch[k] for k in keep if k in batch}}
-        yield first, out.view(b, v, *out.shape[1:]), labels
-        first += b
+        yield rows, out.view(b, v, *out.shape[1:]), labels
+
+
+def _collate_kept(items: list[Any]) -> tuple[list[bool], dict[str, Any] | None]:
+    """(which items are present, the batch of those: `collate_clips`, None if none is)."""
+    from vjepa.data.datasets import collate_clips
+
+    return [item is not None for item in items], collate_clips(items)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -168,7 +168,8 @@ def _sum_over_ranks(probe: nn.Module, loss: torch.Tensor | None, env: Any) -> to
 
 
 def train_probe(
-    probe: nn.Module, features: Features, labels: torch.Tensor, probe_cfg: ProbeConfig, device: torch.device
+    probe: nn.Module, features: Features, labels: torch.Tensor, probe_cfg: ProbeConfig, device: torch.device,
+    progress: bool = False,
 ) -> list[float]:
     """Train `probe` on cached features: AdamW, warmup + cosine LR, cosine weight decay, cross-entropy.
 
@@ -179,6 +180,7 @@ def train_probe(
         probe_cfg: epochs, batch size, lr, final_lr, warmup_epochs, weight decay, grad_clip, seed;
             with `state_file` and `checkpoint_every` it checkpoints and resumes exactly.
         device: where the probe trains.
+        progress: show a tqdm bar of the epochs.
 
     Returns:
         The mean training loss of each epoch.
@@ -187,14 +189,16 @@ def train_probe(
 
     probe.to(device).train()
     optimizer = probe_optimizer(probe, probe_cfg)
-    total, warmup = schedule_lengths(probe_cfg, math.ceil(len(features) / probe_cfg.batch_size))
+    steps_per_epoch = math.ceil(len(features) / probe_cfg.batch_size)
+    total, warmup = schedule_lengths(probe_cfg, steps_per_epoch)
     layout = (features.num_segments, features.num_crops)
-    progress = ProbeProgress(probe_cfg, probe, optimizer)  # resumes from probe_cfg.state_file if there
-    for epoch, step, index in epoch_batches(len(features), probe_cfg, progress.step):
+    # resumes from probe_cfg.state_file if there
+    tracker = ProbeProgress(probe_cfg, probe, optimizer, steps_per_epoch, show=progress)
+    for epoch, step, index in epoch_batches(len(features), probe_cfg, tracker.step):
         tokens = features.tokens[index].to(device)  # [b, V, N, D]
-        progress.record(epoch, probe_step(probe, optimizer, tokens, labels[index], layout, probe_cfg,
-                                          (step, total, warmup)))
-    return progress.finish()
+        tracker.record(epoch, probe_step(probe, optimizer, tokens, labels[index], layout, probe_cfg,
+                                         (step, total, warmup)))
+    return tracker.finish()
 
 
 @torch.no_grad()
@@ -225,6 +229,7 @@ def probe_features(
     embed_dim: int,
     num_heads: int,
     return_probe: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Train one probe on `train` features and score it on `test` features.
 
@@ -234,6 +239,7 @@ def probe_features(
         probe_cfg: probe kind, optimisation, label_fraction (class-balanced low-shot), seed.
         embed_dim, num_heads: the encoder's width and heads (the probe's heads default to them).
         return_probe: also return the trained probe (on the CPU), e.g. to save it.
+        progress: show a tqdm bar of the probe's epochs.
 
     Returns:
         dict with top1 and train_top1 (percent), per_class_top1 (percent per true class, None where
@@ -254,7 +260,7 @@ def probe_features(
     num_classes = check_labels(train.labels[task], test_labels, task, train.class_names, train.paths, test.paths)
     probe = new_probe(probe_cfg, embed_dim, num_heads, num_classes)
     device = resolve_device(probe_cfg.device)
-    history = train_probe(probe, train, train.labels[task], probe_cfg, device)
+    history = train_probe(probe, train, train.labels[task], probe_cfg, device, progress)
     result = score(predict(probe, test, probe_cfg, device), test_labels, num_classes, task, train.class_names)
     result = {**result, "train_top1": top1(predict(probe, train, probe_cfg, device), train.labels[task]),
               "num_train": len(train), "num_test": len(test), "final_loss": history[-1] if history else float("nan"),

@@ -55,21 +55,29 @@ class EpochSeeded(Dataset):
 
 
 class ProbeProgress:
-    """Loss history of a probe's training and its checkpoint file.
+    """Loss history of a probe's training, its checkpoint file and its progress bar.
 
     Args:
         probe_cfg: the settings (`checkpoint_every` steps, `state_file`); the file is refused when
             it was written with settings that change what the probe learns.
         probe: the probe being trained.
         optimizer: its optimizer.
+        steps_per_epoch: training steps in one epoch (for the bar and the resume message).
+        show: a tqdm bar of the epochs (stderr), its postfix the last epoch's mean loss.
     """
 
-    def __init__(self, probe_cfg: ProbeConfig, probe: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, probe_cfg: ProbeConfig, probe: nn.Module, optimizer: torch.optim.Optimizer,
+                 steps_per_epoch: int = 1, show: bool = False) -> None:
+        from tqdm.auto import tqdm
+
         self.probe_cfg, self.probe, self.optimizer = probe_cfg, probe, optimizer
+        self.steps_per_epoch = max(1, steps_per_epoch)
         self.step, self.epoch, self.history, self.current = 0, 0, [], []
         path = Path(probe_cfg.state_file) if probe_cfg.state_file else None
         if path is not None and path.is_file():
             self._resume(path)
+        self.bar = tqdm(total=probe_cfg.epochs, initial=min(self.step // self.steps_per_epoch, probe_cfg.epochs),
+                        desc="probe", unit="epoch", disable=not show)
 
     def _settings(self) -> dict[str, Any]:
         return {k: v for k, v in to_dict(self.probe_cfg).items() if k not in _FREE}
@@ -88,15 +96,24 @@ class ProbeProgress:
                               "start the probe over") from None
         self.step, self.epoch, self.history, self.current = (state["step"], state["epoch"], state["history"],
                                                             state["current"])
-        print(f"resuming probe training from {path} at step {self.step}", flush=True)
+        epochs, total = self.probe_cfg.epochs, self.probe_cfg.epochs * self.steps_per_epoch
+        where = (f"epoch {self.step // self.steps_per_epoch + 1} of {epochs}" if self.step < total
+                 else f"all {epochs} epochs done")
+        print(f"resumed probe training from {path}: step {self.step} of {total}, {where}", flush=True)
 
-    def record(self, epoch: int, loss: float) -> None:
-        """Count one finished step of `epoch` with its loss; checkpoint every `checkpoint_every` steps."""
+    def record(self, epoch: int, loss: float | None) -> None:
+        """Count one finished step of `epoch` with its loss (None: a step without clips, every one of
+        its files unreadable); checkpoint every `checkpoint_every` steps."""
         if epoch != self.epoch:
             self._close_epoch()
             self.epoch = epoch
-        self.current.append(loss)
+        if loss is not None:
+            self.current.append(loss)
         self.step += 1
+        if self.step % self.steps_per_epoch == 0:
+            self.bar.update(1)
+            if self.current:
+                self.bar.set_postfix(loss=f"{sum(self.current) / len(self.current):.4f}")
         every = self.probe_cfg.checkpoint_every
         if every and self.probe_cfg.state_file and self.step % every == 0 and _is_main():
             self.save()
@@ -107,8 +124,9 @@ class ProbeProgress:
             self.current = []
 
     def finish(self) -> list[float]:
-        """The mean training loss of each epoch."""
+        """The mean training loss of each epoch (and the bar closed)."""
         self._close_epoch()
+        self.bar.close()
         return self.history
 
     def save(self) -> None:

@@ -24,11 +24,12 @@ from vjepa.checkpoint import load_checkpoint
 from vjepa.config import Config, ConfigError, ProbeConfig, to_dict
 from vjepa.distributed import resolve_device
 from vjepa.eval.cache import FeatureCache, load_frozen, recent_cache
-from vjepa.eval.features import SYNTHETIC_TASKS, Features
+from vjepa.eval.features import SYNTHETIC_TASKS, Features, skip_summary
 from vjepa.eval.metrics import describe
 from vjepa.eval.probe_train import PROBE_KINDS, make_probe_config, probe_features, validate_probe
 from vjepa.eval.progress import with_state_file
 from vjepa.eval.stream import probe_streaming
+from vjepa.eval.views import check_held_out
 from vjepa.precision import freeze
 
 
@@ -42,9 +43,13 @@ def probe_encoder(
     cache: FeatureCache | None = None,
     env: Any = None,
     return_probe: bool = False,
+    progress: bool = False,
     **overrides: Any,
 ) -> dict[str, Any] | tuple[dict[str, Any], nn.Module]:
     """Probe a frozen encoder (trained or random-init) on the run's data; report held-out top-1.
+
+    Unreadable clips are left out of both splits, never replaced by others (`datasets.drop_bad_items`):
+    num_train / num_test count the clips used and `skipped` names the others, cached or streaming.
 
     Args:
         encoder: a `VisionTransformer`; frozen here (eval mode, no gradients), never modified.
@@ -56,29 +61,40 @@ def probe_encoder(
         cache: a `FeatureCache` of this encoder to reuse across calls (made if None).
         env: under torchrun, the `distributed.DistEnv` (streaming probes only: ranks share the clips).
         return_probe: also return the trained probe (on the CPU), e.g. to save it as a probe file.
+        progress: show tqdm bars (stderr) while encoding clips and training the probe.
         **overrides: any `ProbeConfig` field, e.g. epochs=50, num_crops=3.
 
     Returns:
         dict with task, probe, top1 (percent, on `eval_split`), train_top1, label_fraction, sizes,
-        seconds (feature_seconds for the encoder, probe_seconds for the probe) and the settings; with
-        return_probe, (that dict, the trained probe).
+        skipped ({split: `features.skip_summary`}), test_paths, seconds (feature_seconds for the
+        encoder, probe_seconds for the probe) and the settings; with return_probe, (that dict, the
+        trained probe).
+
+    Raises:
+        ConfigError: when the data has no split apart from the training one to score (see
+            `views.check_held_out`).
     """
     settings = {"kind": probe, "task": task, "label_fraction": label_fraction, **overrides}
     probe_cfg = make_probe_config(probe_cfg, **settings)
     if env is not None and env.distributed and not probe_cfg.streaming:
         raise ConfigError("under torchrun a probe streams (each rank encodes its share): pass --stream")
+    check_held_out(cfg, probe_cfg)
     if probe_cfg.streaming:  # no cache: the encoder runs on every batch of every epoch
         out = probe_streaming(freeze(encoder), cfg, probe_cfg, encoder.embed_dim, encoder.num_heads, env,
-                              return_probe)
+                              return_probe, progress)
         feature_seconds = 0.0
     else:
         if cache is None:
-            cache = FeatureCache(encoder, cfg, probe_cfg)
+            cache = FeatureCache(encoder, cfg, probe_cfg, progress)
         cache.probe_cfg = dataclasses.replace(cache.probe_cfg, **_view_settings(probe_cfg))
         before = cache.seconds
         train, test = cache.get("train", train=True), cache.get(probe_cfg.eval_split, train=False)
-        out = probe_features(train, test, task, probe_cfg, encoder.embed_dim, encoder.num_heads, return_probe)
+        out = probe_features(train, test, task, probe_cfg, encoder.embed_dim, encoder.num_heads, return_probe,
+                             progress)
         feature_seconds = cache.seconds - before
+        extra = {"skipped": {"train": skip_summary(train.failures), probe_cfg.eval_split: skip_summary(test.failures)},
+                 "test_paths": list(test.paths)}
+        out = ({**out[0], **extra}, out[1]) if return_probe else {**out, **extra}
     result, module = out if return_probe else (out, None)
     result = {"task": task, "probe": probe, "label_fraction": label_fraction, **result,
               "eval_split": probe_cfg.eval_split, "feature_seconds": feature_seconds, "settings": to_dict(probe_cfg)}
@@ -164,15 +180,18 @@ def evaluate_encoder(
     kinds: tuple[str, ...] = PROBE_KINDS,
     label_fractions: tuple[float, ...] = (1.0,),
     verbose: bool = False,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every (task, probe kind, label fraction) combination on one shared feature cache."""
+    """Every (task, probe kind, label fraction) combination on one shared feature cache (`progress`:
+    tqdm bars while encoding and training)."""
     probe_cfg = validate_probe(copy.deepcopy(probe_cfg or ProbeConfig()))
-    cache = FeatureCache(encoder, cfg, probe_cfg)
+    cache = FeatureCache(encoder, cfg, probe_cfg, progress)
     results = []
     for task in tasks:
         for kind in kinds:
             for fraction in label_fractions:
-                results.append(probe_encoder(encoder, cfg, task, kind, fraction, probe_cfg, cache))
+                results.append(probe_encoder(encoder, cfg, task, kind, fraction, probe_cfg, cache,
+                                             progress=progress))
                 if verbose:
                     print(describe(results[-1]), flush=True)
     return results
@@ -234,6 +253,7 @@ def probe_checkpoint(
     overrides: list[str] = (),
     output: str | Path | None = None,
     save_probe: str | Path | bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint's encoder, run one probe (or `probe_cfg.folds` of them), write the JSON result
     and the trained probe.
@@ -250,6 +270,7 @@ def probe_checkpoint(
         save_probe: where to write the trained probe (a `vjepa.classify` probe file: weights, view
             protocol, class names, encoder record); True: beside the JSON, `.safetensors` for `.json`;
             False: not. Cross-validation trains K probes and saves none.
+        progress: tqdm bars (stderr) while encoding and training (rank 0 only under torchrun).
 
     Returns:
         The result, with `output` the JSON file written and `probe_file` the probe file (if saved).
@@ -265,13 +286,15 @@ def probe_checkpoint(
     probe_cfg = dataclasses.replace(probe_cfg, task=probe_cfg.task or _default_task(cfg, probe_cfg))
     output = output or _result_dir(path) / _probe_file_name(probe_cfg)
     probe_cfg = with_state_file(probe_cfg, output)  # every rank resumes from it; rank 0 writes it
+    progress = progress and env.is_main
     try:
         with _sampling_hint(probe_cfg):
             if probe_cfg.folds:
-                result = cross_validate(encoder, cfg, probe_cfg)
+                result = cross_validate(encoder, cfg, probe_cfg, progress)
             else:
                 result, module = probe_encoder(encoder, cfg, probe_cfg.task, probe_cfg.kind,
-                                               probe_cfg.label_fraction, probe_cfg, env=env, return_probe=True)
+                                               probe_cfg.label_fraction, probe_cfg, env=env, return_probe=True,
+                                               progress=progress)
     finally:
         distributed.teardown(env)
     result.update(checkpoint=_source_name(path), step=_probed_step(path, probe_cfg.encoder))
@@ -318,11 +341,15 @@ def _probe_file_name(probe_cfg: ProbeConfig) -> str:
 
 
 def _data_name(data: str) -> str:
-    """A short file-name part for a data path (its last name, without {split} or extension)."""
-    if not data:
-        return ""
-    parts = [p for p in Path(data.replace("{split}", "")).parts if p not in ("", "/", ".")]
-    return Path(parts[-1]).stem.strip("_-") if parts else ""
+    """A short file-name part for a data path: its last name without {split} or extension, or the
+    folder's name when nothing else is left (`videos/{split}.csv` -> `videos`, `lists/k400_{split}.csv`
+    -> `k400`, `clips/` -> `clips`)."""
+    parts = [p for p in Path(data).parts if p not in ("", "/", ".", "..")]
+    for number, part in enumerate(reversed(parts)):
+        name = (Path(part).stem if number == 0 else part).replace("{split}", "").strip("_-. ")
+        if name:
+            return name
+    return ""
 
 
 def _source_name(path: str | Path) -> str:
@@ -347,35 +374,37 @@ def _sampling_hint(probe_cfg: ProbeConfig):
                         "or --frames, or pass --fps, to fit your clips") from None
 
 
-def fold_top1(features: Features, held_out: torch.Tensor, encoder: nn.Module, probe_cfg: ProbeConfig) -> float:
+def fold_top1(features: Features, held_out: torch.Tensor, encoder: nn.Module, probe_cfg: ProbeConfig,
+              progress: bool = False) -> float:
     """Top-1 of a probe trained on the rows not `held_out` (bool [M]) and scored on those that are."""
     test, train = held_out.nonzero().flatten(), (~held_out).nonzero().flatten()
     result = probe_features(features.subset(train), features.subset(test), probe_cfg.task, probe_cfg,
-                            encoder.embed_dim, encoder.num_heads)
+                            encoder.embed_dim, encoder.num_heads, progress=progress)
     return result["top1"]
 
 
-def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig) -> dict[str, Any]:
+def cross_validate(encoder: nn.Module, cfg: Config, probe_cfg: ProbeConfig, progress: bool = False) -> dict[str, Any]:
     """K-fold cross-validation on the train split, video-wise: each clip's group (its file, or its
     folder with `--group-by folder`) falls in one fold. The clips are encoded once (through the
     feature cache, so repeated calls on the same clips reuse it); every fold trains and scores a probe.
 
     Returns:
         top1 (mean over folds), top1_std, fold_top1 (each fold's), num_train / num_test (clips in
-        all folds), folds, and the settings.
+        all folds; unreadable clips are left out and listed under `skipped`), folds, and the settings.
     """
     probe_cfg = dataclasses.replace(probe_cfg, checkpoint_every=0, state_file="")  # K probes: no shared state file
-    cache = FeatureCache(encoder, cfg, dataclasses.replace(probe_cfg, max_train_clips=0))
+    cache = FeatureCache(encoder, cfg, dataclasses.replace(probe_cfg, max_train_clips=0), progress)
     features = cache.get("train", train=False)  # every crop and segment: folds train and score on them
     folds = fold_index(features.paths or [str(i) for i in range(len(features))], probe_cfg.folds, probe_cfg.seed,
                        probe_cfg.group_by)
-    scores = [fold_top1(features, folds == held, encoder, probe_cfg) for held in range(probe_cfg.folds)]
+    scores = [fold_top1(features, folds == held, encoder, probe_cfg, progress) for held in range(probe_cfg.folds)]
     mean = sum(scores) / len(scores)
     std = (sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5
     return {"task": probe_cfg.task, "probe": probe_cfg.kind, "label_fraction": probe_cfg.label_fraction,
             "top1": mean, "top1_std": std, "fold_top1": scores, "folds": probe_cfg.folds, "eval_split": "train",
             "num_train": len(features), "num_test": len(features), "train_top1": None,
-            "feature_seconds": cache.seconds, "settings": to_dict(probe_cfg)}
+            "skipped": {"train": skip_summary(features.failures)}, "feature_seconds": cache.seconds,
+            "settings": to_dict(probe_cfg)}
 
 
 def fold_index(paths: list[str], folds: int, seed: int = 0, group_by: str = "file") -> torch.Tensor:
@@ -404,18 +433,19 @@ def evaluate_checkpoint(
     overrides: list[str] = (),
     output: str | Path | None = None,
     verbose: bool = True,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """The standard set on one checkpoint: every task x (attentive, linear) x label fraction.
 
     Writes all results to `output` (default: <run dir>/eval.json, suffixed like `probe_checkpoint`'s
-    files for another split or network) and returns them.
+    files for another split or network) and returns them; `progress`: tqdm bars while encoding and training.
     """
     from vjepa.config import apply_overrides
 
     encoder, cfg = load_frozen(path, probe_cfg.encoder, resolve_device(probe_cfg.device))
     cfg = apply_overrides(cfg, list(overrides))
     tasks = ("label",) if probe_cfg.data or probe_cfg.source else default_tasks(cfg)
-    results = evaluate_encoder(encoder, cfg, probe_cfg, tasks, PROBE_KINDS, label_fractions, verbose)
+    results = evaluate_encoder(encoder, cfg, probe_cfg, tasks, PROBE_KINDS, label_fractions, verbose, progress)
     step = _probed_step(path, probe_cfg.encoder)
     for r in results:
         r.update(checkpoint=_source_name(path), step=step)

@@ -87,13 +87,44 @@ def view_dataset(cfg: Config, probe_cfg: ProbeConfig, split: str, num_crops: int
     crops each; items carry `video` [S*C, 3, F, h, w] ([3, F, h, w] for one view) and `label`.
     With `augment` (training), each segment is one random resized crop with random erasing, as the
     official frozen evaluation trains its probes (crop area 0.08-1, aspect 3/4-4/3, no flip, erasing 0.25).
+
+    An unreadable clip's item is None (`datasets.drop_bad_items`), never another clip in its place:
+    a probe trains and scores exactly the readable clips it was given, and reports the others
+    (`features.skipped_records`).
     """
     if cfg.data.source == "synthetic" and not probe_cfg.data and probe_cfg.source in ("", "synthetic"):
         return SyntheticViews(cfg, probe_cfg, split, num_crops)
     from vjepa.data import build_dataset
+    from vjepa.data.datasets import drop_bad_items
 
     data = probe_data_config(cfg, probe_cfg)
-    return build_dataset(data, split, augment, probe_transform(data, probe_cfg, num_crops, augment))
+    return drop_bad_items(build_dataset(data, split, augment, probe_transform(data, probe_cfg, num_crops, augment)))
+
+
+def check_held_out(cfg: Config, probe_cfg: ProbeConfig) -> None:
+    """Refuse to score a probe on its own training clips unless asked (`eval_split` "train").
+
+    A single CSV or a folder without split folders resolves to the same clips for `train` and
+    `eval_split`: the score would pose as a test score (as `vjepa finetune` refuses too).
+
+    Raises:
+        ConfigError: naming the data and what to pass instead.
+    """
+    from vjepa.data.datasets import resolve_split_path
+
+    if probe_cfg.eval_split == "train" or probe_cfg.folds:
+        return
+    if cfg.data.source == "synthetic" and not probe_cfg.data and probe_cfg.source in ("", "synthetic"):
+        return  # the built-in set has its own splits
+    data = probe_data_config(cfg, probe_cfg)
+    paths = [p.strip() for p in data.path.split(",") if p.strip()] if data.source == "mixture" else [data.path]
+    shared = [p for p in paths if resolve_split_path(p, probe_cfg.eval_split) == resolve_split_path(p, "train")]
+    if shared:
+        raise ConfigError(
+            f"{shared[0]} has no {probe_cfg.eval_split} split apart from train, so the probe would be scored on its "
+            f"own training clips; pass a {{split}} pattern (e.g. lists/{{split}}.csv), a folder with train/ and "
+            f"{probe_cfg.eval_split}/ (or train.csv and {probe_cfg.eval_split}.csv), --folds K to cross-validate on "
+            "these clips, or --eval-split train to score the training clips knowingly")
 
 
 def probe_transform(data: DataConfig, probe_cfg: ProbeConfig, num_crops: int, augment: bool):
@@ -121,15 +152,6 @@ def dataset_labels(dataset: Dataset, task: str = "label") -> torch.Tensor:
     if records is None:
         raise ConfigError(f"{type(dataset).__name__} does not list its labels; probe it with cached features")
     return torch.tensor([r.label for r in records], dtype=torch.int64)
-
-
-def skipped_files(dataset: Dataset) -> list[str]:
-    """Paths of the items a dataset skipped as unreadable so far (in the main process's view)."""
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    skips, records = getattr(base, "skips", None), getattr(base, "records", None)
-    if skips is None or records is None:
-        return []
-    return [records[i].path for i in skips.status.nonzero().flatten().tolist()]
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
