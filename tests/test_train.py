@@ -8,6 +8,7 @@ import torch
 from vjepa.checkpoint import load_checkpoint, save_checkpoint
 from vjepa.cli import main
 from vjepa.config import apply_overrides, preset
+from vjepa.data.datasets import DataError
 from vjepa.data.loader import StepBatchSampler
 from vjepa.models.factory import initial_encoder
 from vjepa.train import TrainingDiverged, train
@@ -316,6 +317,14 @@ def test_cli_pretrain_reports_on_rank_zero_only(tmp_path, capsys, monkeypatch):
             assert out == "" and not probed  # other ranks neither print nor probe
         else:
             assert json.loads(out)["probe"] == {"top1": 50.0} and len(probed) == 1
+
+
+def test_videos_too_short_for_one_clip_say_which_settings_to_change(tmp_path):
+    from video_utils import write_index_video
+
+    (tmp_path / "list.csv").write_text(f"{write_index_video(tmp_path / 'short.mp4', num_frames=6)} 0\n")
+    with pytest.raises(DataError, match=r"\{'too_short': 1\}; .* lower data.frame_step or data.num_frames, or keep"):
+        train(debug_cfg(tmp_path / "run", "data.source=csv", f"data.path={tmp_path / 'list.csv'}", "optim.steps=1"))
 
 
 def test_real_video_csv_run_counts_skipped_files(tmp_path):

@@ -384,7 +384,9 @@ def _first_good(dataset: Any, index: int, load: Callable[[int], dict]) -> dict[s
         item = _load_or_mark(dataset, (index + attempt) % count, load)
         if item is not None:
             return item
-    raise all_skipped_error(count, dataset.skipped)
+    hint = ("one clip needs more frames than these videos have: lower data.frame_step or data.num_frames, or "
+            "keep short videos with data.short_video_policy=loop|pad") if "too_short" in dataset.skipped else ""
+    raise all_skipped_error(count, dataset.skipped, hint)
 
 
 def _load_or_mark(dataset: Any, index: int, load: Callable[[int], dict]) -> dict[str, Any] | None:
@@ -400,9 +402,9 @@ def _load_or_mark(dataset: Any, index: int, load: Callable[[int], dict]) -> dict
         return None
 
 
-def all_skipped_error(count: int, reasons: Counter | dict[str, int]) -> DataError:
-    """The error when none of `count` videos could be used ({reason: files} says why)."""
-    return DataError(f"every one of the {count} videos was skipped: {dict(reasons)}")
+def all_skipped_error(count: int, reasons: Counter | dict[str, int], hint: str = "") -> DataError:
+    """The error when none of `count` videos could be used ({reason: files} says why; `hint`: what to change)."""
+    return DataError(f"every one of the {count} videos was skipped: {dict(reasons)}" + (f"; {hint}" if hint else ""))
 
 
 def drop_bad_items(dataset: Dataset) -> Dataset:
