@@ -142,6 +142,9 @@ def test_image_folder_probe_skips_and_names_an_unreadable_image(tmp_path, capsys
     result = json.loads(out.read_text())
     assert result["class_names"] == ["blue", "red"] and result["num_train"] == 6  # the broken image left out
     assert any(p.endswith("broken.png") for p in result["skipped"]["train"]["skipped_files"])
+    (tmp_path / "train" / "red" / "broken.png").unlink()
+    assert main(["probe", "debug", "--data", str(tmp_path), "--epochs", "1", "--output", str(out)]) == 2
+    assert "pass --source images" in capsys.readouterr().err  # read as frame folders: each far too short
 
 
 def test_labels_outside_the_classes_and_empty_splits_are_clear_errors(videos, tmp_path):

@@ -360,8 +360,9 @@ def _source_name(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def _sampling_hint(probe_cfg: ProbeConfig):
-    """Re-raise 'every video was skipped ... too_short' naming the probe settings that decide clip length."""
-    from vjepa.data.datasets import DataError
+    """Re-raise 'every video was skipped ... too_short' naming the probe settings that decide clip
+    length (and --source images when image folders were read as video frames)."""
+    from vjepa.data.datasets import DataError, guess_source
 
     try:
         yield
@@ -369,9 +370,12 @@ def _sampling_hint(probe_cfg: ProbeConfig):
         if "too_short" not in str(err):
             raise
         frames = probe_cfg.frames_per_segment or "the encoder's num_frames"
+        images = ""
+        if not probe_cfg.source and probe_cfg.data and guess_source(probe_cfg.data) == "frames":
+            images = ". If the folders hold still pictures, not the frames of videos, pass --source images"
         raise DataError(f"{str(err).splitlines()[-1]}. The probe samples clips of {frames} frames "
                         f"{probe_cfg.frame_step} apart (probe.frame_step; --frame-step): lower --frame-step "
-                        "or --frames, or pass --fps, to fit your clips") from None
+                        f"or --frames, or pass --fps, to fit your clips{images}") from None
 
 
 def fold_top1(features: Features, held_out: torch.Tensor, encoder: nn.Module, probe_cfg: ProbeConfig,
