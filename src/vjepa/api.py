@@ -244,10 +244,18 @@ def load_head(source: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     Raises:
         CheckpointError: a missing file, or a checkpoint that is not a fine-tune's.
     """
+    path = checkpoint_path(source)
+    return head_from_checkpoint(load_checkpoint(path), path)
+
+
+def head_from_checkpoint(state: dict[str, Any], path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`load_head` of a fine-tune checkpoint already read (`state`, from the file `path`, named in errors).
+
+    Raises:
+        CheckpointError: when `state` is not a fine-tune's (no `head` and `classifier` entries).
+    """
     from vjepa.models.probe import build_probe
 
-    path = checkpoint_path(source)
-    state = load_checkpoint(path)
     info = state.get("head")
     if not isinstance(info, dict) or "classifier" not in state:
         raise CheckpointError(f"{path} holds no fine-tuned head (expected `head` and `classifier` entries)")
