@@ -285,3 +285,15 @@ def test_with_init_from_arch_on_the_error_never_suggests_it(source_run, tmp_path
     with pytest.raises(CheckpointError, match=r"predictor_proj\.weight") as err:
         train(debug_cfg(tmp_path, "objective.kind=pixel", f"model.init_from={source_run}", "model.init_from_arch=true"))
     assert "set model.init_from_arch" not in str(err.value) and "took the architecture from the file" in str(err.value)
+
+
+def test_a_safetensors_export_of_a_vjepa2_file_keeps_and_reloads_its_ten_mask_tokens(tmp_path):
+    from vjepa.api import export, load
+
+    file, predictor = vjepa2_file(tmp_path / "v2.pt")
+    exported = export(file, tmp_path / "v2.safetensors", with_predictor=True)  # its config: 10 tokens
+    assert len(load(exported, device="cpu").predictor.mask_tokens) == 10
+    train(debug_cfg(tmp_path / "run", "optim.steps=1", f"model.init_from={exported}", "model.init_from_arch=true",
+                    *FROZEN))
+    assert torch.equal(load_checkpoint(tmp_path / "run" / "latest.pt")["predictor"]["mask_tokens.9"],
+                       predictor["mask_tokens.9"])
