@@ -341,7 +341,7 @@ def _set_predictor_shape(m: ModelConfig, predictor: dict[str, torch.Tensor] | No
         m.predictor_depth = numbered(predictor, "predictor_blocks.", f"{source} [predictor]")
         m.predictor_mlp_ratio = block_width(predictor, "predictor_blocks.", f"{source} [predictor]") / m.predictor_embed_dim
         m.predictor_num_heads = 12 if m.pos_embed == "rope" else 0  # V-JEPA 2's predictor: 12 heads; V-JEPA 1: the encoder's
-        m.predictor_num_mask_tokens = sum(1 for k in predictor if k.startswith("mask_tokens."))  # V-JEPA 2: 10
+        m.predictor_num_mask_tokens = numbered(predictor, "mask_tokens.", f"{source} [predictor]")  # V-JEPA 2: 10
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
     if saved_config is not None:  # a resume: latest.pt holds the weights; keep what the run recorded
         _keep_recorded(cfg, saved_config.get("model", {}))
         return cfg, None
-    from vjepa.formats import read_weights  # the one reader: every format `vjepa.load` takes
+    from vjepa.formats import numbered, read_weights  # the one reader: every format `vjepa.load` takes
 
     digest = sha256_of(weights_file(m.init_from))
     if m.init_from_sha256 and m.init_from_sha256 != digest:
@@ -136,7 +136,8 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
         raise ConfigError(f"model.init_from={m.init_from} is a preset or holds no encoder weights")
     file_model, keys = to_dict(file_cfg.model), ENCODER_ARCH_KEYS + PREDICTOR_ARCH_KEYS * ("predictor" in networks)
     if "predictor" in networks:  # the count the weights hold (a stored 0 means one per generator of that run)
-        file_model["predictor_num_mask_tokens"] = _count_mask_tokens(networks["predictor"])
+        file_model["predictor_num_mask_tokens"] = numbered(networks["predictor"], "mask_tokens.",
+                                                           f"model.init_from={m.init_from} [predictor]")
     if m.init_from_arch:
         _copy_arch(cfg, file_model, with_predictor="predictor" in networks)
         validate(cfg)
@@ -146,10 +147,6 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
                         if file_model[k] != ours[k])
     return cfg, InitWeights(networks, token_grid(file_cfg), description, differences, m.init_from_arch)
 
-
-def _count_mask_tokens(predictor: dict[str, torch.Tensor]) -> int:
-    """How many `mask_tokens.i` a predictor state holds."""
-    return sum(1 for key in predictor if key.startswith("mask_tokens."))
 
 
 def _keep_recorded(cfg: Config, saved_model: dict[str, Any]) -> None:
