@@ -116,6 +116,12 @@ class MaskConfig:
     causal_context_frames: int = 6  # kind=causal: context comes from the first this-many frames only
     collate: str = "pad"  # pad (keep every token, attention masks) | truncate (official)
 
+    @property
+    def num_generators(self) -> int:
+        """How many mask batches (and, by default, predictor mask tokens) a step samples: one for
+        `tube`, else one per generator."""
+        return 1 if self.kind == "tube" else len(self.generators)
+
 
 @dataclass
 class SyntheticConfig:
@@ -832,9 +838,7 @@ def _check_choices(cfg: Config) -> None:
 
 def _check_mask_tokens(cfg: Config) -> None:
     """`model.predictor_mask_token=generator` needs a mask token for every generator."""
-    from vjepa.masks.sample import num_generators  # masks import this module
-
-    count, generators = cfg.model.predictor_num_mask_tokens, num_generators(cfg.mask)
+    count, generators = cfg.model.predictor_num_mask_tokens, cfg.mask.num_generators
     if count and cfg.model.predictor_mask_token == "generator" and count < generators:
         raise ConfigError(f"model.predictor_num_mask_tokens={count} is fewer than the {generators} mask generators "
                           "that model.predictor_mask_token=generator gives a token each (0: one per generator)")

@@ -17,7 +17,7 @@ Grid = tuple[int, int, int]
 
 def num_generators(cfg: MaskConfig) -> int:
     """How many mask batches (and predictor mask tokens) `target_masks` gives per step."""
-    return 1 if cfg.kind == "tube" else len(cfg.generators)
+    return cfg.num_generators  # the rule lives with the config, whose validation needs it too
 
 
 def num_mask_tokens(cfg: Config) -> int:
