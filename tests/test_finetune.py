@@ -147,16 +147,22 @@ def test_output_is_an_encoder_vjepa_load_reads_and_a_probe_layout_head(source_ru
     assert "add --from scratch" in capsys.readouterr().err
 
 
-def test_labelled_real_video_folders(source_run, tmp_path):
+def write_video_folders(root):
+    """train/ and test/ class folders (class0, class1) of 4 tiny rendered mp4 clips each."""
     from vjepa.config import SyntheticConfig
     from vjepa.data.synthetic import MOTION_CLASSES, render_clip, write_mp4
 
     for split in ("train", "test"):
         for i in range(4):
             frames, motion, _ = render_clip(SyntheticConfig(size=32, num_frames=20), split, i)
-            folder = tmp_path / "videos" / split / f"class{i % 2}"
+            folder = root / split / f"class{i % 2}"
             folder.mkdir(parents=True, exist_ok=True)
             write_mp4(frames, folder / f"v{i}_{MOTION_CLASSES[motion]}.mp4")
+    return root
+
+
+def test_labelled_real_video_folders(source_run, tmp_path):
+    write_video_folders(tmp_path / "videos")
     cfg, settings = finetune_config(str(source_run), [f"run.out_dir={tmp_path / 'run'}", *QUIET, "optim.steps=2",
                                                       "data.frame_step=2"], "k400", data=str(tmp_path / "videos"))
     assert cfg.data.source == "folder" and settings.task == "label" and cfg.data.horizontal_flip
@@ -257,3 +263,43 @@ def test_nonfinite_weights_are_never_saved(source_run, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="fine-tuned weights became NaN or infinite by step 3"):
         finetune(*config(source_run, tmp_path / "run", *args))
     assert not (tmp_path / "run" / "latest.pt").exists()  # nothing non-finite was written
+
+
+def test_classify_a_finetune_run_with_its_encoder_head_and_class_names(source_run, tmp_path, capsys):
+    """`vjepa classify VIDEO --probe RUN` (or RUN/latest.pt) reads the run's fine-tuned encoder and head, names
+    its classes and views a clip as the fine-tune's evaluation did."""
+    import warnings
+
+    import vjepa
+    from vjepa.api import load, load_config
+    from vjepa.data import build_dataset
+    from vjepa.data.transforms import build_transform
+
+    data, run = write_video_folders(tmp_path / "videos"), tmp_path / "run"
+    finetune(*finetune_config(str(source_run), [f"run.out_dir={run}", *QUIET, "optim.steps=2", "data.frame_step=2"],
+                              "k400", data=str(data)))
+    video = next((data / "test" / "class1").iterdir())
+    for probe_arg in (run, run / "latest.pt"):
+        out = tmp_path / f"{probe_arg.name}.json"
+        assert main(["classify", str(video), "--probe", str(probe_arg), "--output", str(out), "--no-progress"]) == 0
+        payload = json.loads(out.read_text())
+        assert {c["class"] for c in payload["results"][0]["top_k"]} == {"class0", "class1"}
+        assert payload["checkpoint"] == str(run / "latest.pt")  # the encoder: the run's own
+    # the numbers: the fine-tuned encoder + head on the fine-tune evaluation's own view of the clip
+    cfg = load_config(run)
+    dataset = build_dataset(cfg.data, split="test", train=False,
+                            transform=build_transform(cfg.data, train=False, num_crops=1, resize_ratio=1.0))
+    item = next(dataset[i] for i in range(len(dataset.records)) if dataset[i]["path"] == str(video))
+    head, _ = load_head(run)
+    with torch.no_grad():
+        expected = head(load(run, which="encoder", device="cpu")(item["video"])).softmax(-1)[0]
+    probs = {c["index"]: c["prob"] for c in payload["results"][0]["top_k"]}
+    assert [probs[0], probs[1]] == pytest.approx(expected.tolist(), abs=1e-5)
+    # another encoder is taken when given, with a warning; a pretraining run is no probe
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vjepa.load_probe(run, encoder=source_run, device="cpu")
+    assert any("fine-tuned with that run's encoder" in str(w.message) for w in caught)
+    capsys.readouterr()
+    assert main(["classify", str(video), "--probe", str(source_run), "--output", str(tmp_path / "x.json")]) == 2
+    assert "not a `vjepa finetune` run" in capsys.readouterr().err

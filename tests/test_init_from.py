@@ -1,6 +1,7 @@
 """model.init_from: strict starts from a file, bit-exact at step 0, resumable; cooldown to a larger clip."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ def test_a_mismatched_architecture_is_refused_naming_the_keys(source_run, tmp_pa
     with pytest.raises(CheckpointError, match=r"\[encoder\].*unexpected keys: blocks\.1\..*init_from_arch=true") as err:
         train(debug_cfg(tmp_path / "a", "model.depth=1", f"model.init_from={source_run}"))
     assert "\n" not in str(err.value)
-    with pytest.raises(CheckpointError, match=r"shape mismatches: blocks\.0.*differ: model\.embed_dim: file 64, config 32"):
+    with pytest.raises(CheckpointError, match=r"differ: model\.embed_dim: file 64, config 32; shape mismatches: blocks\.0"):
         train(debug_cfg(tmp_path / "b", "model.embed_dim=32", f"model.init_from={source_run}"))
     with pytest.raises(ConfigError, match="no such file"):
         train(debug_cfg(tmp_path / "c", f"model.init_from={tmp_path / 'missing.pt'}"))
@@ -210,3 +211,92 @@ def test_one_resolver_for_the_start_file_run_directory_and_hugging_face_folder(s
     (hf / "config.json").unlink()  # not a Hugging Face folder any more: a folder without weights
     with pytest.raises(ConfigError, match="without latest.pt.*it takes a checkpoint"):
         weights_file(hf)
+
+
+def vjepa2_file(path, tokens=10):
+    """A released-layout V-JEPA 2 checkpoint at ViT-Ti width (192, 3 heads, official): RoPE, 12 predictor
+    heads, an unused sin-cos table in each network, `tokens` mask tokens (released files: 10)."""
+    from vjepa.models.factory import build_encoder, token_grid
+    from vjepa.models.predictor import build_predictor
+
+    cfg = debug_cfg(path.parent, "model.embed_dim=192", "model.num_heads=3", "model.depth=1", "model.pos_embed=rope",
+                    "model.uniform_power=false", "model.predictor_embed_dim=96", "model.predictor_num_heads=12",
+                    "model.predictor_depth=1")
+    torch.manual_seed(3)
+    encoder, predictor = build_encoder(cfg), build_predictor(cfg.model, tokens, token_grid(cfg))
+    for token in predictor.mask_tokens:  # tell the tokens apart (they start at zero)
+        torch.nn.init.normal_(token)
+    num = 4 * 4 * 4  # 8 frames x 32 px, tubelet 2, patch 8
+
+    def wrapped(state, table, width):
+        return {f"module.backbone.{k}": v for k, v in {**state, table: torch.zeros(1, num, width)}.items()}
+
+    enc = wrapped(encoder.state_dict(), "pos_embed", 192)
+    torch.save({"encoder": enc, "target_encoder": enc, "epoch": 1,
+                "predictor": wrapped(predictor.state_dict(), "predictor_pos_embed", 96)}, path)
+    return path, {k: v.clone() for k, v in predictor.state_dict().items()}
+
+
+@pytest.mark.parametrize("by", ["generator", "clip_length"])
+def test_a_vjepa2_file_keeps_its_ten_mask_tokens_saves_resumes_and_loads(tmp_path, by):
+    from vjepa.api import export_hf, load
+
+    file, predictor = vjepa2_file(tmp_path / "v2.pt")
+    args = [f"model.init_from={file}", "model.init_from_arch=true", f"model.predictor_mask_token={by}",
+            "optim.warmup_steps=0"]
+    train(debug_cfg(tmp_path / "run", "optim.steps=1", "run.checkpoint_every=1", *args))
+    state = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert state["config"]["model"]["predictor_num_mask_tokens"] == 10
+    used = 1 if by == "clip_length" else 2  # token 0, or one per generator; the rest stay as loaded
+    moved = [not torch.equal(state["predictor"][f"mask_tokens.{i}"], predictor[f"mask_tokens.{i}"]) for i in range(10)]
+    assert moved == [True] * used + [False] * (10 - used)
+    train(debug_cfg(tmp_path / "run", "optim.steps=2", *args))  # resumes: the file is not read again
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["step"] == 2
+    assert len(load(tmp_path / "run", device="cpu").predictor.mask_tokens) == 10
+    # the same weights as a Hugging Face folder
+    hf = export_hf(file, tmp_path / "hf")
+    train(debug_cfg(tmp_path / "from_hf", "optim.steps=1", *args[1:], f"model.init_from={hf}"))
+    assert len(load_checkpoint(tmp_path / "from_hf" / "latest.pt")["predictor"]) == len(state["predictor"])
+
+
+def test_a_mask_token_count_that_differs_is_named_and_too_few_refused(tmp_path):
+    file, _ = vjepa2_file(tmp_path / "v2.pt")
+    arch = ["model.embed_dim=192", "model.num_heads=3", "model.depth=1", "model.pos_embed=rope",
+            "model.uniform_power=false", "model.predictor_embed_dim=96", "model.predictor_num_heads=12",
+            "model.predictor_depth=1"]
+    with pytest.raises(CheckpointError, match=r"\[predictor\] does not match the model: the architectures differ: "
+                                              r"model\.predictor_num_mask_tokens: file 10, config 2; unexpected"):
+        train(debug_cfg(tmp_path / "a", f"model.init_from={file}", *arch))
+    train(debug_cfg(tmp_path / "b", "optim.steps=1", f"model.init_from={file}", *arch,
+                    "model.predictor_num_mask_tokens=10"))  # naming the count is enough
+    with pytest.raises(ConfigError, match="predictor_num_mask_tokens=1 is fewer than the 2 mask generators"):
+        train(debug_cfg(tmp_path / "c", "model.predictor_num_mask_tokens=1"))
+
+
+def test_a_mismatch_error_puts_the_architecture_first_and_caps_the_key_lists(source_run, tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        train(debug_cfg(tmp_path / "a", "model.embed_dim=32", "model.depth=3", f"model.init_from={source_run}"))
+    message = str(err.value)
+    assert message.index("the architectures differ: model.embed_dim: file 64, config 32; model.depth: file 2, "
+                         "config 3") < message.index("missing keys") < message.index("shape mismatches")
+    assert re.search(r"missing keys: (blocks\.2\.[^,]+, ){4}blocks\.2\.[^,]+ \.\.\. and \d+ more;", message)
+    assert len(message) < 1000 and "\n" not in message
+
+
+def test_with_init_from_arch_on_the_error_never_suggests_it(source_run, tmp_path):
+    # pixel targets give the predictor another output width: a key init_from_arch does not copy
+    with pytest.raises(CheckpointError, match=r"predictor_proj\.weight") as err:
+        train(debug_cfg(tmp_path, "objective.kind=pixel", f"model.init_from={source_run}", "model.init_from_arch=true"))
+    assert "set model.init_from_arch" not in str(err.value) and "took the architecture from the file" in str(err.value)
+
+
+def test_a_safetensors_export_of_a_vjepa2_file_keeps_and_reloads_its_ten_mask_tokens(tmp_path):
+    from vjepa.api import export, load
+
+    file, predictor = vjepa2_file(tmp_path / "v2.pt")
+    exported = export(file, tmp_path / "v2.safetensors", with_predictor=True)  # its config: 10 tokens
+    assert len(load(exported, device="cpu").predictor.mask_tokens) == 10
+    train(debug_cfg(tmp_path / "run", "optim.steps=1", f"model.init_from={exported}", "model.init_from_arch=true",
+                    *FROZEN))
+    assert torch.equal(load_checkpoint(tmp_path / "run" / "latest.pt")["predictor"]["mask_tokens.9"],
+                       predictor["mask_tokens.9"])

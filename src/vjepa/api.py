@@ -37,7 +37,7 @@ from vjepa.formats import (
     networks_to_hf,
     read_weights,
 )
-from vjepa.masks.sample import num_generators
+from vjepa.masks.sample import num_mask_tokens
 from vjepa.models.factory import build_encoder, initial_encoder
 from vjepa.models.predictor import Predictor, build_predictor
 from vjepa.models.vit import VisionTransformer
@@ -129,7 +129,7 @@ def load(
     model = _network_model(cfg, networks, name, description)
     predictor = None
     if with_predictor and networks.get("predictor"):
-        expected = num_generators(cfg.mask) if stored else None  # a run's own: one token per generator
+        expected = num_mask_tokens(cfg) if stored else None  # a run's own: as many tokens as it trained
         predictor = _load_predictor(cfg, networks["predictor"], model.grid, f"{description} [predictor]", expected)
     encoder = Encoder(model, cfg, predictor, name or "random", description, precision)
     return encoder.to(device)
@@ -244,10 +244,18 @@ def load_head(source: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     Raises:
         CheckpointError: a missing file, or a checkpoint that is not a fine-tune's.
     """
+    path = checkpoint_path(source)
+    return head_from_checkpoint(load_checkpoint(path), path)
+
+
+def head_from_checkpoint(state: dict[str, Any], path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`load_head` of a fine-tune checkpoint already read (`state`, from the file `path`, named in errors).
+
+    Raises:
+        CheckpointError: when `state` is not a fine-tune's (no `head` and `classifier` entries).
+    """
     from vjepa.models.probe import build_probe
 
-    path = checkpoint_path(source)
-    state = load_checkpoint(path)
     info = state.get("head")
     if not isinstance(info, dict) or "classifier" not in state:
         raise CheckpointError(f"{path} holds no fine-tuned head (expected `head` and `classifier` entries)")

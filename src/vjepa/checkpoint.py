@@ -313,8 +313,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return state
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """`load_state_dict(strict=True)`, but the error lists every missing, unexpected and mis-shaped key."""
+KEYS_SHOWN = 5  # keys a mismatch error names per list; the rest are counted
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, reason: str = "",
+                      advice: str = "") -> None:
+    """`load_state_dict(strict=True)`, with a one-line error a reader can act on.
+
+    Args:
+        module: the network to fill.
+        state: its weights (names below any wrapper prefix).
+        what: the file and network, first in the error (e.g. "run/latest.pt [encoder]").
+        reason: the caller's explanation, put before the key lists (e.g. which architecture
+            settings differ between the file and the config).
+        advice: what to do about it, put last.
+
+    Raises:
+        CheckpointError: `what`, `reason`, then the missing, unexpected and mis-shaped keys, each
+            list capped at its first KEYS_SHOWN ("... and N more"), then `advice`.
+    """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -323,13 +340,13 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: s
         for k in set(own) & set(state)
         if tuple(state[k].shape) != tuple(own[k].shape)
     )
-    problems = []
+    problems = [reason] if reason else []
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
         if items:
-            shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
-            problems.append(f"{title}: {shown}")
-    if problems:
-        raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
+            more = f" ... and {len(items) - KEYS_SHOWN} more" if len(items) > KEYS_SHOWN else ""
+            problems.append(f"{title}: {', '.join(items[:KEYS_SHOWN])}{more}")
+    if len(problems) > bool(reason):
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems) + (f". {advice}" if advice else ""))
     module.load_state_dict(state, strict=True)
 
 

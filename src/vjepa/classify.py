@@ -401,15 +401,22 @@ def load_probe(
     from vjepa.formats import is_hf
 
     path = Path(path)
+    checkpoint = None
     if is_hf(path):
         probe = load_hf_probe(path, official.get("class_names"))
-    elif path.suffix in OFFICIAL_SUFFIXES:
-        probe = load_official_probe(path, **official)
+    elif path.is_dir() or path.suffix in OFFICIAL_SUFFIXES:  # a fine-tune run or an official probe: read once
+        checkpoint = _read_checkpoint(path)
+        if isinstance(checkpoint.get("head"), dict):
+            probe = finetuned_probe(checkpoint, path)
+        else:
+            probe = _official_probe(checkpoint, path, **official)
     else:
         probe = _load_probe_file(path)
     probe.encoder = _resolve_encoder(encoder, probe, device, precision)
     if probe.encoder is not None:
         _check_encoder(probe, path)
+        if encoder is not None and probe.info.get("finetuned"):
+            _check_finetuned_encoder(probe, checkpoint["encoder"], path)
         probe.module.to(probe.encoder.device)
         if probe.info.get(
             "official"
@@ -557,7 +564,19 @@ def load_official_probe(
             fills the rest from the encoder's clip (one centre view, its frames, step, size and
             normalisation, short side resized by 256/224 as the official evaluation does).
     """
-    state = official_probe_state(load_checkpoint(path), path, head)
+    return _official_probe(load_checkpoint(path), path, num_heads, head, class_names, protocol)
+
+
+def _official_probe(
+    checkpoint: dict[str, Any],
+    path: str | Path,
+    num_heads: int = 16,
+    head: int = 0,
+    class_names: list[str] | None = None,
+    protocol: dict[str, Any] | None = None,
+) -> TrainedProbe:
+    """`load_official_probe` of a checkpoint already read (`checkpoint`, from `path`)."""
+    state = official_probe_state(checkpoint, path, head)
     if "pooler.query_tokens" not in state or "linear.weight" not in state:
         raise CheckpointError(
             f"probe checkpoint {path} does not match the attentive probe: missing "
@@ -578,6 +597,57 @@ def load_official_probe(
     }
     view = ViewProtocol.from_dict({"resize_ratio": 256 / 224, **(protocol or {})})
     return TrainedProbe(module, spec, view, class_names or [], info={"source": str(path), "official": True})
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint a `--probe` folder or .pt names; a folder must be a `vjepa finetune` run.
+
+    Raises:
+        CheckpointError: naming the folder when it holds no latest.pt, or a latest.pt that is not a
+            fine-tune's (a pretraining run has no classifier: probe it first).
+    """
+    from vjepa.formats import checkpoint_path
+
+    file = checkpoint_path(path)
+    checkpoint = load_checkpoint(file)
+    if path.is_dir() and not isinstance(checkpoint.get("head"), dict):
+        raise CheckpointError(f"{path} is a run without a classifier (not a `vjepa finetune` run): train a probe "
+                              f"on it (`vjepa probe {path} --data ...`) and classify with that probe file")
+    return checkpoint
+
+
+def finetuned_probe(checkpoint: dict[str, Any], path: str | Path) -> TrainedProbe:
+    """The head of a `vjepa finetune` checkpoint as a probe whose encoder is that run's fine-tuned one.
+
+    The head comes from `vjepa.api.head_from_checkpoint` (class names and all); the views are the
+    fine-tune's evaluation views (one centre view of the run's clip, `vjepa.finetune.evaluate`),
+    built by `protocol_of_run`; the encoder is `vjepa.load(path, which="encoder")`, loaded by
+    `load_probe` unless the caller passes another.
+
+    Args:
+        checkpoint: the fine-tune's latest.pt (or step_N.pt) as read.
+        path: the run directory or that file.
+    """
+    from vjepa.api import head_from_checkpoint
+    from vjepa.config import ProbeConfig, config_from_stored
+
+    module, head = head_from_checkpoint(checkpoint, path)
+    cfg = config_from_stored(checkpoint["config"], str(path))
+    d = cfg.data  # the evaluation's one centre view: the run's frames, sampling and crop, no resize margin
+    views = ProbeConfig(frames_per_segment=d.num_frames, frame_step=d.frame_step, fps=d.fps, resize_ratio=1.0)
+    spec = {"kind": head["kind"], "variant": "vjepa1", "depth": head["depth"], "embed_dim": head["embed_dim"],
+            "num_heads": head["num_heads"], "num_classes": head["num_classes"]}
+    info = {"source": str(path), "finetuned": True, "task": head.get("task"),
+            "encoder": {"source": str(path), "which": "encoder"}}
+    return TrainedProbe(module, spec, protocol_of_run(cfg, views), head.get("class_names", []), info=info)
+
+
+def _check_finetuned_encoder(probe: TrainedProbe, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Warn when a fine-tuned head is given an encoder other than the one trained with it."""
+    own = probe.encoder.model.state_dict()
+    if own.keys() != weights.keys() or not all(torch.equal(own[k].cpu(), v) for k, v in weights.items()):
+        warnings.warn(f"the head of {path} was fine-tuned with that run's encoder, not {probe.encoder.source}; "
+                      "its predictions may be meaningless", stacklevel=3)
 
 
 def _resolve_encoder(encoder: Any, probe: TrainedProbe, device: Any, precision: str) -> Any:

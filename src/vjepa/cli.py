@@ -8,6 +8,7 @@
     vjepa embed VIDEO_OR_DIR_OR_CSV --checkpoint CKPT -o features.safetensors
     torchrun --nproc_per_node 8 -m vjepa embed ...      (one share of the files per GPU)
     vjepa classify VIDEO_OR_DIR_OR_CSV --probe probe.safetensors [--checkpoint CKPT] [--top-k 5]
+    vjepa classify VIDEO_OR_DIR_OR_CSV --probe FINETUNE_RUN_DIR   # its fine-tuned encoder and head
     vjepa visualize pca|masks|curves ...
     vjepa bench [--preset demo]
     vjepa finetune ENCODER [--data videos/] [--preset k400|ssv2] [--from scratch]
@@ -468,7 +469,8 @@ def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="top-k classes of videos with a trained probe (prints, writes JSON)")
     p.add_argument("input", help="video file, folder of videos, or CSV/TXT list (`path [label]` per line)")
     p.add_argument("--probe", required=True,
-                   help="probe file from `vjepa probe` (.safetensors), official .pt, or a Hugging Face classifier folder")
+                   help="probe file from `vjepa probe` (.safetensors), a `vjepa finetune` run (folder or its .pt: "
+                        "its encoder and head), an official .pt, or a Hugging Face classifier folder")
     _encoder_args(p, checkpoint_required=False)
     p.add_argument("--top-k", type=int, default=5, help="classes reported per video")
     p.add_argument("--output", default="classify.json", help="JSON file to write")

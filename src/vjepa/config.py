@@ -69,6 +69,10 @@ class ModelConfig:
     # g (V-JEPA 1). clip_length: one token per clip-length group, as V-JEPA 2's training picks it; a
     # run has one clip length, so every generator uses token 0 (docs/vjepa2.md)
     predictor_mask_token: str = "generator"
+    # How many mask tokens the predictor holds. 0: one per mask generator (V-JEPA 1). Released V-JEPA 2
+    # predictors hold 10 (the official training makes generators x clip-length groups); with
+    # model.init_from_arch=true a run takes the file's count, so every token loads and is saved again
+    predictor_num_mask_tokens: int = 0
     # Keep the 1/sqrt(2*layer) rescaling of residual projections. The official training script
     # re-initialises every Linear afterwards, undoing it; set False to reproduce that.
     rescale_residual: bool = True
@@ -111,6 +115,12 @@ class MaskConfig:
     tube_ratio: float = 0.9  # kind=tube: fraction of spatial positions hidden through all time
     causal_context_frames: int = 6  # kind=causal: context comes from the first this-many frames only
     collate: str = "pad"  # pad (keep every token, attention masks) | truncate (official)
+
+    @property
+    def num_generators(self) -> int:
+        """How many mask batches (and, by default, predictor mask tokens) a step samples: one for
+        `tube`, else one per generator."""
+        return 1 if self.kind == "tube" else len(self.generators)
 
 
 @dataclass
@@ -669,7 +679,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None, bool]]] = {
         "embed_dim": AT_LEAST_1, "depth": AT_LEAST_1, "num_heads": AT_LEAST_1, "mlp_ratio": POSITIVE,
         "patch_size": AT_LEAST_1, "tubelet_size": AT_LEAST_1, "num_frames": AT_LEAST_1, "img_size": AT_LEAST_1,
         "in_chans": AT_LEAST_1, "predictor_embed_dim": AT_LEAST_1, "predictor_depth": AT_LEAST_1,
-        "predictor_num_heads": AT_LEAST_0, "drop_path": (0, 1, True),
+        "predictor_num_heads": AT_LEAST_0, "predictor_num_mask_tokens": AT_LEAST_0, "drop_path": (0, 1, True),
     },
     "mask": {"tube_ratio": (0, 1, True), "causal_context_frames": AT_LEAST_1},
     "mask.generators": {"num_blocks": AT_LEAST_1, "spatial_scale": FRACTION, "temporal_scale": FRACTION,
@@ -833,6 +843,14 @@ def _check_choices(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
 
 
+def _check_mask_tokens(cfg: Config) -> None:
+    """`model.predictor_mask_token=generator` needs a mask token for every generator."""
+    count, generators = cfg.model.predictor_num_mask_tokens, cfg.mask.num_generators
+    if count and cfg.model.predictor_mask_token == "generator" and count < generators:
+        raise ConfigError(f"model.predictor_num_mask_tokens={count} is fewer than the {generators} mask generators "
+                          "that model.predictor_mask_token=generator gives a token each (0: one per generator)")
+
+
 def validate(cfg: Config) -> Config:
     """Check every setting's range or choice and the cross-field constraints.
 
@@ -848,6 +866,7 @@ def validate(cfg: Config) -> Config:
     if cfg.objective.target_norm != "layer" and cfg.objective.kind != "jepa":
         raise ConfigError(f"objective.target_norm={cfg.objective.target_norm!r} needs objective.kind=jepa "
                           "(pixel targets are normalised per tubelet)")
+    _check_mask_tokens(cfg)
     if cfg.model.init_from_arch and not cfg.model.init_from.strip():
         raise ConfigError("model.init_from_arch=true needs model.init_from=PATH (the file to take the architecture from)")
     check_device(cfg.run.device, "run.device")

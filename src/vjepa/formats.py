@@ -95,13 +95,13 @@ def mask_token_count(state: dict[str, torch.Tensor], where: str, expected: int |
     """Number of predictor mask tokens, numbered without gaps and as many as the run used.
 
     Args:
-        expected: tokens the run trained (one per mask generator, from a stored config); None for
+        expected: tokens the run trained (`vjepa.masks.num_mask_tokens` of a stored config); None for
             official files, where fewer than 2 is refused (V-JEPA 1 stores 2, V-JEPA 2 stores 10).
     """
     count = numbered(state, "mask_tokens.", where)
     wrong = count != expected if expected is not None else count < 2
     if wrong:
-        wanted = f"exactly {expected} (one per mask generator)" if expected is not None else "at least 2"
+        wanted = f"exactly {expected} (as the run's config says)" if expected is not None else "at least 2"
         raise CheckpointError(f"{where}: {count} mask token(s) (mask_tokens.0..{count - 1}), expected {wanted}"
                               + (f": missing mask_tokens.{count}?" if expected is None or count < expected else ""))
     return count
@@ -281,6 +281,8 @@ def infer_model_config(
     m.pos_embed = detect_pos_embed(networks, seen_size, pos_embed)
     m.num_heads = _official_num_heads(m.embed_dim, m.pos_embed == "rope", num_heads)
     _set_clip_size(cfg, encoder, num_frames, img_size)
+    if m.pos_embed == "rope":  # no table to lay out: V-JEPA 2's setting (as `hf_model_config`), so
+        m.uniform_power = False  # a file and its Hugging Face export read as the same architecture
     _set_predictor_shape(m, networks.get("predictor"), source)
     return cfg
 
@@ -339,6 +341,7 @@ def _set_predictor_shape(m: ModelConfig, predictor: dict[str, torch.Tensor] | No
         m.predictor_depth = numbered(predictor, "predictor_blocks.", f"{source} [predictor]")
         m.predictor_mlp_ratio = block_width(predictor, "predictor_blocks.", f"{source} [predictor]") / m.predictor_embed_dim
         m.predictor_num_heads = 12 if m.pos_embed == "rope" else 0  # V-JEPA 2's predictor: 12 heads; V-JEPA 1: the encoder's
+        m.predictor_num_mask_tokens = numbered(predictor, "mask_tokens.", f"{source} [predictor]")  # V-JEPA 2: 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +497,7 @@ def hf_model_config(config: dict[str, Any]):
     m.in_chans, m.img_size, m.num_frames = config.get("in_chans", 3), config["crop_size"], config["frames_per_clip"]
     m.predictor_embed_dim, m.predictor_depth = config["pred_hidden_size"], config["pred_num_hidden_layers"]
     m.predictor_num_heads, m.predictor_mlp_ratio = config["pred_num_attention_heads"], config["pred_mlp_ratio"]
+    m.predictor_num_mask_tokens = config.get("pred_num_mask_tokens", 10)  # transformers' default: 10
     cfg.data.num_frames, cfg.data.crop_size = m.num_frames, m.img_size
     return cfg
 

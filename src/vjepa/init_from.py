@@ -28,13 +28,15 @@ from torch import nn
 
 from vjepa.checkpoint import CheckpointError, load_state_strict
 from vjepa.config import PRESETS, Config, ConfigError, to_dict, validate
+from vjepa.masks.sample import num_mask_tokens
 from vjepa.models.factory import token_grid
 from vjepa.models.pos_embed import interpolate_3d
 
 # The model keys that describe the architecture (what `init_from_arch` copies from the file).
 ENCODER_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "in_chans",
                      "uniform_power", "pos_embed")
-PREDICTOR_ARCH_KEYS = ("predictor_embed_dim", "predictor_depth", "predictor_num_heads", "predictor_mlp_ratio")
+PREDICTOR_ARCH_KEYS = ("predictor_embed_dim", "predictor_depth", "predictor_num_heads", "predictor_mlp_ratio",
+                       "predictor_num_mask_tokens")
 # position tables of each network (buffers, resampled when the token grid changes)
 POSITION_TABLES = {"encoder": "pos_embed", "target_encoder": "pos_embed", "predictor": "predictor_pos_embed"}
 
@@ -47,6 +49,7 @@ class InitWeights:
     grid: tuple[int, int, int]
     source: str
     arch_differences: tuple[str, ...] = ()  # "model.depth: file 2, config 1", named in a load error
+    arch_from_file: bool = False  # model.init_from_arch was on: the error must not suggest it
 
 
 def weights_file(source: str | Path) -> Path:
@@ -121,7 +124,7 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
     if saved_config is not None:  # a resume: latest.pt holds the weights; keep what the run recorded
         _keep_recorded(cfg, saved_config.get("model", {}))
         return cfg, None
-    from vjepa.formats import read_weights  # the one reader: every format `vjepa.load` takes
+    from vjepa.formats import numbered, read_weights  # the one reader: every format `vjepa.load` takes
 
     digest = sha256_of(weights_file(m.init_from))
     if m.init_from_sha256 and m.init_from_sha256 != digest:
@@ -132,13 +135,18 @@ def prepare_init(cfg: Config, saved_config: dict[str, Any] | None = None) -> tup
     if not networks:
         raise ConfigError(f"model.init_from={m.init_from} is a preset or holds no encoder weights")
     file_model, keys = to_dict(file_cfg.model), ENCODER_ARCH_KEYS + PREDICTOR_ARCH_KEYS * ("predictor" in networks)
+    if "predictor" in networks:  # the count the weights hold (a stored 0 means one per generator of that run)
+        file_model["predictor_num_mask_tokens"] = numbered(networks["predictor"], "mask_tokens.",
+                                                           f"model.init_from={m.init_from} [predictor]")
     if m.init_from_arch:
         _copy_arch(cfg, file_model, with_predictor="predictor" in networks)
         validate(cfg)
     m.init_from_sha256 = digest
-    differences = tuple(f"model.{k}: file {file_model[k]!r}, config {getattr(m, k)!r}" for k in keys
-                        if file_model[k] != getattr(m, k))
-    return cfg, InitWeights(networks, token_grid(file_cfg), description, differences)
+    ours = {**to_dict(m), "predictor_num_mask_tokens": num_mask_tokens(cfg)}  # 0 -> the count it builds
+    differences = tuple(f"model.{k}: file {file_model[k]!r}, config {ours[k]!r}" for k in keys
+                        if file_model[k] != ours[k])
+    return cfg, InitWeights(networks, token_grid(file_cfg), description, differences, m.init_from_arch)
+
 
 
 def _keep_recorded(cfg: Config, saved_model: dict[str, Any]) -> None:
@@ -176,12 +184,13 @@ def _load(module: nn.Module, state: dict[str, torch.Tensor], name: str, init: In
           dst_grid: tuple[int, int, int]) -> None:
     what = f"model.init_from={init.source} [{name}]"
     state = resample_positions(state, POSITION_TABLES[name], init.grid, dst_grid, what)
-    try:
-        load_state_strict(module, state, what)
-    except CheckpointError as err:
-        differ = f" (the architectures differ: {'; '.join(init.arch_differences)})" if init.arch_differences else ""
-        raise CheckpointError(f"{err}{differ}. Make the config's architecture match the file, or set "
-                              "model.init_from_arch=true to take it from the file") from None
+    differ = f"the architectures differ: {'; '.join(init.arch_differences)}" if init.arch_differences else ""
+    if init.arch_from_file:  # the flag is on: suggesting it again would send the user in a circle
+        advice = ("model.init_from_arch=true took the architecture from the file, so these keys come from "
+                  "settings it does not copy (e.g. objective.kind)")
+    else:
+        advice = "Make the config's architecture match the file, or set model.init_from_arch=true to take it from the file"
+    load_state_strict(module, state, what, differ, advice)
 
 
 def load_initial_weights(model: nn.Module, init: InitWeights, grid: tuple[int, int, int]) -> list[str]:

@@ -224,7 +224,14 @@ class JEPA(nn.Module):
         self.encoder = build_encoder(cfg)
         pixel_dim = m.in_chans * m.tubelet_size * m.patch_size**2
         out_dim = pixel_dim if self.objective == "pixel" else None
-        self.predictor = build_predictor(m, num_mask_generators, token_grid(cfg), out_dim=out_dim)
+        # one mask token per generator unless the config names a count (a V-JEPA 2 file's 10)
+        num_tokens = m.predictor_num_mask_tokens or num_mask_generators
+        self.predictor = build_predictor(m, num_tokens, token_grid(cfg), out_dim=out_dim)
+        if m.predictor_num_mask_tokens:  # tokens no generator indexes (a V-JEPA 2 file's extra ones) stay as
+            # loaded: the official predictor indexes its token, so the rest get no gradient and AdamW skips them
+            used = 1 if self.mask_token_by == "clip_length" else num_mask_generators
+            for token in list(self.predictor.mask_tokens)[used:]:
+                token.requires_grad_(False)
         self.target_encoder = copy.deepcopy(self.encoder) if self.objective == "jepa" else None
         if self.target_encoder is not None:
             self.target_encoder.requires_grad_(False)

@@ -29,7 +29,7 @@ from vjepa.masks.multiblock import (
     sample_block_starts,
     sample_multiblock_mask,
 )
-from vjepa.masks.sample import num_generators, sample_masks, target_masks
+from vjepa.masks.sample import num_generators, num_mask_tokens, sample_masks, target_masks
 from vjepa.masks.tube import sample_tube_mask
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "indices_to_mask",
     "mask_to_indices",
     "num_generators",
+    "num_mask_tokens",
     "pack_masks",
     "sample_block_size",
     "sample_block_starts",

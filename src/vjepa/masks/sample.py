@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from vjepa.config import MaskConfig
+from vjepa.config import Config, MaskConfig
 from vjepa.masks.collate import MaskBatch, collate_masks
 from vjepa.masks.multiblock import sample_multiblock_mask
 from vjepa.masks.tube import sample_tube_mask
@@ -17,7 +17,13 @@ Grid = tuple[int, int, int]
 
 def num_generators(cfg: MaskConfig) -> int:
     """How many mask batches (and predictor mask tokens) `target_masks` gives per step."""
-    return 1 if cfg.kind == "tube" else len(cfg.generators)
+    return cfg.num_generators  # the rule lives with the config, whose validation needs it too
+
+
+def num_mask_tokens(cfg: Config) -> int:
+    """How many mask tokens a run's predictor holds: `model.predictor_num_mask_tokens`, or (0) one per
+    mask generator."""
+    return cfg.model.predictor_num_mask_tokens or num_generators(cfg.mask)
 
 
 def target_masks(
