@@ -152,12 +152,13 @@ def test_classify_with_an_explicit_encoder_and_nothing_readable(probed, tmp_path
             result["probe_file"],
             "--checkpoint",
             str(root / "run"),
-            "--output",
+            "-o",  # like embed, export and visualize
             str(tmp_path / "o.json"),
             "--no-progress",
         ]
     )
     assert code == 1 and "classified 0 of 1 videos" in capsys.readouterr().out
+    assert (tmp_path / "o.json").is_file()  # -o names the JSON
     assert main(["classify", str(broken), "--probe", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
 

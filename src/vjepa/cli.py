@@ -473,7 +473,7 @@ def _add_classify(sub) -> None:
                         "its encoder and head), an official .pt, or a Hugging Face classifier folder")
     _encoder_args(p, checkpoint_required=False)
     p.add_argument("--top-k", type=int, default=5, help="classes reported per video")
-    p.add_argument("--output", default="classify.json", help="JSON file to write")
+    p.add_argument("-o", "--output", default="classify.json", help="JSON file to write")
     p.add_argument("--batch-size", type=int, default=16, help="views per encoder call")
     p.add_argument("--probe-heads", type=int, help="official probe checkpoints: attention heads (they use 16)")
     p.add_argument("--probe-head", type=int, default=0, help="official vjepa2 checkpoints: which of their probes")
