@@ -294,7 +294,8 @@ def test_cli_probe_reports_a_missing_run(tmp_path, capsys):
 
 
 def test_quick_probe_returns_accuracy(tiny_run):
-    result = quick_probe(tiny_run, task="motion", epochs=2, verbose=False, batch_size=16)
+    result = quick_probe(tiny_run, epochs=2, verbose=False, batch_size=16)  # task: the run's data's first
+    assert result["task"] == "motion"
     assert result["eval_split"] == "val" and result["num_test"] == 16 and 0 <= result["top1"] <= 100
 
 

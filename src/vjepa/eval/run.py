@@ -116,7 +116,7 @@ QUICK_EVAL_SPLIT = "val"
 
 def quick_probe(
     run_dir: str | Path,
-    task: str = "motion",
+    task: str | None = None,
     epochs: int = 100,
     probe: str = "attentive",
     max_train_clips: int = QUICK_TRAIN_CLIPS,
@@ -135,7 +135,8 @@ def quick_probe(
 
     Args:
         run_dir: run directory or checkpoint file.
-        task: motion | appearance.
+        task: motion | appearance on the built-in set, label on the run's own labelled video
+            (default: the first the run's data offers, as `vjepa probe` picks).
         epochs: probe epochs on cached features.
         probe: attentive | linear.
         max_train_clips: training clips used (0: all).
@@ -151,6 +152,7 @@ def quick_probe(
     if threads > 0:
         torch.set_num_threads(threads)
     cache = recent_cache(run_dir, which)
+    task = task or default_tasks(cache.cfg)[0]
     result = probe_encoder(cache.encoder, cache.cfg, task, probe, cache=cache, epochs=epochs,
                            max_train_clips=max_train_clips, eval_split=eval_split, **overrides)
     result.update(checkpoint=str(checkpoint_path(run_dir)), step=_probed_step(run_dir, which))
