@@ -130,10 +130,18 @@ def test_probe_file_names_of_split_patterns_name_the_folder():
     cases = {"videos/{split}.csv": "videos", "lists/k400_{split}.csv": "k400", "/data/ssv2/{split}": "ssv2",
              "classes/": "classes", "videos/train.csv": "train", "{split}.csv": "", "": ""}
     assert {data: _data_name(data) for data in cases} == cases
-    readme = make_probe_config(task="label", preset="k400", data="videos/{split}.csv")
+    from vjepa.eval import probe_preset
+
+    k400 = {**probe_preset("k400"), "task": "label"}  # what --preset k400 sets, its 8 x 3 views included
+    readme = make_probe_config(data="videos/{split}.csv", **k400)
     assert _probe_file_name(readme) == "probe_label_attentive_100pct_k400_videos.json"
-    other = make_probe_config(task="label", preset="k400", data="audio/{split}.csv")
+    other = make_probe_config(data="audio/{split}.csv", **k400)
     assert _probe_file_name(other) != _probe_file_name(readme)  # no longer one name for every X/{split}.csv
+    views = make_probe_config(data="videos/{split}.csv", **{**k400, "num_segments": 2})
+    assert _probe_file_name(views) == "probe_label_attentive_100pct_k400_videos_2seg3crop.json"  # kept apart
+    plain = make_probe_config(task="motion", num_segments=2, num_crops=3)
+    assert _probe_file_name(plain) == "probe_motion_attentive_100pct_2seg3crop.json"
+    assert _probe_file_name(make_probe_config(task="motion")) == "probe_motion_attentive_100pct.json"
 
 
 def test_probe_refuses_to_score_its_own_training_clips(lists, tmp_path, capsys):

@@ -234,10 +234,17 @@ def _result_dir(path: str | Path) -> Path:
 
 
 def _file_suffix(probe_cfg: ProbeConfig) -> str:
-    """"" for the target encoder scored on test; "_<split>" and "_<network>" otherwise, so those
-    probes keep their own result files."""
+    """"" for the target encoder scored on test with its preset's views (1 x 1 without one);
+    "_<split>", "_<network>" and "_<S>seg<C>crop" otherwise, so those probes keep their own
+    result files."""
+    from vjepa.eval.presets import PROBE_PRESETS
+
     split = "" if probe_cfg.eval_split == "test" else f"_{probe_cfg.eval_split}"
-    return split + ("" if probe_cfg.encoder == "target_encoder" else f"_{probe_cfg.encoder}")
+    network = "" if probe_cfg.encoder == "target_encoder" else f"_{probe_cfg.encoder}"
+    preset = PROBE_PRESETS.get(probe_cfg.preset, {})
+    views = (probe_cfg.num_segments, probe_cfg.num_crops)
+    usual = (preset.get("num_segments", 1), preset.get("num_crops", 1))
+    return split + network + ("" if views == usual else f"_{views[0]}seg{views[1]}crop")
 
 
 def _probed_step(path: str | Path, which: str) -> int | None:
