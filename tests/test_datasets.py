@@ -354,9 +354,9 @@ def test_build_dataset_synthetic_and_errors() -> None:
 
 
 def test_a_decoder_that_does_not_import_fails_once_not_per_file(library: Path, tmp_path: Path, monkeypatch) -> None:
-    import vjepa.data.decode
+    import vjepa.data.datasets
 
-    monkeypatch.setattr(vjepa.data.decode, "available_decoders", lambda: ["pyav"])  # as without torchcodec
+    monkeypatch.setattr(vjepa.data.datasets, "available_decoders", lambda: ["pyav"])  # as without torchcodec
     csv = _csv(tmp_path, [f"{library}/cats/a.mp4 0"], "one.csv")
     cfg = DataConfig(source="csv", path=str(csv), decoder="torchcodec", num_frames=4, crop_size=16)
     with pytest.raises(DataError, match="data.decoder=torchcodec, but torchcodec does not import here.*data.decoder=pyav"):

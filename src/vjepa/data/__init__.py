@@ -41,6 +41,7 @@ def build_dataset(
         SOURCES,
         DataError,
         MixtureDataset,
+        check_decoder,
         detect_source,
         file_dataset,
         resolve_split_path,
@@ -84,17 +85,3 @@ def collate(items: list[Any]) -> dict[str, Any]:
         raise RuntimeError("every clip in this batch came from an unreadable file; see the warnings above")
     return batch
 
-
-def check_decoder(name: str) -> None:
-    """Fail once, in one line, when the video decoder `name` (data.decoder) does not import here,
-    instead of skipping every file as unsupported.
-
-    Raises:
-        DataError: naming the key and the working alternative.
-    """
-    from vjepa.data.datasets import DataError
-    from vjepa.data.decode import available_decoders
-
-    if name not in available_decoders():
-        raise DataError(f"data.decoder={name}, but {name} does not import here (it needs its package and FFmpeg's "
-                        "shared libraries): install them, or use data.decoder=pyav")

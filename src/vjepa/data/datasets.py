@@ -41,6 +41,7 @@ from vjepa.data.decode import (
     TIFF_EXTENSIONS,
     VIDEO_EXTENSIONS,
     DecodeError,
+    available_decoders,
     probe_video,
     read_frames,
 )
@@ -68,6 +69,18 @@ class VideoRecord:
 
 # ---------------------------------------------------------------------------------------------
 # sources: turning a path into records
+
+
+def check_decoder(name: str) -> None:
+    """Fail once, in one line, when the video decoder `name` (data.decoder) does not import here,
+    instead of skipping every file as unsupported.
+
+    Raises:
+        DataError: naming the key and the working alternative.
+    """
+    if name not in available_decoders():
+        raise DataError(f"data.decoder={name}, but {name} does not import here (it needs its package and FFmpeg's "
+                        "shared libraries): install them, or use data.decoder=pyav")
 
 
 def read_csv_list(csv_path: str | Path) -> list[VideoRecord]:

@@ -45,6 +45,7 @@ from vjepa.data.datasets import (
     _first_good,
     _item_generator,
     apply_transform,
+    check_decoder,
     detect_source,
     load_records,
     resolve_split_path,
@@ -187,8 +188,6 @@ def prepare_cache(
         DataError: for a source that names no files or when no video could be read; DecodeError for a
             bad file when `cfg.strict`.
     """
-    from vjepa.data import check_decoder
-
     check_decoder(cfg.decoder)
     sources, records, classes = _mixture_records(cfg, split)
     folder = Path(out_dir) / split
