@@ -112,6 +112,8 @@ def test_the_cli_prints_the_librarys_warnings_on_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
     assert main(["config", "debug"]) == 0
+    installed = warnings.formatwarning
+    assert main(["config", "debug"]) == 0 and warnings.formatwarning is installed  # not wrapped once per call
     ours = warnings.formatwarning("skipping video a.mp4: missing", SkippedVideoWarning, "datasets.py", 3)
     assert ours == "vjepa: SkippedVideoWarning: skipping video a.mp4: missing\n"  # no source line under it
     theirs = warnings.formatwarning("someone else's", UserWarning, "lib.py", 7, "source line")

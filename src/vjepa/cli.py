@@ -604,12 +604,15 @@ def one_line_warnings() -> None:
     `vjepa: Category: message`, without the source line Python adds under a warning; other
     libraries' warnings keep Python's format."""
     default = warnings.formatwarning
+    if getattr(default, "one_line", False):  # installed already (main() called again in one process)
+        return
 
     def formatted(message, category, filename, lineno, line=None) -> str:
         if category.__module__.split(".")[0] == "vjepa":
             return f"vjepa: {category.__name__}: {message}\n"
         return default(message, category, filename, lineno, line)
 
+    formatted.one_line = True
     warnings.formatwarning = formatted
 
 
