@@ -381,6 +381,31 @@ MUTATIONS: list[Mutation] = [
         (("_flops_per_clip(ours) / _flops_per_clip(base)", "_flops_per_clip(base) / _flops_per_clip(ours)"),),
         ("tests/test_bench.py",),
     ),
+    # -- the QA walkthrough's fixes ---------------------------------------------------------------
+    Mutation(
+        "eval_substitutes_bad_clips", "evaluation replaces an unreadable clip by the next good one (a duplicate)",
+        "drop_bad_items",
+        (("part.substitute = False", "part.substitute = True"),),
+        ("tests/test_eval_probe_cli.py",),
+    ),
+    Mutation(
+        "probe_scores_training_clips", "a probe on data without a held-out split is scored on its training clips",
+        "check_held_out",
+        (("    if shared:", "    if False:"),),
+        ("tests/test_eval_probe_cli.py",),
+    ),
+    Mutation(
+        "path_ignored_by_synthetic_source", "data.path without data.source trains on the built-in set silently",
+        "_check_data_settings",
+        (('if d.source == "synthetic" and d.path.strip():', 'if False:'),),
+        ("tests/test_config.py",),
+    ),
+    Mutation(
+        "vjepa2_extra_mask_tokens_trained", "a V-JEPA 2 file's mask tokens no generator uses are trained (decayed)",
+        "JEPA",
+        (("token.requires_grad_(False)", "token.requires_grad_(True)"),),
+        ("tests/test_init_from.py",),
+    ),
 ]
 
 
