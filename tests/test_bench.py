@@ -129,3 +129,8 @@ def test_compile_benchmark_times_eager_packed_eager_padded_compiled_and_official
     assert chosen[1].options.pack is False and chosen[0].options is None  # None: JEPA's default (packed, eager)
     assert chosen[3].cfg.mask.collate == "truncate"
     assert {v.cfg.data.batch_size for v in chosen} == {3} and {v.cfg.run.dtype for v in chosen} == {"fp32"}
+    bf16 = load_benchmark("compile_step").variants("debug", "bf16", None)
+    records = [{"name": v.name, "clips_per_s": rate} for v, rate in zip(bf16, (4.0, 2.0, 3.0, 8.0))]
+    assert load_benchmark("compile_step").clips_ratios(records) == {  # bf16: the official step is official_bf16
+        "ours_compiled_vs_ours_padded": 1.5, "ours_compiled_vs_ours": 0.75, "ours_vs_official_bf16": 0.5,
+        "ours_compiled_vs_official_bf16": 0.375}
