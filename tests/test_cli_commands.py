@@ -68,7 +68,9 @@ def test_cli_prepare_refuses_splits_without_a_split_and_a_split_with_no_readable
     (tmp_path / "gone.csv").write_text("missing0.mp4 0\nmissing1.mp4 1\n")
     assert main([*args, f"data.path={tmp_path / 'gone.csv'}"]) == 2  # exited 0 with an empty cache
     err = capsys.readouterr().err
-    assert "every one of the 2 videos of train was skipped ({'missing': 2}): nothing cached" in err
+    assert "every one of the 2 videos was skipped: {'missing': 2}; nothing cached in" in err
+    assert main(["prepare", "--preset", "debug", "--out", str(tmp_path / "c"), "--split", "train", "val"]) == 2
+    assert "data.source=synthetic needs no preparing" in capsys.readouterr().err  # not the split complaint
 
 
 @pytest.fixture(scope="module")

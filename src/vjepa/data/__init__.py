@@ -50,8 +50,7 @@ def build_dataset(
     from vjepa.data.transforms import build_transform
 
     transform = build_transform(cfg, train) if transform is None else transform
-    if cfg.source in ("csv", "folder", "mixture"):  # the sources that decode video files
-        check_decoder(cfg.decoder)
+    check_decoder(cfg.source, cfg.decoder)
     if cfg.source == "synthetic":
         from vjepa.data.synthetic import SyntheticVideoDataset
 

@@ -71,14 +71,15 @@ class VideoRecord:
 # sources: turning a path into records
 
 
-def check_decoder(name: str) -> None:
-    """Fail once, in one line, when the video decoder `name` (data.decoder) does not import here,
-    instead of skipping every file as unsupported.
+def check_decoder(source: str, name: str) -> None:
+    """Fail once, in one line, when the video decoder `name` (data.decoder) does not import here
+    and `source` decodes video files (csv, folder, mixture), instead of skipping every file as
+    unsupported.
 
     Raises:
         DataError: naming the key and the working alternative.
     """
-    if name not in available_decoders():
+    if source in ("csv", "folder", "mixture") and name != "pyav" and name not in available_decoders():
         raise DataError(f"data.decoder={name}, but {name} does not import here (it needs its package and FFmpeg's "
                         "shared libraries): install them, or use data.decoder=pyav")
 

@@ -168,8 +168,9 @@ def iter_frames(path: str | Path, decoder: str = "pyav", chunk: int = 32) -> Ite
         yield read_frames(path_str, np.arange(start, min(start + chunk, num_frames)), decoder)
 
 
+@functools.lru_cache(maxsize=1)
 def available_decoders() -> list[str]:
-    """Names of the video decoders that import on this machine."""
+    """Names of the video decoders that import on this machine (tried once per process)."""
     names = ["pyav"]
     try:
         import torchcodec.decoders  # noqa: F401

@@ -44,6 +44,7 @@ from vjepa.data.datasets import (
     _check_length,
     _first_good,
     _item_generator,
+    all_skipped_error,
     apply_transform,
     check_decoder,
     detect_source,
@@ -188,7 +189,7 @@ def prepare_cache(
         DataError: for a source that names no files or when no video could be read; DecodeError for a
             bad file when `cfg.strict`.
     """
-    check_decoder(cfg.decoder)
+    check_decoder(cfg.source, cfg.decoder)
     sources, records, classes = _mixture_records(cfg, split)
     folder = Path(out_dir) / split
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,8 +197,7 @@ def prepare_cache(
     writer = _ShardWriter(folder)
     videos, skipped, short_reads = _write_videos(cfg, records, short_side, writer, progress, f"prepare {split}")
     if not videos:  # an empty cache would only fail later, at training
-        raise DataError(f"every one of the {len(records)} videos of {split} was skipped "
-                        f"({dict(Counter(reason for _, reason in skipped))}): nothing cached in {folder}")
+        raise all_skipped_error(len(records), Counter(reason for _, reason in skipped), f"nothing cached in {folder}")
     index = {
         "version": CACHE_VERSION,
         "source": cfg.source,
@@ -477,7 +477,7 @@ def prepare_main(
     Raises:
         DataError: two splits resolve to the same videos, or a split has no readable video.
     """
-    if cfg.source != "mixture":
+    if cfg.source in ("csv", "folder", "frames", "tiff"):  # (synthetic / cache are refused by prepare_cache)
         paths = [resolve_split_path(cfg.path, split) for split in splits]
         if len(set(paths)) < len(paths):
             raise DataError(f"--split {' '.join(splits)}: data.path={cfg.path} has no {{split}} placeholder, split "
