@@ -182,12 +182,17 @@ def test_a_csv_of_path_label_lines(source_run, tmp_path):
             write_mp4(frames, tmp_path / f"{split}{i}.mp4")
             lines.append(f"{split}{i}.mp4 {2 * (i % 2)}")  # labels 0 and 2: class 1 has no video
         (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with open(tmp_path / "test.csv", "a") as listing:
+        listing.write("broken.mp4 0\n")  # left out of the score, never replaced by another clip
     overrides = [f"run.out_dir={tmp_path / 'run'}", *QUIET, "optim.steps=2", "data.frame_step=2"]
     cfg, settings = finetune_config(str(source_run), overrides, "k400", data=str(tmp_path / "{split}.csv"))
     assert cfg.data.source == "csv" and settings.task == "label"
-    summary = finetune(cfg, settings)
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        summary = finetune(cfg, settings)
     assert load_checkpoint(tmp_path / "run" / "latest.pt")["head"]["class_names"] == ["0", "1", "2"]
     assert summary["eval_split"] == "test" and 0 <= summary["eval_top1"] <= 100
+    assert summary["eval_clips"] == 4 and summary["eval_skipped"] == {"corrupt": 1}
     (tmp_path / "test.csv").write_text("test0.mp4 3\n")  # a class training does not have
     cfg, settings = finetune_config(str(source_run), [*overrides, f"run.out_dir={tmp_path / 'run3'}"], "k400",
                                     data=str(tmp_path / "{split}.csv"))

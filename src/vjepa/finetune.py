@@ -378,7 +378,10 @@ def _start_run_files(cfg: Config, settings: FinetuneSettings, out_dir: Path, sta
 def _score_and_save(summary: dict, model: Classifier, cfg: Config, settings: FinetuneSettings,
                     device: torch.device, class_names: list[str], out_dir: Path) -> None:
     """Add the eval split's top-1 to `summary` and write it to result.json."""
-    summary["eval_top1"] = evaluate(model, cfg, settings, device, class_names)
+    scored = evaluate(model, cfg, settings, device, class_names)
+    summary["eval_top1"] = scored["top1"] if scored else None
+    if scored:
+        summary.update(eval_clips=scored["clips"], **({"eval_skipped": scored["skipped"]} if scored["skipped"] else {}))
     summary["eval_split"] = settings.eval_split
     atomic_write(out_dir / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
 
@@ -450,8 +453,8 @@ def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, 
     """
     from torch.utils.data import DataLoader
 
-    from vjepa.data import build_dataset, collate
-    from vjepa.data.datasets import resolve_split_path
+    from vjepa.data import build_dataset
+    from vjepa.data.datasets import collate_clips, drop_bad_items, resolve_split_path
     from vjepa.data.transforms import build_transform
     from vjepa.data.workers import resolve_workers
 
@@ -459,7 +462,8 @@ def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, 
     if d.source != "synthetic" and resolve_split_path(d.path, settings.eval_split) == resolve_split_path(d.path, "train"):
         return None
     transform = build_transform(d, train=False, num_crops=1, resize_ratio=1.0)
-    dataset = build_dataset(d, split=settings.eval_split, train=False, transform=transform)
+    # an unreadable clip is left out (never replaced by another: it would be scored twice)
+    dataset = drop_bad_items(build_dataset(d, split=settings.eval_split, train=False, transform=transform))
     classes = getattr(dataset, "classes", None)
     if d.source == "csv":  # labels are class indices: each must be one training knows
         labels = {record.label for record in dataset.records}
@@ -468,16 +472,19 @@ def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, 
                               f"training's classes 0..{len(class_names) - 1}")
     elif d.source != "synthetic" and list(classes or []) != class_names:
         raise ConfigError(f"the {settings.eval_split} split's classes {classes} differ from training's {class_names}")
-    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=resolve_workers(d.num_workers, device))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_clips,
+                      num_workers=resolve_workers(d.num_workers, device))
 
 
 @torch.no_grad()
 def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device: torch.device,
-             class_names: list[str], batch_size: int = 16) -> float | None:
-    """Top-1 (percent) of encoder + head on `settings.eval_split`: one centre view per clip.
+             class_names: list[str], batch_size: int = 16) -> dict[str, Any] | None:
+    """Top-1 of encoder + head on `settings.eval_split`: one centre view per readable clip.
 
-    Returns None when the data has no such split (`data.path` without `{split}`, a `split`
-    sub-folder or a `split.csv`): scoring the training videos would pose as a test score.
+    Returns:
+        {"top1": percent, "clips": clips scored, "skipped": {reason: files} left out}, or None when
+        the data has no such split (`data.path` without `{split}`, a `split` sub-folder or a
+        `split.csv`): scoring the training videos would pose as a test score.
 
     Raises:
         ConfigError: when the split's classes differ from the training split's.
@@ -488,6 +495,8 @@ def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device:
     model.eval()
     hits, total = 0, 0
     for batch in loader:
+        if batch is None:  # every clip of this batch was unreadable
+            continue
         video = batch["video"].to(device)
         video = video[:, 0] if video.ndim == 6 else video  # [B, 1, C, T, H, W] -> one view
         with autocast(device, cfg.run.dtype):
@@ -495,5 +504,6 @@ def evaluate(model: Classifier, cfg: Config, settings: FinetuneSettings, device:
         labels = torch.as_tensor(batch[settings.task]).long().to(device)
         hits, total = hits + int((logits.argmax(dim=-1) == labels).sum()), total + len(labels)
     model.train()
-    return 100.0 * hits / max(total, 1)
+    skipped = dict(getattr(loader.dataset, "skipped", None) or {})
+    return {"top1": 100.0 * hits / max(total, 1), "clips": total, "skipped": skipped}
 
