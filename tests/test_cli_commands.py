@@ -118,6 +118,10 @@ def test_the_cli_prints_the_librarys_warnings_on_one_line(monkeypatch, capsys):
     assert main(["config", "debug"]) == 0 and warnings.formatwarning is installed  # not wrapped once per call
     ours = warnings.formatwarning("skipping video a.mp4: missing", SkippedVideoWarning, "datasets.py", 3)
     assert ours == "vjepa: SkippedVideoWarning: skipping video a.mp4: missing\n"  # no source line under it
+    from vjepa.config import VJEPAWarning
+
+    probe = warnings.formatwarning("probe p was trained on another encoder", VJEPAWarning, "classify.py", 9)
+    assert probe == "vjepa: VJEPAWarning: probe p was trained on another encoder\n"  # every library warning
     theirs = warnings.formatwarning("someone else's", UserWarning, "lib.py", 7, "source line")
     assert theirs == "lib.py:7: UserWarning: someone else's\n  source line\n"  # Python's format
 

@@ -28,7 +28,7 @@ from vjepa.checkpoint import (
     load_state_strict,
     save_safetensors,
 )
-from vjepa.config import ENCODER_NETWORKS, Config, load_yaml, to_dict
+from vjepa.config import ENCODER_NETWORKS, Config, VJEPAWarning, load_yaml, to_dict
 from vjepa.encoder import Encoder
 from vjepa.formats import (
     _read_weights,
@@ -60,7 +60,7 @@ def _choose_network(networks: dict[str, Any], which: str, description: str, warn
         return which
     if which == "target_encoder" and "encoder" in networks:
         if warn:
-            warnings.warn(f"{description} has no target_encoder; using its encoder", stacklevel=3)
+            warnings.warn(f"{description} has no target_encoder; using its encoder", VJEPAWarning, stacklevel=3)
         return "encoder"
     raise CheckpointError(f"{description} has no {which!r} weights (it has: {', '.join(sorted(networks))})")
 

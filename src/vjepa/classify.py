@@ -40,6 +40,7 @@ from vjepa.checkpoint import (
     load_state_strict,
     save_safetensors,
 )
+from vjepa.config import VJEPAWarning
 from vjepa.models.probe import build_probe
 from vjepa.precision import freeze
 
@@ -647,7 +648,7 @@ def _check_finetuned_encoder(probe: TrainedProbe, weights: dict[str, torch.Tenso
     own = probe.encoder.model.state_dict()
     if own.keys() != weights.keys() or not all(torch.equal(own[k].cpu(), v) for k, v in weights.items()):
         warnings.warn(f"the head of {path} was fine-tuned with that run's encoder, not {probe.encoder.source}; "
-                      "its predictions may be meaningless", stacklevel=3)
+                      "its predictions may be meaningless", VJEPAWarning, stacklevel=3)
 
 
 def _resolve_encoder(encoder: Any, probe: TrainedProbe, device: Any, precision: str) -> Any:
@@ -686,6 +687,7 @@ def _check_encoder(probe: TrainedProbe, path: Path) -> None:
                 f"probe {path} was trained on another encoder's features "
                 f"({probe.info['encoder'].get('source')}"
                 f"); its predictions on {probe.encoder.source} may be meaningless",
+                VJEPAWarning,
                 stacklevel=3,
             )
 

@@ -29,6 +29,7 @@ from vjepa.config import (
     ENCODER_NETWORKS,
     PRESETS,
     ConfigError,
+    VJEPAWarning,
     apply_overrides,
     check_device,
     load_yaml,
@@ -608,7 +609,7 @@ def one_line_warnings() -> None:
         return
 
     def formatted(message, category, filename, lineno, line=None) -> str:
-        if category.__module__.split(".")[0] == "vjepa":
+        if issubclass(category, VJEPAWarning):
             return f"vjepa: {category.__name__}: {message}\n"
         return default(message, category, filename, lineno, line)
 

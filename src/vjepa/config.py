@@ -44,6 +44,11 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 
+class VJEPAWarning(UserWarning):
+    """The library's warnings (skipped videos, a probe on another encoder, an old file read, ...);
+    the CLI prints them on one line."""
+
+
 @dataclass
 class ModelConfig:
     """Encoder and predictor architecture."""
@@ -565,7 +570,7 @@ def migrate_stored(tree: dict[str, Any], where: str) -> dict[str, Any]:
             moved.append(f"{old} -> {new}")
     if moved:
         warnings.warn(f"{where} was written before the objective settings moved; read with {', '.join(moved)}",
-                      stacklevel=2)
+                      VJEPAWarning, stacklevel=2)
     return tree
 
 

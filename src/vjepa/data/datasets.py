@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vjepa.config import DataConfig
+from vjepa.config import DataConfig, VJEPAWarning
 from vjepa.data.decode import (
     IMAGE_EXTENSIONS,
     REASONS,
@@ -51,7 +51,7 @@ SOURCES = ("synthetic", "csv", "folder", "frames", "tiff", "mixture", "cache", "
 FILTER_REASONS = frozenset({"too_short", "too_long"})  # expected filtering: counted, never strict
 
 
-class SkippedVideoWarning(UserWarning):
+class SkippedVideoWarning(VJEPAWarning):
     """A video was skipped (the message names the file and the reason)."""
 
 
@@ -126,7 +126,7 @@ def _csv_record(line: str, csv_path: Path, number: int) -> VideoRecord:
     return VideoRecord(str(resolved), label)
 
 
-class EmptyClassWarning(UserWarning):
+class EmptyClassWarning(VJEPAWarning):
     """A class folder holds no videos in this split (its label is kept, so other splits agree)."""
 
 
@@ -571,7 +571,7 @@ class MixtureDataset(Dataset):
 
 
 def collate_clips(items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Batch dataset items, dropping None ones (datasets here never return None; others may).
+    """Batch dataset items, dropping None ones (the unreadable clips `drop_bad_items` leaves out).
 
     Returns:
         {"video": [B, ...], "label": int64 [B], "path": list[str], ...} (other keys by torch's
