@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from vjepa.checkpoint import CheckpointError, load_checkpoint
-from vjepa.config import ConfigError, apply_overrides, preset
+from vjepa.config import ConfigError, apply_overrides, preset, validate
 from vjepa.init_from import resample_positions
 from vjepa.models.pos_embed import sincos_3d
 from vjepa.train import train
@@ -269,8 +269,12 @@ def test_a_mask_token_count_that_differs_is_named_and_too_few_refused(tmp_path):
         train(debug_cfg(tmp_path / "a", f"model.init_from={file}", *arch))
     train(debug_cfg(tmp_path / "b", "optim.steps=1", f"model.init_from={file}", *arch,
                     "model.predictor_num_mask_tokens=10"))  # naming the count is enough
-    with pytest.raises(ConfigError, match="predictor_num_mask_tokens=1 is fewer than the 2 mask generators"):
+    with pytest.raises(ConfigError, match=r"predictor_num_mask_tokens=1 is fewer than the 2 mask generators .*\(0: one"):
         train(debug_cfg(tmp_path / "c", "model.predictor_num_mask_tokens=1"))
+    copied = apply_overrides(preset("debug"), ["model.predictor_num_mask_tokens=1", f"model.init_from={file}",
+                                               "model.init_from_arch=true"])  # as if init_from_arch had copied 1
+    with pytest.raises(ConfigError, match=r"fewer than the 2 .* \(taken from .*v2\.pt by model\.init_from_arch=true"):
+        validate(copied)
 
 
 def test_a_mismatch_error_puts_the_architecture_first_and_caps_the_key_lists(source_run, tmp_path):

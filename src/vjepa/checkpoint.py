@@ -345,7 +345,7 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: s
         if items:
             more = f" ... and {len(items) - KEYS_SHOWN} more" if len(items) > KEYS_SHOWN else ""
             problems.append(f"{title}: {', '.join(items[:KEYS_SHOWN])}{more}")
-    if len(problems) > bool(reason):
+    if missing or unexpected or shapes:
         raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems) + (f". {advice}" if advice else ""))
     module.load_state_dict(state, strict=True)
 

@@ -801,7 +801,7 @@ def _check_data_settings(cfg: Config) -> None:
                           "clips per video are an evaluation protocol (vjepa probe --segments)")
     if d.source == "synthetic" and d.path.strip():
         raise ConfigError(f"data.path={d.path!r} is set but data.source=synthetic (the built-in set) ignores it: "
-                          "add data.source=csv|folder|frames|tiff|images|cache|mixture")
+                          "add data.source=csv|folder|frames|tiff|images|cache|mixture, or clear it with data.path=")
     if not cfg.mask.generators and cfg.mask.kind != "tube":
         raise ConfigError(f"mask.generators is empty; mask.kind={cfg.mask.kind} needs at least one generator")
     if d.source == "mixture" and d.weights and len(d.weights) != len([p for p in d.path.split(",") if p.strip()]):
@@ -852,8 +852,10 @@ def _check_mask_tokens(cfg: Config) -> None:
     """`model.predictor_mask_token=generator` needs a mask token for every generator."""
     count, generators = cfg.model.predictor_num_mask_tokens, cfg.mask.num_generators
     if count and cfg.model.predictor_mask_token == "generator" and count < generators:
+        source = (f" (taken from {cfg.model.init_from} by model.init_from_arch=true: start from a file with enough "
+                  "tokens, or turn init_from_arch off)") if cfg.model.init_from_arch else " (0: one per generator)"
         raise ConfigError(f"model.predictor_num_mask_tokens={count} is fewer than the {generators} mask generators "
-                          "that model.predictor_mask_token=generator gives a token each (0: one per generator)")
+                          f"that model.predictor_mask_token=generator gives a token each{source}")
 
 
 def validate(cfg: Config) -> Config:

@@ -99,7 +99,8 @@ class ProbeProgress:
         epochs, total = self.probe_cfg.epochs, self.probe_cfg.epochs * self.steps_per_epoch
         where = (f"epoch {self.step // self.steps_per_epoch + 1} of {epochs}" if self.step < total
                  else f"all {epochs} epochs done")
-        print(f"resumed probe training from {path}: step {self.step} of {total}, {where}", flush=True)
+        if _is_main():  # one line, not one per rank under torchrun
+            print(f"resumed probe training from {path}: step {self.step} of {total}, {where}", flush=True)
 
     def record(self, epoch: int, loss: float | None) -> None:
         """Count one finished step of `epoch` with its loss (None: a step without clips, every one of
