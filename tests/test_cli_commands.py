@@ -64,7 +64,7 @@ def test_cli_prepare_two_splits_then_pretrain_from_the_cache(video_lists, tmp_pa
 def test_cli_prepare_refuses_splits_without_a_split_and_a_split_with_no_readable_video(video_lists, tmp_path, capsys):
     args = ["prepare", "--preset", "debug", "data.source=csv", "--out", str(tmp_path / "cache")]
     assert main([*args, f"data.path={video_lists / 'train.csv'}", "--split", "train", "val"]) == 2
-    assert "every split would cache the same videos" in capsys.readouterr().err  # not the same videos twice
+    assert "so both splits would cache the same videos" in capsys.readouterr().err  # not the same videos twice
     (tmp_path / "gone.csv").write_text("missing0.mp4 0\nmissing1.mp4 1\n")
     assert main([*args, f"data.path={tmp_path / 'gone.csv'}"]) == 2  # exited 0 with an empty cache
     err = capsys.readouterr().err

@@ -84,6 +84,17 @@ def test_csv_list(library: Path, tmp_path: Path) -> None:
     assert read_csv_list(_csv(tmp_path, ["x,y.mp4 2", "a,b.mp4"], "commas_in_names.csv"))[0].label == 2
 
 
+def test_shared_split_paths_names_the_parts_without_a_split(tmp_path: Path) -> None:
+    from vjepa.data.datasets import shared_split_paths
+
+    (tmp_path / "split" / "train").mkdir(parents=True)
+    (tmp_path / "split" / "test").mkdir()
+    one, split = str(tmp_path / "one.csv"), str(tmp_path / "split")
+    assert shared_split_paths(one, "csv", "test") == [one]  # one list: train and test are the same videos
+    assert shared_split_paths("lists/{split}.csv", "csv", "test") == [] and shared_split_paths(split, "folder", "test") == []
+    assert shared_split_paths(f"{split},{one}", "mixture", "val", "test") == [one]  # each part of a mixture
+
+
 def test_a_video_list_given_as_a_folder_source_says_to_use_csv(library: Path, tmp_path: Path) -> None:
     csv = _csv(tmp_path, ["a.mp4 0"], "list.csv")
     with pytest.raises(DataError, match=r"list\.csv is a video list, not a folder source: use data.source=csv"):

@@ -454,12 +454,12 @@ def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, 
     from torch.utils.data import DataLoader
 
     from vjepa.data import build_dataset
-    from vjepa.data.datasets import collate_clips, drop_bad_items, resolve_split_path
+    from vjepa.data.datasets import collate_clips, drop_bad_items, shared_split_paths
     from vjepa.data.transforms import build_transform
     from vjepa.data.workers import resolve_workers
 
     d = cfg.data
-    if d.source != "synthetic" and resolve_split_path(d.path, settings.eval_split) == resolve_split_path(d.path, "train"):
+    if d.source != "synthetic" and shared_split_paths(d.path, d.source, settings.eval_split):
         return None
     transform = build_transform(d, train=False, num_crops=1, resize_ratio=1.0)
     # an unreadable clip is left out (never replaced by another: it would be scored twice)

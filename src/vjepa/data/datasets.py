@@ -264,6 +264,13 @@ def resolve_split_path(path: str, split: str) -> str:
     return path
 
 
+def shared_split_paths(path: str, source: str, split: str, other: str = "train") -> list[str]:
+    """The paths in `path` (each comma-separated part of a mixture) that name the same data for
+    `split` and `other`: no `{split}` placeholder, split sub-folder or split CSV tells them apart."""
+    paths = [p.strip() for p in path.split(",") if p.strip()] if source == "mixture" else [path]
+    return [p for p in paths if resolve_split_path(p, split) == resolve_split_path(p, other)]
+
+
 def load_records(
     path: str, source: str, classes: Sequence[str] | None = None
 ) -> tuple[list[VideoRecord], list[str], list[str]]:

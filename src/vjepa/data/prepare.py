@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ from vjepa.data.datasets import (
     detect_source,
     load_records,
     resolve_split_path,
+    shared_split_paths,
     split_class_names,
 )
 from vjepa.data.decode import DecodeError, iter_frames, probe_video
@@ -477,9 +479,9 @@ def prepare_main(
     Raises:
         DataError: two splits resolve to the same videos, or a split has no readable video.
     """
-    if cfg.source in ("csv", "folder", "frames", "tiff"):  # (synthetic / cache are refused by prepare_cache)
-        paths = [resolve_split_path(cfg.path, split) for split in splits]
-        if len(set(paths)) < len(paths):
-            raise DataError(f"--split {' '.join(splits)}: data.path={cfg.path} has no {{split}} placeholder, split "
-                            "sub-folders or split CSVs, so every split would cache the same videos")
+    if cfg.source not in ("synthetic", "cache"):  # (those two are refused by prepare_cache)
+        for split, other in itertools.combinations(splits, 2):
+            if shared := shared_split_paths(cfg.path, cfg.source, split, other):
+                raise DataError(f"--split {split} {other}: {shared[0]} has no {{split}} placeholder, split sub-folders "
+                                "or split CSVs, so both splits would cache the same videos")
     return [cache_summary(prepare_cache(cfg, out_dir, split, progress)) for split in splits]

@@ -105,20 +105,19 @@ def check_held_out(cfg: Config, probe_cfg: ProbeConfig) -> None:
     """Refuse to score a probe on its own training clips unless asked (`eval_split` "train").
 
     A single CSV or a folder without split folders resolves to the same clips for `train` and
-    `eval_split`: the score would pose as a test score (as `vjepa finetune` refuses too).
+    `eval_split`: the score would pose as a test score (`vjepa finetune` leaves such data unscored).
 
     Raises:
         ConfigError: naming the data and what to pass instead.
     """
-    from vjepa.data.datasets import resolve_split_path
+    from vjepa.data.datasets import shared_split_paths
 
     if probe_cfg.eval_split == "train" or probe_cfg.folds:
         return
     if cfg.data.source == "synthetic" and not probe_cfg.data and probe_cfg.source in ("", "synthetic"):
         return  # the built-in set has its own splits
     data = probe_data_config(cfg, probe_cfg)
-    paths = [p.strip() for p in data.path.split(",") if p.strip()] if data.source == "mixture" else [data.path]
-    shared = [p for p in paths if resolve_split_path(p, probe_cfg.eval_split) == resolve_split_path(p, "train")]
+    shared = shared_split_paths(data.path, data.source, probe_cfg.eval_split)
     if shared:
         raise ConfigError(
             f"{shared[0]} has no {probe_cfg.eval_split} split apart from train, so the probe would be scored on its "
