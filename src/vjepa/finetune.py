@@ -176,6 +176,8 @@ def num_classes_for(cfg: Config, task: str, dataset: Any) -> tuple[int, list[str
     """Classes of `task`: the built-in set's class lists; for real video the dataset's `classes`
     (class folders), or for a CSV of `path label` lines classes 0..max label named by their index
     (as `vjepa probe` counts them)."""
+    from vjepa.data.datasets import resolve_split_path
+
     if cfg.data.source == "synthetic":
         from vjepa.data.synthetic import APPEARANCE_CLASSES, MOTION_CLASSES
 
@@ -187,11 +189,14 @@ def num_classes_for(cfg: Config, task: str, dataset: Any) -> tuple[int, list[str
         raise ConfigError(f"finetune.task={task!r}: real video (data.source={cfg.data.source}) has one task, label")
     classes = list(getattr(dataset, "classes", None) or [])
     if not classes:
-        labels = [record.label for record in getattr(dataset, "records", [])]
-        if not labels or min(labels) < 0:
-            raise ConfigError(f"fine-tuning needs labelled videos: {cfg.data.path} has lines without a label "
-                              "(use class folders, or a CSV of `path label` lines with integer labels)")
-        classes = [str(k) for k in range(max(labels) + 1)]
+        records = list(getattr(dataset, "records", []))
+        unlabelled = [record.path for record in records if record.label < 0]
+        if not records or unlabelled:
+            where = f"{unlabelled[0]} has no label" if unlabelled else "no videos"
+            listing = resolve_split_path(cfg.data.path, "train")
+            raise ConfigError(f"fine-tuning needs labelled videos: in {listing}, {where} (use class folders, "
+                              "or a CSV of `path label` lines with integer labels)")
+        classes = [str(k) for k in range(max(record.label for record in records) + 1)]
     return len(classes), classes
 
 
@@ -466,10 +471,10 @@ def _eval_loader(cfg: Config, settings: FinetuneSettings, device: torch.device, 
     dataset = drop_bad_items(build_dataset(d, split=settings.eval_split, train=False, transform=transform))
     classes = getattr(dataset, "classes", None)
     if d.source == "csv":  # labels are class indices: each must be one training knows
-        labels = {record.label for record in dataset.records}
-        if not labels <= set(range(len(class_names))):
-            raise ConfigError(f"the {settings.eval_split} split's labels {sorted(labels)} are not all among "
-                              f"training's classes 0..{len(class_names) - 1}")
+        outside = [r for r in dataset.records if r.label not in range(len(class_names))]
+        if outside:
+            raise ConfigError(f"the {settings.eval_split} split's {outside[0].path} has label {outside[0].label}, not "
+                              f"among training's classes 0..{len(class_names) - 1}")
     elif d.source != "synthetic" and list(classes or []) != class_names:
         raise ConfigError(f"the {settings.eval_split} split's classes {classes} differ from training's {class_names}")
     return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_clips,
