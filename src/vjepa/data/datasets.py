@@ -428,6 +428,15 @@ def all_skipped_error(count: int, reasons: Counter | dict[str, int], hint: str =
     return DataError(f"every one of the {count} videos was skipped: {dict(reasons)}" + (f"; {hint}" if hint else ""))
 
 
+def reading_parts(dataset: Dataset) -> list[Dataset]:
+    """The datasets under `dataset` that read files and keep a skip log (`skips`): itself, the one
+    under a `Subset`, or a mixture's parts."""
+    from torch.utils.data import Subset
+
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return [part for part in getattr(base, "datasets", None) or [base] if hasattr(part, "skips")]
+
+
 def drop_bad_items(dataset: Dataset) -> Dataset:
     """Make `dataset` return None for a bad record instead of the next good one (evaluation).
 
@@ -439,12 +448,8 @@ def drop_bad_items(dataset: Dataset) -> Dataset:
     Returns:
         `dataset` itself (changed in place).
     """
-    from torch.utils.data import Subset
-
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    for part in getattr(base, "datasets", None) or [base]:
-        if hasattr(part, "skips"):  # the datasets that read files (and so can meet a bad one)
-            part.substitute = False
+    for part in reading_parts(dataset):  # the datasets that read files (and so can meet a bad one)
+        part.substitute = False
     return dataset
 
 

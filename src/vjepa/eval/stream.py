@@ -139,15 +139,13 @@ def predict_streaming(
 def _share_skips(dataset: Dataset, env: Any) -> None:
     """Every rank's skip log made the union of all ranks' (each rank read only its share of the clips)."""
     import torch.distributed as dist
-    from torch.utils.data import Subset
 
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    for part in getattr(base, "datasets", None) or [base]:
-        skips = getattr(part, "skips", None)
-        if skips is not None:
-            status = skips.status.to(env.device, torch.int64)
-            dist.all_reduce(status, op=dist.ReduceOp.MAX)
-            skips.status.copy_(status.cpu())
+    from vjepa.data.datasets import reading_parts
+
+    for part in reading_parts(dataset):
+        status = part.skips.status.to(env.device, torch.int64)
+        dist.all_reduce(status, op=dist.ReduceOp.MAX)
+        part.skips.status.copy_(status.cpu())
 
 
 def probe_streaming(

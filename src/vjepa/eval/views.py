@@ -80,6 +80,11 @@ def probe_data_config(cfg: Config, probe_cfg: ProbeConfig) -> DataConfig:
                                num_workers=probe_cfg.num_workers)
 
 
+def _builtin(cfg: Config, probe_cfg: ProbeConfig) -> bool:
+    """True when the probe reads the built-in set: a synthetic run and no other data asked for."""
+    return cfg.data.source == "synthetic" and not probe_cfg.data and probe_cfg.source in ("", "synthetic")
+
+
 def view_dataset(cfg: Config, probe_cfg: ProbeConfig, split: str, num_crops: int, augment: bool = False) -> Dataset:
     """Probe views of `split`: the synthetic set, or the one dataset factory (`data.build_dataset`).
 
@@ -92,7 +97,7 @@ def view_dataset(cfg: Config, probe_cfg: ProbeConfig, split: str, num_crops: int
     a probe trains and scores exactly the readable clips it was given, and reports the others
     (`features.skipped_records`).
     """
-    if cfg.data.source == "synthetic" and not probe_cfg.data and probe_cfg.source in ("", "synthetic"):
+    if _builtin(cfg, probe_cfg):
         return SyntheticViews(cfg, probe_cfg, split, num_crops)
     from vjepa.data import build_dataset
     from vjepa.data.datasets import drop_bad_items
@@ -114,7 +119,7 @@ def check_held_out(cfg: Config, probe_cfg: ProbeConfig) -> None:
 
     if probe_cfg.eval_split == "train" or probe_cfg.folds:
         return
-    if cfg.data.source == "synthetic" and not probe_cfg.data and probe_cfg.source in ("", "synthetic"):
+    if _builtin(cfg, probe_cfg):
         return  # the built-in set has its own splits
     data = probe_data_config(cfg, probe_cfg)
     shared = shared_split_paths(data.path, data.source, probe_cfg.eval_split)
