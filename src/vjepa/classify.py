@@ -409,6 +409,9 @@ def load_probe(
         checkpoint = _read_checkpoint(path)
         if isinstance(checkpoint.get("head"), dict):
             probe = finetuned_probe(checkpoint, path)
+            # keep only what the encoder check needs: the run's encoder is loaded again below, and the
+            # rest (optimiser state: GBs at ViT-L) must not be held meanwhile
+            checkpoint = {"encoder": checkpoint["encoder"]} if encoder is not None else None
         else:
             probe = _official_probe(checkpoint, path, **official)
     else:
