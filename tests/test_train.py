@@ -205,6 +205,16 @@ def test_probe_after_keeps_the_target_score_when_the_init_probe_fails(monkeypatc
     assert "top-1  80.5% on val" in captured.out and "probe failed: init unavailable" in captured.err
 
 
+def test_probe_after_says_why_the_evaluation_module_did_not_import(monkeypatch):
+    import sys
+
+    from vjepa.cli import _probe_after
+
+    monkeypatch.setitem(sys.modules, "vjepa.eval", None)  # `import vjepa.eval` raises ImportError
+    summary = _probe_after(apply_overrides(preset("demo"), ["run.out_dir=runs/x"]))
+    assert summary["skipped"].startswith("the evaluation module did not import: import of vjepa.eval halted")
+
+
 def test_probe_after_skips_other_data_and_reports_a_failed_probe(monkeypatch, capsys):
     from vjepa.cli import _probe_after
     from vjepa.data.datasets import DataError

@@ -82,8 +82,8 @@ def _probe_after(cfg) -> dict:
     """
     try:
         from vjepa.eval import default_tasks, describe, describe_classes, quick_probe
-    except ImportError:
-        return {"skipped": "evaluation module not available"}
+    except ImportError as err:  # a broken install: say what failed, keep the training summary
+        return {"skipped": f"the evaluation module did not import: {err}"}
     if "motion" not in default_tasks(cfg):
         return {"skipped": f"the after-training probe uses the built-in set's motion labels; for data.source="
                            f"{cfg.data.source} run `vjepa probe {cfg.run.out_dir} --task label` (labelled videos; "
