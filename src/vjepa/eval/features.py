@@ -302,7 +302,7 @@ def extract_features(
     names, paths = _dataset_facts(dataset)
     paths = [paths[i] for i in kept.tolist()] if paths else []
     if out is None:
-        tokens = tokens if len(kept) == len(tokens) else tokens[: len(kept)].clone()
+        tokens = tokens[: len(kept)]  # a view: the rows of dropped clips stay unused, nothing is copied
         return Features(tokens, {k: torch.cat(v) for k, v in labels.items()}, num_segments, num_crops, names, paths,
                         failures=failures)
     array.flush()
