@@ -70,7 +70,8 @@ def test_manual_and_sdpa_kernels_agree():
 
 def test_bench_cli_writes_json(tmp_path, small_peak, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--preset", "debug", "--steps", "1", "--warmup", "0", "--compare", "--json", str(out)])
+    code = main(["bench", "--preset", "debug", "--steps", "1", "--warmup", "0", "--compare", "--json", str(out),
+                 "--official-dtypes", "fp32", "bf16"])
     assert code == 0
     report = json.loads(out.read_text())
     assert [r["name"] for r in report["results"]] == ["ours", "official", "official_bf16"]
@@ -89,6 +90,32 @@ def test_bench_cli_rejects_an_unwritable_json_path_before_timing(tmp_path, capsy
     code = main(["bench", "--preset", "debug", "--json", str(tmp_path / "missing" / "x.json")])
     assert code == 2
     assert "--json" in capsys.readouterr().err
+    assert main(["bench", "--preset", "debug", "--json", str(tmp_path)]) == 2
+    assert "cannot write (it is a folder)" in capsys.readouterr().err
+
+
+def test_bench_cli_refuses_bad_counts_and_mixed_modes_leaving_no_file(tmp_path, capsys):
+    out = tmp_path / "x.json"
+    assert main(["bench", "--preset", "debug", "--steps", "0", "--json", str(out)]) == 2
+    assert "--steps 0 --warmup 3: time at least 1 step" in capsys.readouterr().err and not out.exists()
+    assert main(["bench", "--preset", "debug", "--warmup", "-1"]) == 2  # was a ZeroDivisionError
+    capsys.readouterr()
+    assert main(["bench", "--preset", "debug", "--batch-size", "0"]) == 2  # was run at the preset's batch
+    assert "data.batch_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--preset", "debug", "--compare", "--ablation"])  # only one mode
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_compare_times_the_official_bf16_step_only_where_the_device_has_bf16(monkeypatch, small_peak):
+    chosen = []
+    monkeypatch.setattr(bench, "run_variants", lambda variants, *a, **k: chosen.append([v.name for v in variants]) or [
+        {"name": v.name, "clips_per_s": 1.0, "valid_tokens_per_s": 1.0, "achieved_flops_per_s": 1.0,
+         "flops_per_step": {"total": 1.0}, "batch_size": 1} for v in variants])
+    for native, expected in (("fp32", ["ours", "official"]), ("bf16", ["ours", "official", "official_bf16"])):
+        monkeypatch.setattr(bench, "resolve_dtype", lambda dtype, device, native=native: native)
+        bench.benchmark(preset("debug"), steps=1, warmup=0, compare_official=True, device="cpu")
+        assert chosen[-1] == expected
 
 
 @pytest.mark.parametrize("preset_policy", [None, "ACTIVE"])

@@ -79,7 +79,8 @@ def test_benchmark_reports_ours_and_official_structure(monkeypatch):
     # test); a small product still gives a positive peak, which is all the assertions need
     real_peak = bench.matmul_peak
     monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype, size=None, repeats=5: real_peak(device, dtype, 256, 2))
-    report = benchmark(preset("debug"), steps=1, warmup=1, compare_official=True, device="cpu")
+    report = benchmark(preset("debug"), steps=1, warmup=1, compare_official=True, device="cpu",
+                       official_dtypes=("fp32", "bf16"))
     ours, official, official_bf16 = report["results"]
     assert (ours["collate"], official["collate"], official["dtype"]) == ("pad", "truncate", "fp32")
     assert (official_bf16["collate"], official_bf16["dtype"]) == ("truncate", "bf16")

@@ -381,7 +381,7 @@ def benchmark(
     compare_official: bool = False,
     ablation: bool = False,
     device: str | None = None,
-    official_dtypes: tuple[str, ...] = ("fp32", "bf16"),
+    official_dtypes: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Benchmark the training step of `cfg` (its dtype, batch, compile and checkpointing settings).
 
@@ -395,8 +395,9 @@ def benchmark(
         ablation: time the chain from the official step to ours, one change at a time.
         device: "cpu", "cuda", ... (default: `cfg.run.device`).
         official_dtypes: the official step's dtypes `compare_official` times ("fp32": as its configs
-            run; "bf16": under autocast). On a CPU without bf16 matmul instructions (AVX2 only,
-            `environment()["cpu_capability"]`) bf16 runs ~10x slower than fp32: time fp32 alone.
+            run on a CPU; "bf16": under autocast, as they run on a GPU). Default: fp32, plus bf16
+            where the device has native bf16 (a CPU without bf16 matmul instructions, AVX2 only,
+            runs bf16 ~10x slower than fp32, which would only measure that).
 
     Returns:
         One variant: its record (clips_per_s, valid_tokens_per_s, step_time_s median/min/max, flops_per_step by part,
@@ -408,6 +409,8 @@ def benchmark(
     cfg.run.dtype = resolve_dtype(cfg.run.dtype, dev)  # "auto": bf16 only where the device has it natively
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    if official_dtypes is None:
+        official_dtypes = ("fp32", "bf16") if resolve_dtype("auto", dev) == "bf16" else ("fp32",)
     variants = _chosen_variants(cfg, official, compare_official, ablation, official_dtypes)
     results = run_variants(variants, dev, steps, warmup, cfg.run.seed)
     env = environment(dev)

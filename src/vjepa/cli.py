@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from vjepa.config import (
     ENCODER_NETWORKS,
@@ -158,18 +159,17 @@ def _bench(args: argparse.Namespace) -> int:
 
     flags = [f"run.dtype={args.dtype}", f"run.compile={args.compile}", f"run.threads={args.threads}",
              f"run.activation_checkpointing={args.activation_checkpointing}"]
-    flags += [f"data.batch_size={args.batch_size}"] if args.batch_size else []
+    flags += [f"data.batch_size={args.batch_size}"] if args.batch_size is not None else []
     args.overrides = flags + args.overrides  # explicit overrides win
     if args.device:
         check_device(args.device, "--device")
-    if args.json:  # fail now, not after minutes of timing
-        try:
-            open(args.json, "a").close()
-        except OSError as err:
-            raise ConfigError(f"--json {args.json}: cannot write ({err.strerror})") from None
+    if args.steps < 1 or args.warmup < 0:
+        raise ConfigError(f"--steps {args.steps} --warmup {args.warmup}: time at least 1 step after 0 or more warm-up steps")
+    if args.json:  # fail now, not after minutes of timing (and leave no empty file behind)
+        _check_writable(args.json, "--json")
     report = benchmark(build_config(args), steps=args.steps, warmup=args.warmup, official=args.official_structure,
                        compare_official=args.compare, ablation=args.ablation, device=args.device,
-                       official_dtypes=tuple(args.official_dtypes))
+                       official_dtypes=tuple(args.official_dtypes) if args.official_dtypes else None)
     print(json.dumps(report, indent=2))
     if args.json:
         with open(args.json, "w") as handle:
@@ -177,25 +177,38 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written (a folder, a missing or read-only parent folder)
+    before any work, without creating the file."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    reason = ("it is a folder" if target.is_dir() else "its folder does not exist" if not parent.is_dir()
+              else "its folder is not writable" if not os.access(parent, os.W_OK) else "")
+    if reason:
+        raise ConfigError(f"{flag} {path}: cannot write ({reason})")
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time training steps: clips/s, FLOPs, MFU, memory (JSON)")
     _config_args(p)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 where the device has native bf16 (GPU, AVX512-BF16/AMX CPU), else fp32")
-    p.add_argument("--batch-size", type=int, default=0, help="clips per step (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="clips per step (default: the preset's)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's run.device)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
-    p.add_argument("--official-structure", action="store_true",
-                   help="time only the official step as its configs run it (fp32, SDPA, truncation)")
-    p.add_argument("--compare", action="store_true",
-                   help="time ours, the official step and the official step under bf16 autocast, interleaved")
-    p.add_argument("--ablation", action="store_true", help="official step -> ours, one change at a time")
-    p.add_argument("--official-dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                   help="--compare: the official step's dtypes (bf16 is ~10x slower than fp32 on AVX2-only CPUs)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--official-structure", action="store_true",
+                      help="time only the official step as its configs run it (fp32, SDPA, truncation)")
+    mode.add_argument("--compare", action="store_true",
+                      help="time ours and the official step (per --official-dtypes), interleaved")
+    mode.add_argument("--ablation", action="store_true", help="official step -> ours, one change at a time")
+    p.add_argument("--official-dtypes", nargs="+", default=None, choices=["fp32", "bf16"],
+                   help="--compare: the official step's dtypes (default: fp32, plus bf16 where the device has native "
+                        "bf16; on an AVX2-only CPU bf16 runs ~10x slower than fp32)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report to this JSON file")
     p.set_defaults(func=_bench)
 
