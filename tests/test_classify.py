@@ -161,6 +161,8 @@ def test_classify_with_an_explicit_encoder_and_nothing_readable(probed, tmp_path
     assert (tmp_path / "o.json").is_file()  # -o names the JSON
     assert main(["classify", str(broken), "--probe", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
+    assert main(["classify", str(broken), "--probe", result["probe_file"], "--top-k", "0"]) == 2
+    assert "--top-k 0: report at least 1 class" in capsys.readouterr().err
 
 
 def test_probe_cli_saves_where_asked_or_not_at_all(probed, tmp_path, capsys):

@@ -135,6 +135,8 @@ def test_cli_config_takes_the_preset_as_a_name_or_as_preset_like_the_other_comma
 
 
 def test_cli_config_errors(tmp_path, capsys):
+    assert main(["config", "debug", "mask.kind=typo"]) == 2  # refused as training would refuse it
+    assert "mask.kind='typo'; choose one of" in capsys.readouterr().err
     assert main(["config", "vitl1"]) == 2
     assert "unknown preset 'vitl1'; choose from debug, demo" in capsys.readouterr().err
     assert main(["config", "--preset", "debug", "demo"]) == 2

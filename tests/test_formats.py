@@ -238,6 +238,9 @@ def test_export_hf_refuses_sincos(tmp_path):
     path = _save(tmp_path, state, "v1.pth.tar")
     with pytest.raises(ValueError, match="RoPE"):
         export_hf(path, tmp_path / "out")
+    (tmp_path / "taken.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"taken\.safetensors is a file; --format hf writes a folder"):
+        export_hf(path, tmp_path / "taken.safetensors")  # was a FileExistsError traceback
 
 
 def test_bare_v2_encoder_needs_the_rope_hint(tmp_path):

@@ -217,11 +217,15 @@ def export_hf(source: str | Path, output: str | Path, which: str = "target_encod
         The folder written (config.json + model.safetensors).
 
     Raises:
-        ValueError: for a sin-cos (V-JEPA 1) model, which `VJEPA2Model` cannot express.
+        ValueError: for a sin-cos (V-JEPA 1) model, which `VJEPA2Model` cannot express, or an
+            `output` that is a file (the export is a folder).
         CheckpointError: when the source has no predictor (`VJEPA2Model` always holds one).
     """
     from safetensors.torch import save_file
 
+    if Path(output).is_file():  # checked before the weights are read
+        raise ValueError(f"{output} is a file; --format hf writes a folder (config.json + model.safetensors): "
+                         "name a folder")
     encoder = load(source, which, device="cpu", with_predictor=True)
     if encoder.predictor is None:
         raise CheckpointError(f"{source} has no predictor, and a Hugging Face VJEPA2Model always holds one")

@@ -131,6 +131,8 @@ def _add_pretrain(sub) -> None:
 
 
 def _config(args: argparse.Namespace) -> int:
+    from vjepa.config import validate
+
     if args.name and args.name in PRESETS:  # `vjepa config demo64 ...`: the positional form
         if args.preset_flag and args.preset_flag != args.name:
             raise ConfigError(f"two presets given: {args.name} and --preset {args.preset_flag}")
@@ -140,7 +142,7 @@ def _config(args: argparse.Namespace) -> int:
     else:  # `vjepa config --preset demo64 a=1`: the first override landed in `name`
         args.overrides = ([args.name] if args.name else []) + args.overrides
         args.preset = args.preset_flag or "demo"
-    sys.stdout.write(to_yaml(build_config(args)))
+    sys.stdout.write(to_yaml(validate(build_config(args))))  # a value training would refuse is refused here
     return 0
 
 
@@ -461,6 +463,8 @@ def _classify(args: argparse.Namespace) -> int:
     from vjepa.classify import classify_videos, describe_prediction, load_probe, write_classification
     from vjepa.eval import list_videos
 
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: report at least 1 class per video")
     encoder = _load_encoder(args) if args.checkpoint else None
     official = {"head": args.probe_head, **({"num_heads": args.probe_heads} if args.probe_heads else {})}
     probe = load_probe(args.probe, encoder, args.device, args.precision, **official)
