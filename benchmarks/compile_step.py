@@ -16,7 +16,7 @@ import json
 import torch
 
 from vjepa.bench import Variant, environment, official_structure, run_variants
-from vjepa.config import preset
+from vjepa.config import ConfigError, check_output_path, preset
 from vjepa.distributed import resolve_device
 from vjepa.jepa import StepOptions
 
@@ -53,6 +53,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
+    try:  # before minutes of timing
+        preset(args.preset)
+        if args.json:
+            check_output_path(args.json, "--json")
+    except ConfigError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     results = run_variants(variants(args.preset, args.dtype, args.batch_size), device, args.steps, args.warmup)

@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from vjepa.config import (
     ENCODER_NETWORKS,
@@ -33,6 +32,7 @@ from vjepa.config import (
     VJEPAWarning,
     apply_overrides,
     check_device,
+    check_output_path,
     load_yaml,
     preset,
     to_yaml,
@@ -168,7 +168,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError(f"--steps {args.steps} --warmup {args.warmup}: time at least 1 step after 0 or more warm-up steps")
     if args.json:  # fail now, not after minutes of timing (and leave no empty file behind)
-        _check_writable(args.json, "--json")
+        check_output_path(args.json, "--json")
     report = benchmark(build_config(args), steps=args.steps, warmup=args.warmup, official=args.official_structure,
                        compare_official=args.compare, ablation=args.ablation, device=args.device,
                        official_dtypes=tuple(args.official_dtypes) if args.official_dtypes else None)
@@ -177,17 +177,6 @@ def _bench(args: argparse.Namespace) -> int:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)
     return 0
-
-
-def _check_writable(path: str, flag: str) -> None:
-    """Refuse an output path that cannot be written (a folder, a missing or read-only parent folder)
-    before any work, without creating the file."""
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    reason = ("it is a folder" if target.is_dir() else "its folder does not exist" if not parent.is_dir()
-              else "its folder is not writable" if not os.access(parent, os.W_OK) else "")
-    if reason:
-        raise ConfigError(f"{flag} {path}: cannot write ({reason})")
 
 
 def _add_bench(sub) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 import warnings
@@ -742,6 +743,21 @@ def _check_range(key: str, value: Any, bounds: tuple[float | None, float | None,
 
 def _show(value: Any) -> str:
     return str(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def check_output_path(path: str | Path, flag: str) -> None:
+    """Refuse an output path that cannot be written (a folder, a missing or read-only parent folder)
+    before any work, without creating the file.
+
+    Raises:
+        ConfigError: "FLAG PATH: cannot write (why)".
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    reason = ("it is a folder" if target.is_dir() else "its folder does not exist" if not parent.is_dir()
+              else "its folder is not writable" if not os.access(parent, os.W_OK) else "")
+    if reason:
+        raise ConfigError(f"{flag} {path}: cannot write ({reason})")
 
 
 def check_device(name: str, key: str = "run.device", allowed: str = RUN_DEVICES) -> str:
