@@ -20,7 +20,7 @@ import json
 import torch
 
 from vjepa.bench import official_structure
-from vjepa.config import Config, preset
+from vjepa.config import PRESETS, Config, preset
 from vjepa.jepa import JEPA, StepOptions, official_options
 from vjepa.masks import num_generators
 from vjepa.masks.step import masks_for_step
@@ -67,7 +67,7 @@ def estimate(cfg: Config, options: StepOptions, probe_batch: int, batch: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="vitl16")
+    parser.add_argument("--preset", default="vitl16", choices=list(PRESETS))
     parser.add_argument("--batch", type=int, default=24, help="batch to extrapolate to (per device)")
     parser.add_argument("--probe-batch", type=int, default=2, help="batch of the shallow probes")
     args = parser.parse_args()

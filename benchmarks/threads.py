@@ -52,7 +52,9 @@ def run_case(preset: str, dtype: str, threads: int, policy: str, steps: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="demo64")
+    from vjepa.config import PRESETS  # no torch import: the children start OpenMP with their own settings
+
+    parser.add_argument("--preset", default="demo64", choices=list(PRESETS))
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--policies", nargs="+", default=["default", "PASSIVE"])
