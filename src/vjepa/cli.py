@@ -133,7 +133,7 @@ def _add_pretrain(sub) -> None:
 def _config(args: argparse.Namespace) -> int:
     from vjepa.config import validate
 
-    if args.name and args.name in PRESETS:  # `vjepa config demo64 ...`: the positional form
+    if args.name in PRESETS:  # `vjepa config demo64 ...`: the positional form
         if args.preset_flag and args.preset_flag != args.name:
             raise ConfigError(f"two presets given: {args.name} and --preset {args.preset_flag}")
         args.preset = args.name

@@ -753,7 +753,7 @@ def check_output_path(path: str | Path, flag: str) -> None:
         ConfigError: "FLAG PATH: cannot write (why)".
     """
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
+    parent = target.parent  # Path("x.json").parent is Path(".")
     reason = ("it is a folder" if target.is_dir() else "its folder does not exist" if not parent.is_dir()
               else "its folder is not writable" if not os.access(parent, os.W_OK) else "")
     if reason:
